@@ -1,0 +1,1 @@
+"""Code both roles import: errors, models, training loop, secret sharing, sealing."""
