@@ -1,0 +1,35 @@
+# PneumoSyft: `make demo` and `make test` create .venv and install what they need.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.requirements-installed
+
+.PHONY: install demo demo-federated test lab bench clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m ipykernel install --sys-prefix --name pneumosyft --display-name "PneumoSyft (.venv)" >/dev/null
+	@touch $(STAMP)
+
+demo: install
+	$(PY) -m demos.single_hospital
+
+demo-federated: install
+	$(PY) -m demos.federated
+
+test: install
+	$(PY) -m pytest
+
+lab: install
+	$(VENV)/bin/jupyter lab --ip 127.0.0.1 --no-browser --notebook-dir notebooks
+
+bench: install
+	$(PY) bench/bench_domain_overhead.py
+	$(PY) bench/bench_secret_sharing.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

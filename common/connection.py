@@ -1,0 +1,90 @@
+"""Connecting a stock syft 0.9.5 client to a PneumoSyft domain through its token gate.
+
+Both roles use it: the researcher via `scientist.connect`, the admin CLI with its
+own admin token. Example::
+
+    client = connect_client("http://127.0.0.1:8081", token=jwt, email=e, password=p)
+    client.datasets
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from typing import Any
+from urllib.parse import urlparse
+
+import requests
+
+from common.errors import DomainError
+
+HTTP_TIMEOUT = 10
+
+
+def validate_url(url: str) -> str:
+    """An http(s) URL with a host and nothing after the port; returned without a trailing /."""
+    parsed = urlparse(url or "")
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise DomainError(f"invalid domain URL {url!r}: expected http://HOST:PORT")
+    try:
+        parsed.port
+    except ValueError:
+        raise DomainError(f"invalid port in domain URL {url!r}") from None
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
+        raise DomainError(f"invalid domain URL {url!r}: give only http://HOST:PORT")
+    return url.rstrip("/")
+
+
+def auth_headers(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def gate_reason(response: requests.Response) -> str:
+    """The gate's one-line reason of a refused request, else the status line."""
+    try:
+        return str(response.json()["error"])
+    except Exception:
+        return f"HTTP {response.status_code}"
+
+
+def check_reachable(url: str, token: str) -> None:
+    """Fail with a clear error when the domain is down or refuses the token."""
+    try:
+        health = requests.get(f"{url}/health", timeout=HTTP_TIMEOUT)
+    except requests.RequestException:
+        raise DomainError(f"cannot reach a domain at {url}: is it running?") from None
+    if health.status_code != 200:
+        raise DomainError(f"{url} is not a PneumoSyft domain (GET /health gave {health.status_code})")
+    probe = requests.get(f"{url}/api/v2/metadata", headers=auth_headers(token),
+                         timeout=HTTP_TIMEOUT)
+    if probe.status_code in (401, 403):
+        raise DomainError(f"the domain refused the token: {gate_reason(probe)}")
+    if probe.status_code != 200:
+        raise DomainError(f"{url} answered {probe.status_code} to the syft metadata request")
+
+
+def _login_refusal(url: str, token: str, email: str, password: str) -> str:
+    response = requests.post(f"{url}/api/v2/login", json={"email": email, "password": password},
+                             headers=auth_headers(token), timeout=HTTP_TIMEOUT)
+    return gate_reason(response) if response.status_code != 200 else "invalid email or password"
+
+
+def connect_client(url: str, *, token: str, email: str, password: str,
+                   quiet: bool = True) -> Any:
+    """A logged-in syft client whose every request carries the domain's JWT."""
+    from syft.client.client import HTTPConnection
+
+    url = validate_url(url)
+    if not token:
+        raise DomainError("a token is required: ask the hospital admin for one")
+    check_reachable(url, token)
+    connection = HTTPConnection(url=url, headers=auth_headers(token))
+    sink = io.StringIO() if quiet else None
+    with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
+        guest = connection.get_client_type().unwrap()(connection=connection)
+        try:
+            client = guest.login(email=email, password=password, cache=False)
+        except Exception:
+            raise DomainError(f"login refused for {email}: "
+                              f"{_login_refusal(url, token, email, password)}") from None
+    return client

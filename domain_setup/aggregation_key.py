@@ -1,0 +1,33 @@
+"""The hospital's X25519 key for secure aggregation, kept in the state directory.
+
+Other hospitals seal the shares addressed to this hospital with its public key;
+only an approved aggregation plan running inside this domain opens them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from common import sealing
+
+KEY_FILE = "aggregation_x25519.key"
+
+
+def private_key_path(state: Any) -> Path:
+    return Path(state.keys_dir) / KEY_FILE
+
+
+def load_or_create_private_key(state: Any) -> bytes:
+    """The hospital's aggregation private key, created (0600) on first use."""
+    path = private_key_path(state)
+    if path.exists():
+        return sealing.load_private_key(path)
+    private, _public = sealing.generate_keypair()
+    sealing.save_private_key(path, private)
+    return private
+
+
+def public_key_text(state: Any) -> str:
+    """The public key, as text others can put in a plan's configuration."""
+    return sealing.key_to_text(sealing.public_key_from_private(load_or_create_private_key(state)))

@@ -1,0 +1,306 @@
+"""`python -m domain_setup COMMAND`: the hospital admin's command line.
+
+Every command takes ``--state-dir`` (default ``$PNEUMOSYFT_STATE_DIR`` or ``./state``).
+``start`` runs the domain; every other command talks to it over HTTP with the
+admin token the domain wrote into its state directory. Errors print one line
+(``error: ...``) and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Callable
+
+from common.errors import PneumoSyftError
+from domain_setup.state import StateDir, resolve_state_dir
+
+
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    if not rows:
+        print("(none)")
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
+
+
+def _session(state: StateDir):
+    from domain_setup.admin_session import AdminSession
+
+    return AdminSession(state)
+
+
+def _reviewer(state: StateDir):
+    from domain_setup.policy_paths import load_domain_policies
+    from domain_setup.review import Reviewer
+
+    return Reviewer(_session(state), load_domain_policies(state.load_config()).approval)
+
+
+# -- commands -----------------------------------------------------------------------
+def cmd_start(args: argparse.Namespace, state: StateDir) -> int:
+    from domain_setup import lifecycle
+
+    config = lifecycle.resolve_config(
+        state, name=args.name, port=args.port, host=args.host, db_url=args.db_url,
+        policies=args.policies, admin_email=args.admin_email, jwt_algorithm=args.jwt_algorithm)
+    if args.foreground:
+        from domain_setup.server import serve
+
+        state.create_dirs()
+        state.save_config(config)
+        serve(state)
+        return 0
+    lifecycle.start(state, config)
+    print(f"domain {config.name!r} is up at {config.url}")
+    print(f"  admin: {config.admin_email} (password in {state.admin_password_path})")
+    print(f"  next:  python -m domain_setup upload synthetic --name xray --state-dir {state.root}")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace, state: StateDir) -> int:
+    from domain_setup import lifecycle
+
+    name = state.load_config().name
+    print(f"stopped {name!r}" if lifecycle.stop(state) else f"{name!r} was not running")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace, state: StateDir) -> int:
+    from domain_setup import lifecycle
+
+    info = lifecycle.status(state)
+    if args.json:
+        print(json.dumps(info))
+    else:
+        health = "healthy" if info["healthy"] else "not answering"
+        where = f"pid {info['pid']}, {health}" if info["running"] else "not running"
+        print(f"{info['name']} at {info['url']}: {where}; database {info['database']}")
+    return 0 if info["healthy"] else 3
+
+
+def cmd_upload(args: argparse.Namespace, state: StateDir) -> int:
+    from domain_setup.upload import parse_partition, upload
+
+    report = upload(_session(state), args.source, args.name, size=args.size, n=args.n,
+                    seed=args.seed, replace=args.replace,
+                    partition=parse_partition(args.partition), label_skew=args.label_skew)
+    card = report.card
+    print(f"uploaded {report.name!r}: {card.get('summary', '')}")
+    print(f"  {report.n_bytes / 1e6:.1f} MB in {report.seconds:.1f} s "
+          f"({report.megabytes_per_second:.1f} MB/s)")
+    return 0
+
+
+def cmd_accounts_apply(args: argparse.Namespace, state: StateDir) -> int:
+    from domain_setup.accounts import apply_accounts
+
+    rows = apply_accounts(_session(state), args.file)
+    _print_table(rows, ["email", "role", "result"])
+    if any(r["result"] == "created" for r in rows):
+        print(f"generated passwords are in {state.account_passwords_path} (0600)")
+    return 0
+
+
+def cmd_token_issue(args: argparse.Namespace, state: StateDir) -> int:
+    session = _session(state)
+    body = {"email": args.email, "ttl": args.ttl}
+    if args.role:
+        body["role"] = args.role
+    result = session.request("POST", "/pneumosyft/tokens", json=body)
+    if args.write_connection:
+        from domain_setup.researcher_file import write_researcher_file
+
+        path = write_researcher_file(args.write_connection, state, session.url, args.email,
+                                     result["token"])
+        print(f"wrote {path} (0600): url, email, password and token for {args.email}")
+    else:
+        print(result["token"])
+    claims = result["claims"]
+    print(f"jti {claims['jti']}, role {claims['role']}, expires at {claims['exp']}",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace, state: StateDir) -> int:
+    tokens = _session(state).request("GET", "/pneumosyft/tokens")["tokens"]
+    _print_table(tokens, ["jti", "sub", "role", "exp", "revoked"])
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace, state: StateDir) -> int:
+    record = _session(state).request("POST", f"/pneumosyft/tokens/{args.jti}/revoke",
+                                     json={"reason": args.reason or ""})["revoked"]
+    print(f"revoked {record['jti']} ({record['sub']})")
+    return 0
+
+
+def _print_summary(summary: Any, *, with_code: bool) -> None:
+    print(f"request   {summary.id}")
+    print(f"from      {summary.requester}")
+    print(f"function  {summary.function}")
+    print(f"status    {summary.status}   submitted {summary.created}")
+    for kwarg, name in summary.inputs.items():
+        print(f"input     {kwarg} <- {name}")
+    for kwarg, value in summary.constants.items():
+        print(f"constant  {kwarg} = {value}")
+    if summary.verdict_ok:
+        print("verdict   complies with the approval rules")
+    else:
+        print("verdict   VIOLATES the approval rules:")
+        for reason in summary.verdict_reasons:
+            print(f"  - {reason}")
+    if with_code:
+        print("code:")
+        for number, line in enumerate(summary.code.splitlines(), 1):
+            print(f"  {number:3d} | {line}")
+
+
+def cmd_review(args: argparse.Namespace, state: StateDir) -> int:
+    reviewer = _reviewer(state)
+    if args.review_command == "list":
+        rows = [{"id": s.id, "from": s.requester, "function": s.function, "status": s.status,
+                 "verdict": "ok" if s.verdict_ok else f"{len(s.verdict_reasons)} violation(s)"}
+                for s in reviewer.list()]
+        _print_table(rows, ["id", "from", "function", "status", "verdict"])
+    elif args.review_command == "show":
+        _print_summary(reviewer.show(args.id), with_code=True)
+    elif args.review_command == "approve":
+        summary = reviewer.approve(args.id, override=args.override, reason=args.reason or "")
+        print(f"approved {summary.id} ({summary.function} from {summary.requester})")
+    elif args.review_command == "deny":
+        summary = reviewer.deny(args.id, reason=args.reason)
+        print(f"denied {summary.id} ({summary.function} from {summary.requester})")
+    elif args.review_command == "auto":
+        for summary, outcome in reviewer.auto(approve_compliant=args.approve_compliant):
+            print(f"{summary.id}  {summary.function}  {outcome}")
+    return 0
+
+
+def cmd_federation_enable(args: argparse.Namespace, state: StateDir) -> int:
+    from domain_setup.federation import enable_aggregation
+
+    print(f"aggregation public key: {enable_aggregation(_session(state))}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace, state: StateDir) -> int:
+    params = {k: v for k, v in (("since", args.since), ("actor", args.actor),
+                                ("action", args.action), ("limit", args.limit)) if v}
+    entries = _session(state).request("GET", "/pneumosyft/audit", params=params)["entries"]
+    for entry in entries:
+        if args.json:
+            print(json.dumps(entry))
+            continue
+        extra = {k: v for k, v in entry.items()
+                 if k not in ("time", "actor", "action", "target", "outcome")}
+        tail = " ".join(f"{k}={v}" for k, v in extra.items())
+        print(f"{entry['time']}  {entry['actor']}  {entry['action']}  {entry.get('target', '')}"
+              f"  {entry['outcome']}  {tail}".rstrip())
+    return 0
+
+
+# -- parser -------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m domain_setup",
+                                     description="Run and administer a PneumoSyft hospital domain.")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", help="the domain's state directory "
+                        "(default: $PNEUMOSYFT_STATE_DIR or ./state)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Callable, help_text: str, parent=sub) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, parents=[common], help=help_text, description=help_text)
+        p.set_defaults(func=func)
+        return p
+
+    p = add("start", cmd_start, "start the domain (a new one, or the one in --state-dir)")
+    p.add_argument("--name", help="domain name (first start)")
+    p.add_argument("--port", type=int, help="TCP port")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--db-url", help="postgresql://USER@HOST:PORT/DB (default: SQLite in the state dir)")
+    p.add_argument("--policies", help="folder with accounts/permissions/approval YAML "
+                   "(default: the project's policies/)")
+    p.add_argument("--admin-email", help="the root admin's email (first start)")
+    p.add_argument("--jwt-algorithm", choices=["EdDSA", "RS256", "HS256"],
+                   help="token signing algorithm (first start; default EdDSA)")
+    p.add_argument("--foreground", action="store_true", help="run in this process")
+    add("stop", cmd_stop, "stop the running domain")
+    p = add("status", cmd_status, "is the domain running and answering? (exit 3 when not)")
+    p.add_argument("--json", action="store_true")
+
+    p = add("upload", cmd_upload, "upload X-rays as a dataset with synthetic mocks")
+    p.add_argument("source", help="synthetic | pneumoniamnist:PATH.npz | folder:PATH")
+    p.add_argument("--name", required=True, help="dataset name, e.g. xray")
+    p.add_argument("--size", type=int, default=64, choices=[28, 64, 128], help="image size (px)")
+    p.add_argument("--n", type=int, default=3000, help="number of synthetic images")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic generator")
+    p.add_argument("--replace", action="store_true", help="replace a dataset of the same name")
+    p.add_argument("--partition", metavar="I/K",
+                   help="keep only partition I of K (federated demos: one per hospital)")
+    p.add_argument("--label-skew", type=float, metavar="ALPHA",
+                   help="with --partition: Dirichlet label skew (smaller = more skewed)")
+
+    accounts = sub.add_parser("accounts", help="user accounts").add_subparsers(
+        dest="accounts_command", required=True, metavar="ACTION")
+    p = add("apply", cmd_accounts_apply, "create/update users from an accounts YAML (idempotent)",
+            accounts)
+    p.add_argument("file", help="e.g. policies/accounts.yaml")
+
+    token = sub.add_parser("token", help="issue, list and revoke JWTs").add_subparsers(
+        dest="token_command", required=True, metavar="ACTION")
+    p = add("issue", cmd_token_issue, "issue a token for an account", token)
+    p.add_argument("--email", required=True)
+    p.add_argument("--role", choices=["data_scientist", "data_owner", "admin"],
+                   help="default: the account's role")
+    p.add_argument("--ttl", default="8h", help="lifetime: 30m, 8h, 2d (max 30d)")
+    p.add_argument("--write-connection", metavar="FILE",
+                   help="write a researcher connection file (0600) instead of printing the token")
+    add("list", cmd_token_list, "list issued tokens", token)
+    p = add("revoke", cmd_token_revoke, "revoke a token by its jti", token)
+    p.add_argument("jti")
+    p.add_argument("--reason", default="")
+
+    review = sub.add_parser("review", help="researchers' requests").add_subparsers(
+        dest="review_command", required=True, metavar="ACTION")
+    add("list", cmd_review, "list requests with their verdict", review)
+    p = add("show", cmd_review, "show who asked, what code, which assets, the verdict", review)
+    p.add_argument("id")
+    p = add("approve", cmd_review, "approve a request", review)
+    p.add_argument("id")
+    p.add_argument("--override", action="store_true", help="approve despite rule violations")
+    p.add_argument("--reason", help="why (required with --override)")
+    p = add("deny", cmd_review, "deny a request", review)
+    p.add_argument("id")
+    p.add_argument("--reason", required=True)
+    p = add("auto", cmd_review, "deny every pending request that violates the rules", review)
+    p.add_argument("--approve-compliant", action="store_true",
+                   help="also approve the pending requests that comply")
+
+    federation = sub.add_parser("federation", help="secure aggregation").add_subparsers(
+        dest="federation_command", required=True, metavar="ACTION")
+    add("enable", cmd_federation_enable,
+        "act as a secure-aggregation party (publishes the key asset)", federation)
+
+    p = add("audit", cmd_audit, "read the audit log")
+    p.add_argument("--since", help="2026-11-21, 2026-11-21T10:00, or 1h / 30m / 2d ago")
+    p.add_argument("--actor", help="only this email")
+    p.add_argument("--action", help="only this action")
+    p.add_argument("--limit", type=int)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args, resolve_state_dir(args.state_dir))
+    except PneumoSyftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

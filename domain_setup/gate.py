@@ -1,0 +1,292 @@
+"""The JWT gate: an ASGI layer in front of every HTTP route of the domain.
+
+Every request must carry ``Authorization: Bearer <JWT>`` issued by this domain.
+A refused request gets 401 (bad or missing token) or 403 (valid token, not
+allowed) with a one-line JSON reason, and no syft code runs. Only ``/health`` is
+open. Beyond the token itself the gate checks that
+
+* a login's email is the token's subject and the account's role is not above
+  the token's role (a data scientist's token cannot open an admin session);
+* every syft API call is signed by the account the token names, and the syft
+  path is allowed for that account's role by ``policies/permissions.yaml``;
+* code submitted for execution only uses datasets the researcher may use.
+
+Every decision is appended to the audit log.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import anyio
+
+from common.errors import PneumoSyftError, TokenError
+from domain_setup.audit import AuditLog
+from domain_setup.permissions import Permissions, action_for_path, role_at_least
+from domain_setup.tokens import TokenAuthority, bearer_token
+
+OPEN_PATHS = frozenset({"/health"})
+MAX_BODY_BYTES = 1 << 30
+SUBMIT_PATHS = frozenset({"code.request_code_execution", "code.submit", "project.create_project",
+                          "project.add_event"})
+# Syft calls issued many times per session that change nothing; audited once per
+# session would be noise, so only refusals of these are recorded.
+QUIET_PATHS = frozenset({"api.get", "metadata", "settings.get", "notifications.get_all_unread"})
+
+_SYFT_ROLE_NAMES = {"DATA_SCIENTIST": "data_scientist", "DATA_OWNER": "data_owner",
+                    "ADMIN": "admin"}
+
+
+class Refusal(Exception):
+    """A request the gate refuses: HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass
+class Account:
+    """What the gate needs to know of a syft user."""
+
+    email: str
+    role: str
+    groups: tuple[str, ...] = ()
+
+
+class AccountDirectory:
+    """Looks up syft users by email or verify key with the server's own credentials."""
+
+    def __init__(self, worker: Any, groups_of: Callable[[str], tuple[str, ...]]):
+        self._worker = worker
+        self._groups_of = groups_of
+
+    def _account(self, user: Any) -> Account:
+        role = _SYFT_ROLE_NAMES.get(user.role.name, "guest")
+        return Account(email=user.email, role=role, groups=self._groups_of(user.email))
+
+    def by_email(self, email: str) -> Account | None:
+        stash = self._worker.services.user.stash
+        try:
+            return self._account(stash.get_by_email(self._worker.verify_key, email).unwrap())
+        except Exception:  # syft raises NotFoundException subclasses
+            return None
+
+    def by_verify_key(self, verify_key: Any) -> Account | None:
+        stash = self._worker.services.user.stash
+        try:
+            user = stash.get_by_verify_key(self._worker.verify_key, verify_key).unwrap()
+        except Exception:
+            return None
+        return self._account(user)
+
+    def dataset_names_for_assets(self, action_ids: set[str]) -> set[str]:
+        """Names of the datasets holding any of the given asset action ids."""
+        stash = self._worker.services.dataset.stash
+        names = set()
+        for dataset in stash.get_all(self._worker.verify_key).unwrap():
+            for asset in dataset.asset_list:
+                if str(asset.action_id) in action_ids:
+                    names.add(dataset.name)
+        return names
+
+
+class TokenGate:
+    """ASGI middleware; build it with `for_domain`, then `wrap(app)`."""
+
+    def __init__(self, authority: TokenAuthority, audit: AuditLog, permissions: Permissions,
+                 accounts: AccountDirectory):
+        self.authority = authority
+        self.audit = audit
+        self.permissions = permissions
+        self.accounts = accounts
+        self._app: Any = None
+
+    @classmethod
+    def for_domain(cls, state: Any, config: Any, worker: Any) -> "TokenGate":
+        from domain_setup.policy_paths import load_domain_policies
+
+        policies = load_domain_policies(config)
+        authority = TokenAuthority.load_or_create(
+            state.root, issuer=config.name, audience=str(worker.id), algorithm=config.jwt_algorithm
+        )
+        accounts = AccountDirectory(worker, policies.groups_of)
+        return cls(authority, AuditLog(state.root), policies.permissions, accounts)
+
+    def wrap(self, app: Any) -> "TokenGate":
+        self._app = app
+        return self
+
+    # -- ASGI ------------------------------------------------------------------
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] == "lifespan":
+            return await self._app(scope, receive, send)
+        if scope["type"] != "http":  # no websockets on this domain
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        path = scope.get("path", "")
+        if path in OPEN_PATHS:
+            return await self._app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        claims: dict | None = None
+        try:
+            claims = self._verify(headers.get("authorization"))
+            body = None
+            if path in ("/api/v2/login", "/api/v2/api_call", "/api/v2/register"):
+                body = await _read_body(receive)
+            detail = await anyio.to_thread.run_sync(self._authorize, scope, claims, body)
+        except Refusal as refusal:
+            actor = claims["sub"] if claims else "anonymous"
+            self.audit.record(actor, "auth", target=path, outcome="refused",
+                              status=refusal.status, reason=refusal.reason)
+            return await _send_json(send, refusal.status, {"error": refusal.reason})
+        if detail is not None:
+            self.audit.record(claims["sub"], detail.pop("action"), outcome="accepted", **detail)
+        scope.setdefault("state", {})["claims"] = claims
+        if body is not None:
+            receive = _replay(body, receive)
+        return await self._app(scope, receive, send)
+
+    # -- decisions ---------------------------------------------------------------
+    def _verify(self, authorization: str | None) -> dict:
+        try:
+            return self.authority.verify(bearer_token(authorization))
+        except TokenError as exc:
+            raise Refusal(401, str(exc)) from None
+
+    def _authorize(self, scope: dict, claims: dict, body: bytes | None) -> dict | None:
+        """Decide on a request with a valid token; returns audit details or None."""
+        path = scope["path"]
+        if path == "/api/v2/login":
+            return self._authorize_login(claims, body or b"")
+        if path == "/api/v2/register":
+            raise Refusal(403, "self sign-up is disabled; the hospital admin creates accounts")
+        if path == "/api/v2/api_call":
+            return self._authorize_api_call(claims, body or b"")
+        if path == "/api/v2/api":
+            self._check_api_schema_request(claims, scope.get("query_string", b""))
+        return None
+
+    def _account_for_token(self, claims: dict) -> Account:
+        account = self.accounts.by_email(claims["sub"])
+        if account is None:
+            raise Refusal(403, f"no account for the token's subject {claims['sub']}")
+        if not role_at_least(claims["role"], account.role):
+            raise Refusal(
+                403, f"token role {claims['role']} is below the account's role {account.role}"
+            )
+        return account
+
+    def _authorize_login(self, claims: dict, body: bytes) -> dict:
+        try:
+            email = str(json.loads(body or b"{}").get("email", ""))
+        except (ValueError, AttributeError):
+            raise Refusal(400, "login body is not JSON with an email") from None
+        if email.strip().lower() != claims["sub"].lower():
+            raise Refusal(403, "login email differs from the token's subject")
+        self._account_for_token(claims)
+        return {"action": "login", "target": email}
+
+    def _authorize_api_call(self, claims: dict, body: bytes) -> dict | None:
+        from syft.client.api import SignedSyftAPICall
+        from syft.serde.deserialize import _deserialize
+
+        try:
+            call = _deserialize(body, from_bytes=True)
+        except Exception:
+            raise Refusal(400, "API call body is not a syft message") from None
+        if not isinstance(call, SignedSyftAPICall):
+            raise Refusal(400, "API call body is not a signed syft API call")
+        signer = self.accounts.by_verify_key(call.credentials)
+        token_account = self._account_for_token(claims)
+        message = call.message
+        syft_path = str(message.path)
+        if signer is None or signer.email.lower() != token_account.email.lower():
+            raise Refusal(403, "API call is signed by another account than the token's subject")
+        action = action_for_path(syft_path)
+        if action is not None and not self.permissions.role_may(signer.role, action):
+            raise Refusal(403, f"role {signer.role} may not {action} ({syft_path})")
+        if syft_path in SUBMIT_PATHS:
+            self._check_dataset_access(signer, message)
+        if syft_path in QUIET_PATHS:
+            return None
+        return {"action": f"syft:{syft_path}", "target": _call_target(message)}
+
+    def _check_dataset_access(self, account: Account, message: Any) -> None:
+        asset_ids: set[str] = set()
+        for value in list(message.args) + list(message.kwargs.values()):
+            kwargs = getattr(value, "input_policy_init_kwargs", None) or {}
+            for per_server in kwargs.values():
+                if isinstance(per_server, dict):  # {kwarg: UID or Matches(val=UID) or Constant}
+                    asset_ids.update(str(getattr(rule, "val", rule)) for rule in per_server.values())
+        for name in sorted(self.accounts.dataset_names_for_assets(asset_ids)):
+            if not self.permissions.may_use_dataset(account.email, account.groups,
+                                                    account.role, name):
+                raise Refusal(403, f"{account.email} may not use dataset {name!r}")
+
+    def _check_api_schema_request(self, claims: dict, query: bytes) -> None:
+        from urllib.parse import parse_qs
+
+        from syft.server.credentials import SyftVerifyKey
+
+        values = parse_qs(query.decode("latin-1")).get("verify_key", [])
+        if not values:
+            return
+        try:
+            verify_key = SyftVerifyKey.from_string(values[0])
+        except Exception:
+            raise Refusal(400, "verify_key is not a syft verify key") from None
+        owner = self.accounts.by_verify_key(verify_key)
+        if owner is not None and owner.email.lower() != claims["sub"].lower():
+            raise Refusal(403, "API schema requested for another account than the token's subject")
+
+
+def _call_target(message: Any) -> str:
+    """A short, secret-free description of what an API call acts on (ids only)."""
+    from syft.types.uid import UID
+
+    ids = [str(v) for v in list(message.args) + list(message.kwargs.values())
+           if isinstance(v, UID)]
+    return ",".join(ids)[:200]
+
+
+async def _read_body(receive: Callable) -> bytes:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Refusal(400, "client disconnected")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise Refusal(413, "request body too large")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Callable) -> Callable:
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _send_json(send: Callable, status: int, payload: dict) -> None:
+    data = json.dumps(payload).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(data)).encode())]})
+    await send({"type": "http.response.body", "body": data})
+
+
+__all__ = ["TokenGate", "Refusal", "AccountDirectory", "PneumoSyftError"]

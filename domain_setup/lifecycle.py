@@ -1,0 +1,181 @@
+"""start, stop and status of a domain: a detached server process per state directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+import requests
+
+from common.errors import DomainError, PneumoSyftError
+from domain_setup.state import DomainConfig, StateDir, validate_name
+
+START_TIMEOUT_SECONDS = 240
+STOP_TIMEOUT_SECONDS = 30
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def is_healthy(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/health", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise DomainError(f"port {port} on {host} is already in use") from None
+
+
+def validate_db_url(db_url: str | None) -> str | None:
+    """Only PostgreSQL URLs are accepted for --db-url (SQLite in the state dir is the default)."""
+    if db_url is None:
+        return None
+    parsed = urlparse(db_url)
+    if parsed.scheme != "postgresql" or not parsed.hostname or not parsed.path.strip("/"):
+        raise DomainError(f"invalid --db-url {db_url!r}: expected postgresql://USER@HOST:PORT/DB")
+    return db_url
+
+
+def _check_database(db_url: str) -> None:
+    import psycopg
+
+    try:
+        with psycopg.connect(db_url, connect_timeout=5):
+            pass
+    except psycopg.Error as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DomainError(f"cannot connect to the database: {first}") from None
+
+
+def resolve_config(state: StateDir, *, name: str | None, port: int | None, host: str | None,
+                   db_url: str | None, policies: str | None, admin_email: str | None,
+                   jwt_algorithm: str | None) -> DomainConfig:
+    """Merge command-line options with what the state directory remembers."""
+    if state.exists():
+        config = state.load_config()
+        if name and name != config.name:
+            raise DomainError(f"{state.root} holds domain {config.name!r}, not {name!r}")
+        if db_url and db_url != config.db_url:
+            raise DomainError(f"{state.root} keeps its data in its first database; "
+                              "start a new state directory for another --db-url")
+        config.port = port or config.port
+        config.host = host or config.host
+        return config
+    if not name or not port:
+        raise DomainError("a new domain needs --name and --port")
+    config = DomainConfig(name=validate_name(name), host=host or "127.0.0.1", port=port,
+                          db_url=validate_db_url(db_url))
+    if admin_email:
+        config.admin_email = admin_email
+    if jwt_algorithm:
+        config.jwt_algorithm = jwt_algorithm
+    if policies:
+        config.extra["policies_dir"] = str(Path(policies).resolve())
+    return config
+
+
+def start(state: StateDir, config: DomainConfig, *, progress=print) -> DomainConfig:
+    """Start the domain in a detached process and wait until it answers."""
+    from domain_setup.policy_paths import load_domain_policies
+
+    if not 1024 <= config.port <= 65535:
+        raise DomainError(f"port {config.port} is outside 1024-65535")
+    pid = state.read_pid()
+    if _pid_alive(pid):
+        raise DomainError(f"domain {config.name!r} is already running (pid {pid}) at {config.url}")
+    load_domain_policies(config)  # a malformed policy file stops us before anything is written
+    if config.db_url:
+        _check_database(config.db_url)
+    _check_port_free(config.host, config.port)
+    state.create_dirs()
+    state.save_config(config)
+    started = time.time()
+    log = open(state.log_path, "ab")
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    child = subprocess.Popen([sys.executable, "-m", "domain_setup.server", str(state.root)],
+                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                             cwd=PROJECT_ROOT, env=env, start_new_session=True)
+    log.close()
+    progress(f"starting domain {config.name!r} (pid {child.pid}), log: {state.log_path}")
+    while time.time() - started < START_TIMEOUT_SECONDS:
+        if child.poll() is not None:
+            raise DomainError(f"the domain exited during start-up (code {child.returncode}); "
+                              f"last log line: {_last_log_line(state.log_path)}")
+        if is_healthy(config.url) and _connection_written_since(state, started):
+            return config
+        time.sleep(0.5)
+    child.terminate()
+    raise DomainError(f"the domain did not answer within {START_TIMEOUT_SECONDS} s; "
+                      f"see {state.log_path}")
+
+
+def _connection_written_since(state: StateDir, since: float) -> bool:
+    try:
+        return state.connection_path.stat().st_mtime >= since - 1
+    except FileNotFoundError:
+        return False
+
+
+def _last_log_line(path: Path) -> str:
+    try:
+        lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return "(no log)"
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or ["(empty log)"])[-1][:300]
+
+
+def stop(state: StateDir) -> bool:
+    """Stop the running domain (SIGTERM, then SIGKILL); False when it was not running."""
+    pid = state.read_pid()
+    if not _pid_alive(pid):
+        state.pid_path.unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + STOP_TIMEOUT_SECONDS
+    while time.time() < deadline and _pid_alive(pid):
+        time.sleep(0.2)
+    if _pid_alive(pid):
+        os.kill(pid, signal.SIGKILL)
+    state.pid_path.unlink(missing_ok=True)
+    return True
+
+
+def status(state: StateDir) -> dict:
+    """Name, URL, pid and health of the domain of `state`."""
+    config = state.load_config()
+    pid = state.read_pid()
+    running = _pid_alive(pid)
+    return {"name": config.name, "url": config.url, "pid": pid if running else None,
+            "running": running, "healthy": running and is_healthy(config.url),
+            "state_dir": str(state.root),
+            "database": "postgresql" if config.db_url else "sqlite (state dir)"}
+
+
+__all__ = ["start", "stop", "status", "resolve_config", "PneumoSyftError"]

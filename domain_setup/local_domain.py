@@ -1,0 +1,84 @@
+"""A domain on this machine driven through the real CLI, for demos, tests and benchmarks.
+
+    with LocalDomain.start_new("St Mary", state_dir) as domain:
+        domain.cli("upload", "synthetic", "--name", "xray", "--n", "600")
+        domain.cli("accounts", "apply", "policies/accounts.yaml")
+        researcher_file = domain.researcher_file("ada@pneumosyft-research.org")
+    # stopped here, even on error
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from common.errors import DomainError
+from domain_setup.state import StateDir
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago on `host`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+class LocalDomain:
+    """A domain in `state_dir`, started and administered with `python -m domain_setup`."""
+
+    def __init__(self, state_dir: str | Path):
+        self.state = StateDir(state_dir)
+
+    @classmethod
+    def start_new(cls, name: str, state_dir: str | Path, *, port: int | None = None,
+                  extra_args: tuple[str, ...] = ()) -> "LocalDomain":
+        domain = cls(state_dir)
+        domain.cli("start", "--name", name, "--port", str(port or free_port()), *extra_args)
+        return domain
+
+    @property
+    def url(self) -> str:
+        return self.state.load_config().url
+
+    @property
+    def name(self) -> str:
+        return self.state.load_config().name
+
+    def run(self, *args: str, check: bool = True, env: dict | None = None,
+            timeout: float = 600) -> subprocess.CompletedProcess:
+        """Run `python -m domain_setup ARGS --state-dir ...`; returns the finished process."""
+        command = [sys.executable, "-m", "domain_setup", *args, "--state-dir", str(self.state.root)]
+        result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True,
+                                env=dict(os.environ, **(env or {})), timeout=timeout,
+                                stdin=subprocess.DEVNULL)
+        if check and result.returncode != 0:
+            raise DomainError(f"`domain_setup {' '.join(args)}` failed: "
+                              f"{(result.stderr or result.stdout).strip()[-500:]}")
+        return result
+
+    def cli(self, *args: str) -> str:
+        """Run a CLI command that must succeed; returns its standard output."""
+        return self.run(*args).stdout
+
+    def start(self) -> None:
+        self.cli("start")
+
+    def stop(self) -> None:
+        self.run("stop", check=False)
+
+    def researcher_file(self, email: str, path: str | Path | None = None, ttl: str = "8h") -> Path:
+        """Issue a token for `email` and write the researcher's connection file."""
+        path = Path(path or self.state.root / f"connection-{email.split('@')[0]}.json")
+        self.cli("token", "issue", "--email", email, "--ttl", ttl, "--write-connection", str(path))
+        return path
+
+    def __enter__(self) -> "LocalDomain":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
