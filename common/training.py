@@ -1,0 +1,176 @@
+"""Training and evaluation loops: pure torch/numpy, no file or network access.
+
+Approved training plans call these inside a hospital domain; the researcher calls
+them locally on mock data. Inputs are uint8 images N x 1 x H x W (numpy arrays or torch
+tensors) and labels 0 = normal, 1 = pneumonia. Outputs are plain data: float32 numpy
+weights, Python floats and lists, never a module or a tensor.
+
+    result = train(images, labels, epochs=3, seed=0)
+    metrics = evaluate(test_images, test_labels, result["weights"])
+    metrics["auc"], metrics["confusion_matrix"]          # 0.93, [[tn, fp], [fn, tp]]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from common.errors import DataError
+from common.models import build_model
+
+ROC_THRESHOLDS = np.linspace(0.0, 1.0, 101)
+_EVAL_BATCH = 256
+
+
+# --------------------------------------------------------------------------- data
+
+def _as_numpy(values: Any) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        return values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def prepare(images: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check images and labels and turn them into model inputs and targets.
+
+    Images (N,1,H,W) or (N,H,W), uint8 (scaled by 1/255) or float in [0, 1], are
+    standardised per image (zero mean, unit variance), which makes the model
+    insensitive to exposure. Labels must be N values in {0, 1}.
+    """
+    pixels, targets = _as_numpy(images), _as_numpy(labels).reshape(-1)
+    if pixels.ndim == 3:
+        pixels = pixels[:, None]
+    if pixels.ndim != 4 or pixels.shape[1] != 1:
+        raise DataError(f"images must have shape (N, 1, H, W), got {pixels.shape}")
+    if len(pixels) != len(targets):
+        raise DataError(f"{len(pixels)} images but {len(targets)} labels")
+    if len(pixels) == 0:
+        raise DataError("no images given")
+    if not np.isin(targets, (0, 1)).all():
+        raise DataError("labels must be 0 (normal) or 1 (pneumonia)")
+    if pixels.dtype == np.uint8:
+        x = torch.from_numpy(pixels.astype(np.float32) / 255.0)
+    elif np.issubdtype(pixels.dtype, np.floating):
+        x = torch.from_numpy(pixels.astype(np.float32))
+    else:
+        raise DataError(f"images must be uint8 or float, got {pixels.dtype}")
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    std = x.std(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) / (std + 1e-6)
+    return x, torch.from_numpy(targets.astype(np.int64))
+
+
+# --------------------------------------------------------------------------- weights
+
+def weights_to_numpy(module: nn.Module) -> dict[str, np.ndarray]:
+    """The module's state dict as float32 numpy copies (buffers included)."""
+    return {name: value.detach().cpu().numpy().astype(np.float32, copy=True)
+            for name, value in module.state_dict().items()}
+
+
+def load_weights(module: nn.Module, weights: dict[str, Any]) -> nn.Module:
+    """Load `weights` (arrays by state-dict name) into `module`, checking names and shapes."""
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"weights do not match the model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    state = {}
+    for name, reference in expected.items():
+        value = torch.as_tensor(_as_numpy(weights[name]))
+        if tuple(value.shape) != tuple(reference.shape):
+            raise ValueError(f"weight {name!r} has shape {tuple(value.shape)}, "
+                             f"the model expects {tuple(reference.shape)}")
+        state[name] = value.to(reference.dtype)
+    module.load_state_dict(state)
+    return module
+
+
+def _model(model: str, image_size: int, weights: dict | None) -> nn.Module:
+    module = build_model(model, image_size=image_size)
+    if weights:
+        load_weights(module, weights)
+    return module
+
+
+# --------------------------------------------------------------------------- loops
+
+def train(images: Any, labels: Any, *, model: str = "small_cnn", epochs: int = 3,
+          lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
+          initial_weights: dict[str, np.ndarray] | None = None) -> dict:
+    """Train `model` with Adam and cross-entropy; deterministic for a given seed.
+
+    Returns ``{"weights": {name: float32 array}, "history": {"loss": [...],
+    "accuracy": [...]}, "n_samples": N, "model": model}`` (per-epoch training loss
+    and accuracy).
+    """
+    x, y = prepare(images, labels)
+    if int(epochs) < 1 or int(batch_size) < 1:
+        raise ValueError("epochs and batch_size must be positive")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = _model(model, x.shape[-1], initial_weights)
+        order = torch.Generator().manual_seed(seed)
+        optimiser = torch.optim.Adam(module.parameters(), lr=lr)
+        loss_fn = nn.CrossEntropyLoss()
+        history: dict[str, list[float]] = {"loss": [], "accuracy": []}
+        module.train()
+        for _ in range(int(epochs)):
+            total_loss, correct = 0.0, 0
+            for batch in torch.randperm(len(x), generator=order).split(int(batch_size)):
+                logits = module(x[batch])
+                loss = loss_fn(logits, y[batch])
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+                total_loss += float(loss.detach()) * len(batch)
+                correct += int((logits.argmax(1) == y[batch]).sum())
+            history["loss"].append(total_loss / len(x))
+            history["accuracy"].append(correct / len(x))
+    return {"weights": weights_to_numpy(module), "history": history,
+            "n_samples": int(len(x)), "model": model}
+
+
+def _scores(x: torch.Tensor, weights: dict[str, np.ndarray], model: str) -> np.ndarray:
+    """Pneumonia probability per prepared image (kept inside: never released as such)."""
+    module = _model(model, x.shape[-1], weights).eval()
+    with torch.no_grad():
+        logits = torch.cat([module(chunk) for chunk in x.split(_EVAL_BATCH)])
+    return torch.softmax(logits, dim=1)[:, 1].numpy().astype(np.float64)
+
+
+def binary_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
+    """Aggregate metrics of scores against 0/1 labels: accuracy at 0.5, AUC (None when
+    only one class is present), confusion matrix [[tn, fp], [fn, tp]] and the ROC curve
+    at 101 fixed thresholds 0.00, 0.01, ..., 1.00."""
+    from sklearn.metrics import roc_auc_score
+
+    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).reshape(-1)
+    predicted = scores >= 0.5
+    positive = labels == 1
+    tp, fn = int((predicted & positive).sum()), int((~predicted & positive).sum())
+    fp, tn = int((predicted & ~positive).sum()), int((~predicted & ~positive).sum())
+    both = 0 < positive.sum() < len(labels)
+    above = scores[None, :] >= ROC_THRESHOLDS[:, None]
+    tpr = above[:, positive].mean(axis=1) if positive.any() else np.zeros(len(ROC_THRESHOLDS))
+    fpr = above[:, ~positive].mean(axis=1) if (~positive).any() else np.zeros(len(ROC_THRESHOLDS))
+    return {
+        "accuracy": float((tp + tn) / len(labels)),
+        "auc": float(roc_auc_score(labels, scores)) if both else None,
+        "confusion_matrix": [[tn, fp], [fn, tp]],
+        "roc": {"thresholds": [float(t) for t in ROC_THRESHOLDS],
+                "fpr": [float(v) for v in fpr], "tpr": [float(v) for v in tpr]},
+        "n_samples": int(len(labels)),
+    }
+
+
+def evaluate(images: Any, labels: Any, weights: dict[str, np.ndarray], *,
+             model: str = "small_cnn") -> dict:
+    """Evaluate `weights` on images/labels; only aggregate, plain-Python metrics:
+    accuracy, auc, confusion_matrix, roc {"fpr", "tpr", "thresholds"}, n_samples."""
+    x, y = prepare(images, labels)
+    return binary_metrics(_scores(x, weights, model), y.numpy())

@@ -1,0 +1,184 @@
+"""`make demo-federated`: three hospital domains, plain and secure federated averaging.
+
+Each hospital holds one partition (IID, then label-skewed) of a synthetic X-ray
+set. The researcher trains a small CNN with plain federated averaging (the
+researcher sees every hospital's weights) and with secure aggregation (weights
+leave hospitals only as sealed additive shares), and compares both with
+centralised training and with each hospital alone, on held-out images.
+
+The hospital admins are played by reviewers that apply the same approval rules
+as `python -m domain_setup review approve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from common.errors import PneumoSyftError
+from domain_setup.local_domain import LocalDomain
+
+ACCOUNTS = Path(__file__).resolve().parent.parent / "policies" / "accounts.yaml"
+RESEARCHER = "ada@pneumosyft-research.org"
+HOSPITALS = ("St Mary", "Royal Infirmary", "County General")
+PARTITIONINGS = {"IID": None, "label-skewed": 0.5}
+DATASETS = {"IID": "xray", "label-skewed": "xray-skewed"}
+
+
+class AdminApprovers:
+    """One in-process admin reviewer per hospital domain, approving compliant requests."""
+
+    def __init__(self, domains: dict[str, LocalDomain]):
+        from domain_setup.admin_session import AdminSession
+        from domain_setup.policy_paths import load_domain_policies
+        from domain_setup.review import Reviewer
+
+        self.reviewers = {
+            name: Reviewer(AdminSession(domain.state),
+                           load_domain_policies(domain.state.load_config()).approval)
+            for name, domain in domains.items()}
+
+    def __call__(self, hospital, submission) -> None:
+        self.reviewers[hospital.name].approve(submission.request_id)
+
+
+def start_hospitals(workdir: Path, n: int, size: int) -> dict[str, LocalDomain]:
+    """Start the three domains; each uploads its IID and its label-skewed partition."""
+    domains: dict[str, LocalDomain] = {}
+    try:
+        for i, name in enumerate(HOSPITALS, start=1):
+            domain = LocalDomain.start_new(name, workdir / f"hospital-{i}")
+            domains[name] = domain
+            for partitioning, skew in PARTITIONINGS.items():
+                extra = ("--label-skew", str(skew)) if skew else ()
+                domain.cli("upload", "synthetic", "--name", DATASETS[partitioning], "--n", str(n),
+                           "--size", str(size), "--partition", f"{i}/{len(HOSPITALS)}", *extra)
+            domain.cli("accounts", "apply", str(ACCOUNTS))
+            domain.cli("federation", "enable")
+            print(f"  {name}: up at {domain.url}", flush=True)
+    except BaseException:
+        for domain in domains.values():
+            domain.stop()
+        raise
+    return domains
+
+
+def local_reference(data, plan, skew, epochs_total: int) -> dict:
+    """Centralised training and each hospital alone (the demo's data is synthetic)."""
+    from common.training import evaluate, train
+    from domain_setup.upload import take_partition
+
+    config = dict(plan.config(), epochs=epochs_total)
+    results = {"centralised": evaluate(data.test.images, data.test.labels,
+                                       train(data.train.images, data.train.labels, **config)["weights"],
+                                       model=plan.model)}
+    for i, name in enumerate(HOSPITALS):
+        part = take_partition(data.train, (i, len(HOSPITALS)), skew, seed=0)
+        weights = train(part.images, part.labels, **config)["weights"]
+        results[f"{name} alone"] = evaluate(data.test.images, data.test.labels, weights,
+                                            model=plan.model)
+    return results
+
+
+def run(n: int, size: int, rounds: int, epochs: int, workdir: Path, plot: Path | None) -> list:
+    from common.training import evaluate
+    from datasets.xray import load_synthetic
+    from scientist import TrainingPlan
+    from scientist.federated import join, run_rounds
+
+    plan = TrainingPlan(model="small_cnn", epochs=epochs)
+    data = load_synthetic(n=n, size=size)
+    print("== [admins] start three hospital domains", flush=True)
+    domains = start_hospitals(workdir, n, size)
+    table, curves = [], {}
+    try:
+        approver = AdminApprovers(domains)
+        files = {name: d.researcher_file(RESEARCHER, workdir / f"ada-{i}.json")
+                 for i, (name, d) in enumerate(domains.items())}
+        for partitioning, skew in PARTITIONINGS.items():
+            print(f"\n== [researcher] {partitioning} partitions", flush=True)
+            hospitals = [join(str(files[name]), dataset=DATASETS[partitioning]) for name in HOSPITALS]
+            for name, result in local_reference(data, plan, skew, rounds * epochs).items():
+                table.append((partitioning, name, result))
+            finals = {}
+            for secure in (False, True):
+                label = "secure FedAvg" if secure else "plain FedAvg"
+                accuracy_per_round = []
+
+                def on_round(weights, log, label=label, accuracy_per_round=accuracy_per_round):
+                    metrics = evaluate(data.test.images, data.test.labels, weights, model=plan.model)
+                    accuracy_per_round.append(metrics["accuracy"])
+                    print(f"  {label} round {log.round}: accuracy {metrics['accuracy']:.3f} "
+                          f"({log.seconds:.1f} s)", flush=True)
+
+                weights, _ = run_rounds(hospitals, plan, rounds=rounds, secure=secure,
+                                        approver=approver, on_round=on_round)
+                finals[label] = weights
+                curves[(partitioning, label)] = accuracy_per_round
+                table.append((partitioning, label, evaluate(data.test.images, data.test.labels,
+                                                            weights, model=plan.model)))
+            gap = max(float(np.max(np.abs(finals["secure FedAvg"][k] - finals["plain FedAvg"][k])))
+                      for k in finals["plain FedAvg"])
+            print(f"  secure vs plain FedAvg, largest weight difference: {gap:.2e}")
+    finally:
+        for domain in domains.values():
+            domain.stop()
+    print_table(table, n, size, rounds, epochs)
+    if plot:
+        plot_curves(curves, plot)
+    return table
+
+
+def print_table(table: list, n: int, size: int, rounds: int, epochs: int) -> None:
+    print(f"\n== held-out results (SYNTHETIC chest X-rays: {n} images at {size} px, "
+          f"{len(HOSPITALS)} hospitals, {rounds} rounds x {epochs} epoch(s))")
+    print(f"{'partitions':<14}{'model':<24}{'accuracy':>9}{'AUC':>8}")
+    for partitioning, name, metrics in table:
+        print(f"{partitioning:<14}{name:<24}{metrics['accuracy']:>9.3f}{metrics['auc']:>8.3f}")
+
+
+def plot_curves(curves: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (partitioning, label), accuracy in curves.items():
+        ax.plot(range(1, len(accuracy) + 1), accuracy, marker="o",
+                linestyle="--" if "plain" in label else "-", label=f"{label}, {partitioning}")
+    ax.set_xlabel("round")
+    ax.set_ylabel("held-out accuracy")
+    ax.set_title("Federated averaging on synthetic X-rays")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2400, help="synthetic images in all (default 2400)")
+    parser.add_argument("--size", type=int, default=64, choices=[28, 64, 128])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=1, help="local epochs per round")
+    parser.add_argument("--plot", type=Path, help="save accuracy per round as a PNG")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="pneumosyft-federated-") as workdir:
+            run(args.n, args.size, args.rounds, args.epochs, Path(workdir), args.plot)
+    except PneumoSyftError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"total {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""Connect to a hospital domain with the token the hospital issued.
+
+Details come from arguments, else from a connection file written by the admin
+(``python -m domain_setup token issue --email E --write-connection FILE``), whose
+path is given or in ``$PNEUMOSYFT_CONNECTION``. Nothing secret goes in a notebook.
+
+    client = connect()                                   # $PNEUMOSYFT_CONNECTION
+    client = connect("http://127.0.0.1:8081", token=t, email=e, password=p)
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from common.connection import connect_client
+from common.errors import DomainError
+from common.secure_files import read_json
+
+CONNECTION_ENV = "PNEUMOSYFT_CONNECTION"
+
+
+def load_connection_file(path: str | Path | None = None) -> dict:
+    """The researcher's connection details: url, email, password, token."""
+    path = path or os.environ.get(CONNECTION_ENV)
+    if not path:
+        raise DomainError(f"no connection details: pass url/token/email/password, or set "
+                          f"${CONNECTION_ENV} to the file your hospital admin gave you")
+    if not Path(path).exists():
+        raise DomainError(f"connection file {path} does not exist")
+    data = read_json(path)
+    missing = [k for k in ("url", "email", "password", "token") if not data.get(k)]
+    if missing:
+        raise DomainError(f"connection file {path} lacks {', '.join(missing)}")
+    return data
+
+
+def connect(url: str | None = None, *, token: str | None = None, email: str | None = None,
+            password: str | None = None, connection_file: str | Path | None = None,
+            quiet: bool = True) -> Any:
+    """A logged-in syft client for the researcher, every request carrying the token."""
+    if not (url and token and email and password):
+        details = load_connection_file(connection_file)
+        url, token = url or details["url"], token or details["token"]
+        email, password = email or details["email"], password or details["password"]
+    return connect_client(url, token=token, email=email, password=password, quiet=quiet)

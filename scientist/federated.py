@@ -1,0 +1,179 @@
+"""Federated averaging across hospital domains, plain or with secret-shared weights.
+
+Secure round (K hospitals, each also an aggregator):
+
+1. each hospital trains from the global model, scales its weights by its sample
+   count, splits them into K additive shares and seals share j to aggregator j's
+   public key; the researcher receives only ciphertexts and the sample count;
+2. aggregator j opens the K shares sealed to it, inside its own domain, and
+   releases only their sum (one more approved request);
+3. the researcher adds the K partial sums and divides by the total count.
+
+An `approver` callback stands for the hospital admins: it is called with a
+hospital and a submission, and must get the request approved (the demo runs
+`python -m domain_setup review approve`; a real admin reviews at leisure).
+
+    hospitals = [Hospital("A", client_a, admin_a), ...]
+    weights, log = run_rounds(hospitals, plan, rounds=3, secure=True, approver=approve)
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from common.errors import DomainError
+from common.secret_sharing import reconstruct_state_dict
+from common.wire import loads
+from scientist.plans import (
+    TrainingPlan,
+    aggregate_shares_plan,
+    secure_train_xray_plan,
+    train_xray_plan,
+)
+from scientist.submission import Submission, find_dataset, run_approved, split_assets, submit_plan
+
+AGGREGATION_DATASET = "aggregation"
+AGGREGATION_ASSET = "x25519_private"
+
+
+@dataclass
+class Hospital:
+    """One hospital as the researcher sees it: a name, a client, a dataset, its public key."""
+
+    name: str
+    client: Any
+    dataset: str = "xray"
+    public_key: str = ""
+
+
+@dataclass
+class RoundLog:
+    """What one round produced: per-hospital sample counts and histories, seconds taken."""
+
+    round: int
+    secure: bool
+    n_samples: dict = field(default_factory=dict)
+    histories: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+Approver = Callable[[Hospital, Submission], None]
+
+
+def join(connection_file: str, *, dataset: str = "xray") -> Hospital:
+    """Connect to one hospital and fetch its name and aggregation public key."""
+    import requests
+
+    from common.connection import HTTP_TIMEOUT, auth_headers, gate_reason
+    from scientist.connect import connect, load_connection_file
+
+    details = load_connection_file(connection_file)
+    client = connect(connection_file=connection_file)
+    response = requests.get(f"{details['url']}/pneumosyft/info",
+                            headers=auth_headers(details["token"]), timeout=HTTP_TIMEOUT)
+    if response.status_code != 200:
+        raise DomainError(f"{details['url']}: {gate_reason(response)}")
+    info = response.json()
+    return Hospital(name=info["name"], client=client, dataset=dataset,
+                    public_key=info["aggregation_public_key"])
+
+
+def _submit_and_run(hospital: Hospital, plan_function: Callable, inputs: dict, constants: dict,
+                    reason: str, approver: Approver) -> Any:
+    submission = submit_plan(hospital.client, plan_function, inputs=inputs,
+                             constants=constants, reason=reason)
+    approver(hospital, submission)
+    return run_approved(hospital.client, submission)
+
+
+def weighted_average(updates: list[tuple[dict, int]]) -> dict[str, np.ndarray]:
+    """Plain federated averaging: sum of n_k * w_k over the total count."""
+    total = sum(n for _, n in updates)
+    if total <= 0:
+        raise DomainError("no samples in this round")
+    names = updates[0][0].keys()
+    return {name: (sum(w[name].astype(np.float64) * n for w, n in updates) / total
+                   ).astype(np.float32) for name in names}
+
+
+def plain_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
+                approver: Approver, round_number: int) -> tuple[dict, RoundLog]:
+    """One FedAvg round in which the researcher sees every hospital's weights."""
+    log = RoundLog(round=round_number, secure=False)
+    started = time.perf_counter()
+    updates = []
+    for hospital in hospitals:
+        result = _submit_and_run(
+            hospital, train_xray_plan, split_assets(hospital.client, hospital.dataset, "train"),
+            {"config": plan.config(), "initial_weights": weights},
+            f"federated round {round_number} (plain averaging)", approver)
+        updates.append((result["weights"], int(result["n_samples"])))
+        log.n_samples[hospital.name] = int(result["n_samples"])
+        log.histories[hospital.name] = result["history"]
+    log.seconds = time.perf_counter() - started
+    return weighted_average(updates), log
+
+
+def aggregation_inputs(hospital: Hospital) -> dict:
+    """The hospital's private aggregation key asset, the input of `aggregate_shares_plan`."""
+    dataset = find_dataset(hospital.client, AGGREGATION_DATASET)
+    return {"aggregation_key": dataset.assets[AGGREGATION_ASSET]}
+
+
+def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
+                 approver: Approver, round_number: int) -> tuple[dict, RoundLog]:
+    """One FedAvg round in which weights leave each hospital only as sealed shares."""
+    missing = [h.name for h in hospitals if not h.public_key]
+    if missing:
+        raise DomainError(f"no aggregation public key for {', '.join(missing)}")
+    log = RoundLog(round=round_number, secure=True)
+    started = time.perf_counter()
+    keys = [h.public_key for h in hospitals]
+    sealed_by_hospital = []
+    for hospital in hospitals:
+        result = _submit_and_run(
+            hospital, secure_train_xray_plan,
+            split_assets(hospital.client, hospital.dataset, "train"),
+            {"config": plan.config(), "initial_weights": weights, "aggregator_keys": keys},
+            f"federated round {round_number} (secure aggregation)", approver)
+        if len(result["sealed_shares"]) != len(hospitals):
+            raise DomainError(f"{hospital.name} returned {len(result['sealed_shares'])} shares, "
+                              f"expected {len(hospitals)}")
+        sealed_by_hospital.append(result["sealed_shares"])
+        log.n_samples[hospital.name] = int(result["n_samples"])
+        log.histories[hospital.name] = result["history"]
+    partial_sums = []
+    for j, aggregator in enumerate(hospitals):
+        addressed = [sealed[j] for sealed in sealed_by_hospital]
+        try:
+            result = _submit_and_run(aggregator, aggregate_shares_plan, aggregation_inputs(aggregator),
+                                     {"sealed_shares": addressed},
+                                     f"release the sum of round {round_number}'s shares", approver)
+        except DomainError as exc:
+            raise DomainError(f"aggregator {aggregator.name} dropped out of round "
+                              f"{round_number}: {exc}; the round cannot complete") from None
+        partial_sums.append(loads(result["partial_sum"]))
+    total = sum(log.n_samples.values())
+    summed = reconstruct_state_dict(partial_sums)
+    average = {name: (value / total).astype(np.float32) for name, value in summed.items()}
+    log.seconds = time.perf_counter() - started
+    return average, log
+
+
+def run_rounds(hospitals: list[Hospital], plan: TrainingPlan, *, rounds: int, secure: bool,
+               approver: Approver, initial_weights: dict | None = None,
+               on_round: Callable[[dict, RoundLog], None] | None = None) -> tuple[dict, list]:
+    """Several rounds, each starting from the last global model."""
+    weights = dict(initial_weights or {})
+    logs = []
+    step = secure_round if secure else plain_round
+    for r in range(1, rounds + 1):
+        weights, log = step(hospitals, plan, weights, approver, r)
+        logs.append(log)
+        if on_round:
+            on_round(weights, log)
+    return weights, logs

@@ -1,0 +1,98 @@
+"""Training and evaluation plans: the code a researcher sends into a hospital domain.
+
+A plan is a plain function. Inside the domain it runs with the private tensors;
+locally it runs with the mock ones, unchanged. Its imports sit inside its body
+(syft runs the source with ``exec``) and come from the hospital's vetted modules
+(``common.training``, ``common.secret_sharing``, ``common.sealing``). It returns
+plain data only: weights as numpy arrays, scalar metrics, sealed shares.
+
+    plan = TrainingPlan(model="small_cnn", epochs=3)
+    result = plan.run_locally(mock_images, mock_labels)      # try it on the mock
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from common.errors import PneumoSyftError
+from common.models import MODEL_NAMES
+
+
+def train_xray_plan(images, labels, config, initial_weights):
+    """Train inside the domain; return the weights and per-epoch loss/accuracy."""
+    from common.training import train
+
+    result = train(images, labels, model=config["model"], epochs=config["epochs"],
+                   lr=config["lr"], batch_size=config["batch_size"], seed=config["seed"],
+                   initial_weights=initial_weights or None)
+    return {"weights": result["weights"], "history": result["history"],
+            "n_samples": result["n_samples"]}
+
+
+def evaluate_xray_plan(images, labels, weights, config):
+    """Evaluate weights on the hospital's held-out split; return aggregate metrics only."""
+    from common.training import evaluate
+
+    return {"metrics": evaluate(images, labels, weights, model=config["model"])}
+
+
+def secure_train_xray_plan(images, labels, config, initial_weights, aggregator_keys):
+    """Train, scale by the sample count, share among the aggregators, seal each share."""
+    from common.training import train
+    from common.secret_sharing import share_state_dict
+    from common.sealing import key_from_text, seal_shares
+
+    result = train(images, labels, model=config["model"], epochs=config["epochs"],
+                   lr=config["lr"], batch_size=config["batch_size"], seed=config["seed"],
+                   initial_weights=initial_weights or None)
+    n_samples = result["n_samples"]
+    scaled = {name: value * n_samples for name, value in result["weights"].items()}
+    shares = share_state_dict(scaled, len(aggregator_keys))
+    sealed = seal_shares(shares, [key_from_text(k) for k in aggregator_keys])
+    return {"sealed_shares": sealed, "n_samples": n_samples, "history": result["history"]}
+
+
+def aggregate_shares_plan(aggregation_key, sealed_shares):
+    """Open the shares sealed to this hospital and release only their sum."""
+    from common.secret_sharing import add_state_dict_shares
+    from common.sealing import open_share
+    from common.wire import dumps
+
+    total = None
+    for ciphertext in sealed_shares:
+        share = open_share(ciphertext, bytes(aggregation_key))
+        total = share if total is None else add_state_dict_shares(total, share)
+    return {"partial_sum": dumps(total), "n_shares": len(sealed_shares)}
+
+
+@dataclass
+class TrainingPlan:
+    """Hyper-parameters of a training plan; `config()` is what the domain receives."""
+
+    model: str = "small_cnn"
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 64
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.model not in MODEL_NAMES:
+            raise PneumoSyftError(f"unknown model {self.model!r}; one of {', '.join(MODEL_NAMES)}")
+        if not (isinstance(self.epochs, int) and self.epochs >= 1):
+            raise PneumoSyftError("epochs must be a positive integer")
+        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
+            raise PneumoSyftError("batch_size must be a positive integer")
+        if not 0 < float(self.lr) < 1:
+            raise PneumoSyftError("lr must be between 0 and 1")
+
+    def config(self) -> dict:
+        return asdict(self)
+
+    def run_locally(self, images: Any, labels: Any, initial_weights: dict | None = None) -> dict:
+        """Run the training plan here (on mock data), exactly as the domain would."""
+        return train_xray_plan(images, labels, self.config(), initial_weights or {})
+
+    def evaluate_locally(self, images: Any, labels: Any, weights: dict) -> dict:
+        """Run the evaluation plan here (on mock data)."""
+        return evaluate_xray_plan(images, labels, weights, self.config())

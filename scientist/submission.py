@@ -1,0 +1,139 @@
+"""Submit a plan to a domain, wait for the admin's decision, run it and fetch the result.
+
+    sub = submit_plan(client, train_xray_plan, dataset="xray", split="train",
+                      constants={"config": plan.config(), "initial_weights": {}},
+                      reason="3 epochs of a small CNN")
+    wait_for_approval(client, sub, timeout=600)
+    result = run_approved(client, sub)       # plain dict: weights, history, ...
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import secrets
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from common.errors import DomainError
+
+DEFAULT_TIMEOUT_SECONDS = 900
+
+
+@dataclass
+class Submission:
+    """A submitted plan: the syft request id, the function name, and its asset inputs."""
+
+    request_id: str
+    func_name: str
+    inputs: dict = field(default_factory=dict)
+
+
+def _quiet() -> contextlib.AbstractContextManager:
+    return contextlib.redirect_stdout(io.StringIO())
+
+
+def find_dataset(client: Any, name: str) -> Any:
+    """The dataset called `name`, or a clear error listing what exists."""
+    datasets = client.datasets.get_all()
+    for dataset in datasets:
+        if dataset.name == name:
+            return dataset
+    known = ", ".join(d.name for d in datasets) or "none"
+    raise DomainError(f"no dataset {name!r} on {client.name}; datasets: {known}")
+
+
+def split_assets(client: Any, dataset: str, split: str) -> dict:
+    """The images and labels assets of a split ('train' or 'test') of a dataset."""
+    if split not in ("train", "test"):
+        raise DomainError(f"unknown split {split!r}; use 'train' or 'test'")
+    found = find_dataset(client, dataset)
+    return {"images": found.assets[f"{split}_images"], "labels": found.assets[f"{split}_labels"]}
+
+
+def _unwrap(result: Any, what: str) -> Any:
+    if type(result).__name__ == "SyftError":
+        raise DomainError(f"{what}: {result.message}")
+    return result
+
+
+def submit_plan(client: Any, plan: Callable, *, inputs: dict, constants: dict,
+                reason: str, name: str | None = None) -> Submission:
+    """Submit `plan` with asset `inputs` and `constants` for the admin's approval."""
+    import syft as sy
+
+    if not reason or not reason.strip():
+        raise DomainError("say why: a submission needs a reason for the hospital admin")
+    func_name = name or f"{plan.__name__}_{secrets.token_hex(4)}"
+    rules = {k: sy.Constant(val=v) for k, v in constants.items()}
+    with _quiet():
+        syft_function = sy.syft_function(
+            input_policy=sy.MixedInputPolicy(client=client, **inputs, **rules),
+            output_policy=sy.SingleExecutionExactOutput(), name=func_name)(plan)
+        try:
+            request = client.code.request_code_execution(syft_function, reason=reason)
+        except Exception as exc:
+            raise DomainError(f"submission refused: {_public_message(exc)}") from None
+    request = _unwrap(request, "submission refused")
+    return Submission(request_id=str(request.id.no_dash), func_name=func_name, inputs=inputs)
+
+
+def _public_message(exc: Exception) -> str:
+    message = getattr(exc, "public_message", None) or str(exc)
+    return message.strip().splitlines()[0] if message.strip() else type(exc).__name__
+
+
+def request_status(client: Any, submission: Submission) -> tuple[str, str]:
+    """('pending'|'approved'|'rejected', denial reason) of a submission."""
+    with _quiet():
+        for request in client.requests.get_all():
+            if str(request.id.no_dash) == submission.request_id:
+                status = str(getattr(request.status, "name", request.status)).lower()
+                reason = ""
+                if status == "rejected":
+                    reason = str(request.deny_reason or "")
+                return status, reason
+    raise DomainError(f"request {submission.request_id} is not visible to this account")
+
+
+def wait_for_approval(client: Any, submission: Submission, *, timeout: float = DEFAULT_TIMEOUT_SECONDS,
+                      poll_seconds: float = 1.0, progress: bool = True) -> None:
+    """Block until the admin approves; raise on denial or timeout. Shows a spinner."""
+    started = time.monotonic()
+    spinner = "|/-\\"
+    tick = 0
+    while True:
+        status, reason = request_status(client, submission)
+        if status == "approved":
+            if progress:
+                print(f"\rrequest {submission.request_id[:8]} approved after "
+                      f"{time.monotonic() - started:.0f} s          ", file=sys.stderr)
+            return
+        if status == "rejected":
+            raise DomainError(f"request {submission.request_id} was denied: {reason}")
+        waited = time.monotonic() - started
+        if waited > timeout:
+            raise DomainError(f"request {submission.request_id} still pending after "
+                              f"{timeout:.0f} s; ask the hospital admin to review it")
+        if progress:
+            print(f"\r{spinner[tick % 4]} waiting for the admin to review request "
+                  f"{submission.request_id[:8]} ({waited:.0f} s)", end="", file=sys.stderr)
+        tick += 1
+        time.sleep(poll_seconds)
+
+
+def run_approved(client: Any, submission: Submission) -> Any:
+    """Run the approved plan on the private data inside the domain; fetch its output."""
+    with _quiet():
+        function = getattr(client.code, submission.func_name, None)
+        if function is None:
+            raise DomainError(f"{submission.func_name} is not among this account's code")
+        try:
+            pointer = function(**submission.inputs)
+            result = pointer.get() if hasattr(pointer, "get") else pointer
+        except Exception as exc:
+            raise DomainError(f"running {submission.func_name} failed: "
+                              f"{_public_message(exc)}") from None
+    return _unwrap(result, f"running {submission.func_name} failed")

@@ -1,0 +1,118 @@
+"""Secure federated averaging on three live hospital domains equals plain averaging."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from common.errors import DomainError, SharingError
+from common.sealing import open_share
+from common.secret_sharing import decode
+from conftest import ACCOUNTS_YAML, RESEARCHER
+from domain_setup.admin_session import AdminSession
+from domain_setup.aggregation_key import load_or_create_private_key
+from domain_setup.local_domain import LocalDomain
+from domain_setup.policy_paths import load_domain_policies
+from domain_setup.review import Reviewer
+from scientist import TrainingPlan
+from scientist.federated import join, plain_round, run_rounds, secure_round, weighted_average
+from scientist.plans import secure_train_xray_plan
+from scientist.submission import run_approved, split_assets, submit_plan
+
+pytestmark = pytest.mark.domain
+K = 3
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory):
+    """Three small hospital domains, each with one IID partition and its aggregation key."""
+    root = tmp_path_factory.mktemp("federation")
+    domains = []
+    try:
+        for i in range(1, K + 1):
+            domain = LocalDomain.start_new(f"Hospital {i}", root / f"h{i}")
+            domains.append(domain)
+            domain.cli("upload", "synthetic", "--name", "xray", "--n", "600", "--size", "28",
+                       "--partition", f"{i}/{K}")
+            domain.cli("accounts", "apply", str(ACCOUNTS_YAML))
+            domain.cli("federation", "enable")
+        reviewers = {d.name: Reviewer(AdminSession(d.state),
+                                      load_domain_policies(d.state.load_config()).approval)
+                     for d in domains}
+        hospitals = [join(str(d.researcher_file(RESEARCHER))) for d in domains]
+        yield domains, hospitals, reviewers
+    finally:
+        for domain in domains:
+            domain.stop()
+
+
+def _approve(reviewers):
+    return lambda hospital, submission: reviewers[hospital.name].approve(submission.request_id)
+
+
+def test_secure_average_equals_plain_average(federation):
+    domains, hospitals, reviewers = federation
+    plan = TrainingPlan(epochs=1, batch_size=32)
+    approver = _approve(reviewers)
+    plain, plain_log = plain_round(hospitals, plan, {}, approver, 1)
+    secure, secure_log = secure_round(hospitals, plan, {}, approver, 1)
+    assert plain_log.n_samples == secure_log.n_samples
+    assert sum(secure_log.n_samples.values()) == 480  # 80 % of 3 x 200
+    assert plain.keys() == secure.keys()
+    for name in plain:
+        assert secure[name].dtype == np.float32 and secure[name].shape == plain[name].shape
+        np.testing.assert_allclose(secure[name], plain[name], atol=1e-4, rtol=0)
+    # two rounds continue from the last global model
+    weights, logs = run_rounds(hospitals, plan, rounds=2, secure=True, approver=approver,
+                               initial_weights=secure)
+    assert [log.round for log in logs] == [1, 2]
+    assert any(not np.allclose(weights[n], secure[n]) for n in weights)
+
+
+def test_researcher_sees_only_ciphertext_of_a_hospital(federation):
+    domains, hospitals, reviewers = federation
+    hospital = hospitals[0]
+    plan = TrainingPlan(epochs=1, batch_size=32)
+    keys = [h.public_key for h in hospitals]
+    submission = submit_plan(hospital.client, secure_train_xray_plan,
+                             inputs=split_assets(hospital.client, "xray", "train"),
+                             constants={"config": plan.config(), "initial_weights": {},
+                                        "aggregator_keys": keys},
+                             reason="secure round")
+    reviewers[hospital.name].approve(submission.request_id)
+    output = run_approved(hospital.client, submission)
+    assert set(output) == {"sealed_shares", "n_samples", "history"}
+    assert all(isinstance(c, bytes) for c in output["sealed_shares"])
+    # what the researcher holds has no float arrays, and no share opens with a wrong key
+    assert not any(isinstance(v, np.ndarray) for v in output.values())
+    own_key = load_or_create_private_key(domains[0].state)
+    other_key = load_or_create_private_key(domains[1].state)
+    opened = open_share(output["sealed_shares"][0], own_key)
+    assert opened.party == 0 and opened.n_parties == K
+    with pytest.raises(SharingError, match="cannot open"):
+        open_share(output["sealed_shares"][0], other_key)
+    # even opened, one share alone is noise: decoded, it is nowhere near trained weights
+    decoded = np.concatenate([decode(t.data) for t in opened.tensors.values()])
+    assert np.median(np.abs(decoded)) > 1e9
+
+
+def test_a_hospital_dropping_out_is_a_clear_error(federation):
+    domains, hospitals, reviewers = federation
+    plan = TrainingPlan(epochs=1, batch_size=32)
+
+    def approve_but_third_refuses(hospital, submission):
+        if hospital.name == hospitals[2].name and "aggregate" in submission.func_name:
+            reviewers[hospital.name].deny(submission.request_id, reason="offline")
+            return
+        reviewers[hospital.name].approve(submission.request_id)
+
+    with pytest.raises(DomainError, match=f"aggregator {hospitals[2].name} dropped out"):
+        secure_round(hospitals, plan, {}, approve_but_third_refuses, 1)
+
+
+def test_weighted_average_weights_by_sample_count():
+    a = {"w": np.array([1.0, 2.0], np.float32)}
+    b = {"w": np.array([3.0, 6.0], np.float32)}
+    np.testing.assert_allclose(weighted_average([(a, 1), (b, 3)])["w"], [2.5, 5.0])
+    with pytest.raises(DomainError):
+        weighted_average([(a, 0)])
