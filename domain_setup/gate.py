@@ -24,7 +24,7 @@ import anyio
 
 from common.errors import PneumoSyftError, TokenError
 from domain_setup.audit import AuditLog
-from domain_setup.permissions import Permissions, action_for_path, role_at_least
+from domain_setup.permissions import ENABLE_SIGNUP, Permissions, action_for_path, role_at_least
 from domain_setup.tokens import TokenAuthority, bearer_token
 
 OPEN_PATHS = frozenset({"/health"})
@@ -206,7 +206,7 @@ class TokenGate:
         syft_path = str(message.path)
         if signer is None or signer.email.lower() != token_account.email.lower():
             raise Refusal(403, "API call is signed by another account than the token's subject")
-        action = action_for_path(syft_path)
+        action = ENABLE_SIGNUP if _enables_signup(syft_path, message) else action_for_path(syft_path)
         if action is not None and not self.permissions.role_may(signer.role, action):
             raise Refusal(403, f"role {signer.role} may not {action} ({syft_path})")
         if syft_path in SUBMIT_PATHS:
@@ -242,6 +242,16 @@ class TokenGate:
         owner = self.accounts.by_verify_key(verify_key)
         if owner is not None and owner.email.lower() != claims["sub"].lower():
             raise Refusal(403, "API schema requested for another account than the token's subject")
+
+
+def _enables_signup(syft_path: str, message: Any) -> bool:
+    """Does a settings call switch open sign-up on (settings.update/set with signup_enabled)?"""
+    if syft_path not in ("settings.update", "settings.set"):
+        return False
+    values = list(message.args) + list(message.kwargs.values())
+    if message.kwargs.get("signup_enabled") is True:
+        return True
+    return any(getattr(value, "signup_enabled", None) is True for value in values)
 
 
 def _call_target(message: Any) -> str:

@@ -46,6 +46,9 @@ def is_healthy(url: str) -> bool:
 
 def _check_port_free(host: str, port: int) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # like uvicorn: connections in TIME_WAIT from before a restart do not block us,
+        # another process listening on the port does
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -26,6 +26,19 @@ def _project_root() -> Path:
     return Path(__file__).resolve().parent.parent
 
 
+def postgres_config(db_url: str) -> Any:
+    """syft's PostgresDBConfig from a URL; a password-less URL (trust, peer auth) is fine."""
+    from urllib.parse import unquote, urlparse
+
+    from syft.store.db.postgres import PostgresDBConfig
+
+    parsed = urlparse(db_url)
+    return PostgresDBConfig(host=parsed.hostname, port=parsed.port or 5432,
+                            user=unquote(parsed.username or "postgres"),
+                            password=unquote(parsed.password or ""),
+                            database=parsed.path.lstrip("/"))
+
+
 def build_worker(state: StateDir, config: DomainConfig) -> Any:
     """Construct the syft Datasite with the identity and stores of `state`."""
     # syft keeps scratch files (locks, temp dbs) under $TMP/$SYFT_TEMP_ROOT/<id>;
@@ -38,14 +51,13 @@ def build_worker(state: StateDir, config: DomainConfig) -> Any:
         OnDiskBlobStorageClientConfig,
         OnDiskBlobStorageConfig,
     )
-    from syft.store.db.db import DBConfig
     from syft.store.db.sqlite import SQLiteDBConfig
     from syft.types.uid import UID
 
     identity = state.load_or_create_identity()
     password = state.load_or_create_admin_password()
     if config.db_url:
-        db_config = DBConfig.from_connection_string(config.db_url)
+        db_config = postgres_config(config.db_url)
     else:
         db_config = SQLiteDBConfig(filename="domain.sqlite", path=state.db_dir)
     blob_config = OnDiskBlobStorageConfig(
