@@ -15,6 +15,7 @@ from torch import nn
 
 MODEL_NAMES = ("small_cnn", "resnet18")
 NUM_CLASSES = 2
+MIN_IMAGE_SIZE = 16
 
 
 class SmallCNN(nn.Module):
@@ -60,6 +61,6 @@ def build_model(name: str = "small_cnn", image_size: int = 64) -> nn.Module:
     """
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}")
-    if int(image_size) < 16:
-        raise ValueError(f"image_size must be at least 16 px, got {image_size}")
+    if int(image_size) < MIN_IMAGE_SIZE:
+        raise ValueError(f"image_size must be at least {MIN_IMAGE_SIZE} px, got {image_size}")
     return SmallCNN() if name == "small_cnn" else _resnet18()

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from common.errors import DataError
-from common.models import build_model
+from common.models import MIN_IMAGE_SIZE, build_model
 
 ROC_THRESHOLDS = np.linspace(0.0, 1.0, 101)
 _EVAL_BATCH = 256
@@ -45,6 +45,9 @@ def prepare(images: Any, labels: Any) -> tuple[torch.Tensor, torch.Tensor]:
         pixels = pixels[:, None]
     if pixels.ndim != 4 or pixels.shape[1] != 1:
         raise DataError(f"images must have shape (N, 1, H, W), got {pixels.shape}")
+    if min(pixels.shape[2:]) < MIN_IMAGE_SIZE:
+        raise DataError(f"images are {pixels.shape[2]}x{pixels.shape[3]} px; "
+                        f"at least {MIN_IMAGE_SIZE} px needed")
     if len(pixels) != len(targets):
         raise DataError(f"{len(pixels)} images but {len(targets)} labels")
     if len(pixels) == 0:
@@ -91,8 +94,9 @@ def load_weights(module: nn.Module, weights: dict[str, Any]) -> nn.Module:
 
 
 def _model(model: str, image_size: int, weights: dict | None) -> nn.Module:
+    """A fresh `model`, loaded with `weights` unless they are None."""
     module = build_model(model, image_size=image_size)
-    if weights:
+    if weights is not None:
         load_weights(module, weights)
     return module
 
@@ -113,7 +117,7 @@ def train(images: Any, labels: Any, *, model: str = "small_cnn", epochs: int = 3
         raise ValueError("epochs and batch_size must be positive")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = _model(model, x.shape[-1], initial_weights)
+        module = _model(model, x.shape[-1], initial_weights or None)
         order = torch.Generator().manual_seed(seed)
         optimiser = torch.optim.Adam(module.parameters(), lr=lr)
         loss_fn = nn.CrossEntropyLoss()
@@ -162,8 +166,7 @@ def binary_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
         "accuracy": float((tp + tn) / len(labels)),
         "auc": float(roc_auc_score(labels, scores)) if both else None,
         "confusion_matrix": [[tn, fp], [fn, tp]],
-        "roc": {"thresholds": [float(t) for t in ROC_THRESHOLDS],
-                "fpr": [float(v) for v in fpr], "tpr": [float(v) for v in tpr]},
+        "roc": {"fpr": [float(v) for v in fpr], "tpr": [float(v) for v in tpr]},
         "n_samples": int(len(labels)),
     }
 
@@ -171,6 +174,6 @@ def binary_metrics(scores: np.ndarray, labels: np.ndarray) -> dict:
 def evaluate(images: Any, labels: Any, weights: dict[str, np.ndarray], *,
              model: str = "small_cnn") -> dict:
     """Evaluate `weights` on images/labels; only aggregate, plain-Python metrics:
-    accuracy, auc, confusion_matrix, roc {"fpr", "tpr", "thresholds"}, n_samples."""
+    accuracy, auc, confusion_matrix, roc {"fpr", "tpr"} (at ROC_THRESHOLDS), n_samples."""
     x, y = prepare(images, labels)
     return binary_metrics(_scores(x, weights, model), y.numpy())

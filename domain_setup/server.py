@@ -123,7 +123,13 @@ def serve(state: StateDir) -> None:
     if str(_project_root()) not in sys.path:
         # approved training plans import the hospital's vetted modules (common.*)
         sys.path.insert(0, str(_project_root()))
+    from domain_setup.syft_patches import skip_mock_reexecution
+
+    skip_mock_reexecution()
     worker = build_worker(state, config)
+    # syft logs exceptions raised by approved code at ERROR; the hospital admin needs
+    # them in the domain log (the researcher only sees "contact the Server Admin")
+    logging.getLogger("syft.service.code.user_code").setLevel(logging.ERROR)
     app = build_app(state, config, worker)
     state.pid_path.write_text(str(os.getpid()))
     try:

@@ -138,7 +138,8 @@ def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
         result = _submit_and_run(
             hospital, secure_train_xray_plan,
             split_assets(hospital.client, hospital.dataset, "train"),
-            {"config": plan.config(), "initial_weights": weights, "aggregator_keys": keys},
+            {"config": plan.config(), "initial_weights": weights,
+             "aggregator_keys": {"public_keys": keys}},
             f"federated round {round_number} (secure aggregation)", approver)
         if len(result["sealed_shares"]) != len(hospitals):
             raise DomainError(f"{hospital.name} returned {len(result['sealed_shares'])} shares, "
@@ -151,7 +152,7 @@ def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
         addressed = [sealed[j] for sealed in sealed_by_hospital]
         try:
             result = _submit_and_run(aggregator, aggregate_shares_plan, aggregation_inputs(aggregator),
-                                     {"sealed_shares": addressed},
+                                     {"sealed_shares": {"ciphertexts": addressed}},
                                      f"release the sum of round {round_number}'s shares", approver)
         except DomainError as exc:
             raise DomainError(f"aggregator {aggregator.name} dropped out of round "

@@ -47,23 +47,27 @@ def secure_train_xray_plan(images, labels, config, initial_weights, aggregator_k
                    lr=config["lr"], batch_size=config["batch_size"], seed=config["seed"],
                    initial_weights=initial_weights or None)
     n_samples = result["n_samples"]
+    public_keys = aggregator_keys["public_keys"]
     scaled = {name: value * n_samples for name, value in result["weights"].items()}
-    shares = share_state_dict(scaled, len(aggregator_keys))
-    sealed = seal_shares(shares, [key_from_text(k) for k in aggregator_keys])
+    shares = share_state_dict(scaled, len(public_keys))
+    sealed = seal_shares(shares, [key_from_text(k) for k in public_keys])
     return {"sealed_shares": sealed, "n_samples": n_samples, "history": result["history"]}
 
 
 def aggregate_shares_plan(aggregation_key, sealed_shares):
     """Open the shares sealed to this hospital and release only their sum."""
+    import numpy as np
     from common.secret_sharing import add_state_dict_shares
     from common.sealing import open_share
     from common.wire import dumps
 
+    # the key asset is 32 uint8; syft may hand it over widened, so narrow it explicitly
+    private_key = np.asarray(aggregation_key).astype(np.uint8).tobytes()
     total = None
-    for ciphertext in sealed_shares:
-        share = open_share(ciphertext, bytes(aggregation_key))
+    for ciphertext in sealed_shares["ciphertexts"]:
+        share = open_share(ciphertext, private_key)
         total = share if total is None else add_state_dict_shares(total, share)
-    return {"partial_sum": dumps(total), "n_shares": len(sealed_shares)}
+    return {"partial_sum": dumps(total), "n_shares": len(sealed_shares["ciphertexts"])}
 
 
 @dataclass

@@ -66,6 +66,10 @@ def submit_plan(client: Any, plan: Callable, *, inputs: dict, constants: dict,
 
     if not reason or not reason.strip():
         raise DomainError("say why: a submission needs a reason for the hospital admin")
+    for key, value in constants.items():  # what syft 0.9.5 passes into a run as is
+        if not isinstance(value, (dict, str, int, float)):
+            raise DomainError(f"constant {key!r} is a {type(value).__name__}; syft passes only "
+                              "dict, str, int and float constants (wrap lists in a dict)")
     func_name = name or f"{plan.__name__}_{secrets.token_hex(4)}"
     rules = {k: sy.Constant(val=v) for k, v in constants.items()}
     with _quiet():

@@ -77,7 +77,7 @@ def test_researcher_sees_only_ciphertext_of_a_hospital(federation):
     submission = submit_plan(hospital.client, secure_train_xray_plan,
                              inputs=split_assets(hospital.client, "xray", "train"),
                              constants={"config": plan.config(), "initial_weights": {},
-                                        "aggregator_keys": keys},
+                                        "aggregator_keys": {"public_keys": keys}},
                              reason="secure round")
     reviewers[hospital.name].approve(submission.request_id)
     output = run_approved(hospital.client, submission)

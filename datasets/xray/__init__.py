@@ -1,4 +1,9 @@
-"""Chest X-ray data: the synthetic generator and loaders for the formats hospitals have."""
+"""Chest X-ray data: the synthetic generator, loaders for the formats hospitals have,
+partitions among hospitals, dataset cards and the pixel baseline.
+
+    from datasets.xray import load_source, make_card
+    data = load_source("synthetic", size=64, n=3000)
+"""
 
 from datasets.xray.card import card_markdown, make_card
 from datasets.xray.loaders import (

@@ -1,48 +1,68 @@
 """The dataset card a researcher reads before asking for anything.
 
-    card = make_card(data, "xray"); print(card_markdown(card))
+    card = make_card(load_synthetic(n=500, size=28), "xray")
+    print(card["summary"])         # "SYNTHETIC chest X-rays (generated, no patient data): ..."
+    print(card_markdown(card))     # the syft dataset description
 """
 
 from __future__ import annotations
 
-LABELS = {0: "normal", 1: "pneumonia"}
+from datasets.xray.loaders import LABEL_NAMES, XRayData, XRaySplit
 
 
-def _counts(split) -> dict:
-    if split is None:
-        return {}
-    positives = int(split.labels.sum())
-    return {"total": int(len(split.labels)), "normal": int(len(split.labels) - positives),
-            "pneumonia": positives}
+def _split_counts(split: XRaySplit) -> dict:
+    total = int(len(split.labels))
+    pneumonia = int((split.labels == 1).sum())
+    return {"images": total, "normal": total - pneumonia, "pneumonia": pneumonia,
+            "pneumonia_fraction": round(pneumonia / total, 4) if total else 0.0}
 
 
-def make_card(data, name: str) -> dict:
-    """Source, licence, shapes, label meaning and counts; JSON-serialisable."""
-    train = data.train
-    counts = {split: _counts(getattr(data, split)) for split in ("train", "val", "test")
-              if getattr(data, split) is not None}
-    total = sum(c["total"] for c in counts.values())
-    fraction = sum(c["pneumonia"] for c in counts.values()) / max(total, 1)
-    kind = "SYNTHETIC chest X-rays (generated, no patient data)" if data.synthetic else "chest X-rays"
+def make_card(data: XRayData, name: str) -> dict:
+    """Name, summary, source, licence, synthetic flag, image shape and dtype, label
+    meaning, and per-split and overall class counts; JSON-serialisable (label keys are
+    the strings "0" and "1")."""
+    splits = {split_name: _split_counts(split) for split_name, split in data.splits().items()}
+    total = sum(counts["images"] for counts in splits.values())
+    pneumonia = sum(counts["pneumonia"] for counts in splits.values())
+    fraction = round(pneumonia / total, 4) if total else 0.0
+    shape = [int(d) for d in data.train.images.shape[1:]]
+    kind = ("SYNTHETIC chest X-rays (generated, no patient data)" if data.synthetic
+            else f"chest X-rays from {data.source}")
+    sizes = " / ".join(f"{counts['images']} {split_name}" for split_name, counts in splits.items())
     return {
-        "name": name, "source": data.source, "licence": data.licence, "synthetic": data.synthetic,
-        "image_shape": list(train.images.shape[1:]), "image_dtype": str(train.images.dtype),
-        "label_meaning": {str(k): v for k, v in LABELS.items()}, "counts": counts,
-        "pneumonia_fraction": round(fraction, 4),
-        "summary": f"{total} {kind} at {train.images.shape[-1]} px, "
-                   f"{fraction:.0%} pneumonia; source: {data.source}",
+        "name": name,
+        "summary": f"{kind}: {sizes}, {shape[-2]}x{shape[-1]} px, {fraction:.0%} pneumonia",
+        "source": data.source,
+        "licence": data.licence,
+        "synthetic": bool(data.synthetic),
+        "image": {"shape": shape, "dtype": str(data.train.images.dtype)},
+        "labels": {str(value): meaning for value, meaning in LABEL_NAMES.items()},
+        "splits": splits,
+        "n_images": total,
+        "pneumonia_fraction": fraction,
     }
 
 
 def card_markdown(card: dict) -> str:
-    """The card as a short markdown text (the syft dataset description)."""
-    lines = [f"# {card['name']}", "", card["summary"], "",
-             f"- source: {card['source']}", f"- licence: {card['licence']}",
-             f"- images: {card['image_dtype']} {tuple(card['image_shape'])} (channels, height, width)",
-             "- labels: int64, " + ", ".join(f"{k} = {v}" for k, v in card["label_meaning"].items())]
-    for split, c in card["counts"].items():
-        lines.append(f"- {split}: {c['total']} images ({c['normal']} normal, {c['pneumonia']} pneumonia)")
-    if "partition" in card:
-        lines.append(f"- partition: {card['partition']}")
-    lines.append("- mocks: synthetic images of the same shape, dtype and class balance")
+    """The card as a short markdown text (used as the syft dataset description)."""
+    image = card["image"]
+    lines = [f"### {card['name']}", "", card["summary"], ""]
+    if card["synthetic"]:
+        lines += ["> **SYNTHETIC**: generated images, no patient data; results on them say",
+                  "> nothing about real patients.", ""]
+    lines += [
+        f"- **source:** {card['source']}",
+        f"- **licence:** {card['licence']}",
+        f"- **images:** {image['dtype']}, shape {' x '.join(map(str, image['shape']))} "
+        "(channels x height x width)",
+        "- **labels:** int64, " + ", ".join(f"{k} = {v}" for k, v in card["labels"].items()),
+    ]
+    if "partition" in card:  # set by the uploader when a hospital holds one partition
+        lines.append(f"- **partition:** {card['partition']}")
+    lines += ["", "| split | images | normal | pneumonia | pneumonia % |",
+              "|---|---:|---:|---:|---:|"]
+    for split_name, counts in card["splits"].items():
+        lines.append(f"| {split_name} | {counts['images']} | {counts['normal']} | "
+                     f"{counts['pneumonia']} | {counts['pneumonia_fraction']:.1%} |")
+    lines += ["", "Mocks are synthetic images with the same shape, dtype and class balance."]
     return "\n".join(lines)

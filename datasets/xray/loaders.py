@@ -10,7 +10,7 @@ Three sources, all ending as uint8 images N x 1 x H x W and int64 labels (0 = no
 Every problem with a file or folder raises :class:`common.errors.DataError` with one
 line naming the file and what is wrong.
 
-    data = load_source("pneumoniamnist:/srv/xray/pneumoniamnist.npz", size=64)
+    data = load_source("pneumoniamnist:pneumoniamnist.npz", size=64)
     data.train.images.shape, data.test.labels.mean()
 """
 
@@ -33,6 +33,7 @@ KERMANY_LICENCE = ("as granted by the data owner (the public Kermany et al. 2018
 CLASS_FOLDERS = ("NORMAL", "PNEUMONIA")          # label = position in this tuple
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 SOURCE_SCHEMES = ("synthetic", "pneumoniamnist:PATH", "folder:PATH")
+MIN_SIZE = 8                                     # px, for loaded and resized images
 
 
 @dataclass
@@ -84,6 +85,12 @@ def load_synthetic(n: int = 3000, size: int = 64, pneumonia_fraction: float = 0.
                     source="synthetic", licence=SYNTHETIC_LICENCE, synthetic=True)
 
 
+def _check_size(size) -> int:
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
+        raise DataError(f"size must be an integer of at least {MIN_SIZE} px, got {size!r}")
+    return int(size)
+
+
 # --------------------------------------------------------------------------- MedMNIST .npz
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
@@ -111,9 +118,9 @@ def _npz_split(archive, path: Path, split: str) -> XRaySplit:
         images = images[:, 0]
     if images.ndim != 3:
         raise DataError(f"{where}_images has shape {images.shape}, expected (N, H, W)")
-    if images.shape[1] != images.shape[2] or images.shape[1] < 8:
+    if images.shape[1] != images.shape[2] or images.shape[1] < MIN_SIZE:
         raise DataError(f"{where}_images are {images.shape[1]}x{images.shape[2]} px, "
-                        f"expected square images of at least 8 px")
+                        f"expected square images of at least {MIN_SIZE} px")
     if not np.issubdtype(labels.dtype, np.integer):
         raise DataError(f"{where}_labels has dtype {labels.dtype}, expected integers")
     if labels.ndim == 2 and labels.shape[1] == 1:
@@ -139,6 +146,7 @@ def load_pneumoniamnist(path: str | Path, size: int | None = None) -> XRayData:
         data = load_pneumoniamnist("pneumoniamnist.npz", size=64)
     """
     path = Path(path)
+    size = None if size is None else _check_size(size)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
     if not zipfile.is_zipfile(path):
@@ -165,7 +173,7 @@ def load_pneumoniamnist(path: str | Path, size: int | None = None) -> XRayData:
     if len(set(sizes.values())) > 1:
         raise DataError(f"{path}: splits have different image sizes {sizes}")
     if size is not None:
-        splits = {name: XRaySplit(_resize(split.images, int(size)), split.labels)
+        splits = {name: XRaySplit(_resize(split.images, size), split.labels)
                   for name, split in splits.items()}
     return XRayData(train=splits["train"], val=splits.get("val"), test=splits["test"],
                     source=f"PneumoniaMNIST ({path.name})", licence=PNEUMONIAMNIST_LICENCE,
@@ -226,14 +234,12 @@ def load_kermany(root: str | Path, size: int = 64) -> XRayData:
     ``.jpeg``, ``.jpg`` and ``.png`` files are read, turned grey, resized and
     centre-cropped to size x size; ``val`` is optional. NORMAL is 0, PNEUMONIA 1.
 
-        data = load_kermany("/srv/xray/chest_xray", size=128)
+        data = load_kermany("chest_xray", size=128)
     """
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
-    if int(size) < 8:
-        raise DataError(f"size must be at least 8 px, got {size}")
-    transform = _ToSquareGray(int(size))
+    transform = _ToSquareGray(_check_size(size))
     splits: dict[str, XRaySplit] = {}
     for split in ("train", "val", "test"):
         directory = root / split
@@ -255,7 +261,7 @@ def load_source(spec: str, size: int = 64, n: int = 3000, seed: int = 0) -> XRay
     Images come out at size x size; `n` and `seed` apply to the synthetic source.
 
         load_source("synthetic", size=28, n=400)
-        load_source("folder:/srv/xray/chest_xray", size=64)
+        load_source("folder:chest_xray", size=64)
     """
     scheme, _, target = str(spec).partition(":")
     if scheme == "synthetic" and not target:

@@ -60,7 +60,7 @@ def _u(rng: np.random.Generator, low: float, high: float, n: int) -> np.ndarray:
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
-    """3t^2 - 2t^3 of t = x clipped to [0, 1]: a soft 0-to-1 edge (in place on a copy)."""
+    """3t^2 - 2t^3 with t = x clipped to [0, 1]: a soft step from 0 to 1."""
     t = np.minimum(np.maximum(x, np.float32(0.0)), np.float32(1.0))
     out = t * t
     t *= np.float32(-2.0)
