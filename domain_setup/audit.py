@@ -8,6 +8,7 @@ that looks like a JWT. Readers skip a torn line left by a crash.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -97,6 +98,9 @@ class AuditLog:
     def _append(self, line: bytes) -> None:
         fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
+            # another process may be mid-write: without the lock its half line would look
+            # like a torn one and we would split it
+            fcntl.flock(fd, fcntl.LOCK_EX)
             info = os.fstat(fd)
             if info.st_mode & 0o077:
                 os.fchmod(fd, 0o600)
