@@ -170,9 +170,11 @@ def share_histogram(share_words: np.ndarray, weights: np.ndarray, *, bins: int =
 
 
 def accuracy_per_round(curves: Mapping[str, Sequence[float]], *,
+                       reference: Mapping[str, float] | None = None,
                        ylabel: str = "accuracy",
                        title: str = "Federated averaging: accuracy per round") -> Figure:
-    """One line per label ({"plain FedAvg": [...], "secure FedAvg": [...]}), rounds from 1."""
+    """One line per label ({"plain FedAvg": [...], "secure FedAvg": [...]}), rounds from 1;
+    `reference` adds dotted horizontal lines ({"always 'pneumonia'": 0.73})."""
     fig = Figure(figsize=(5.5, 3.6), layout="constrained")
     ax = fig.subplots()
     styles = ("-", "--", "-.", ":")
@@ -180,6 +182,8 @@ def accuracy_per_round(curves: Mapping[str, Sequence[float]], *,
     for k, (label, values) in enumerate(curves.items()):
         rounds = np.arange(1, len(values) + 1)
         ax.plot(rounds, values, linestyle=styles[k % 4], marker=markers[k % 4], label=label)
+    for k, (label, value) in enumerate((reference or {}).items()):
+        ax.axhline(value, color=("grey", "black")[k % 2], linestyle=":", label=label)
     longest = max((len(v) for v in curves.values()), default=0)
     ax.set_xticks(np.arange(1, longest + 1))
     ax.set_xlabel("round")
