@@ -38,9 +38,9 @@ class Stopwatch:
 
 def approve_latest(domain: LocalDomain) -> str:
     """As the admin: list requests, show the pending one, approve it through the CLI."""
-    print(domain.cli("review", "list").rstrip())
-    pending = [line.split()[0] for line in domain.cli("review", "list").splitlines()[1:]
-               if "pending" in line]
+    listing = domain.cli("review", "list")
+    print(listing.rstrip())
+    pending = [line.split()[0] for line in listing.splitlines()[1:] if "pending" in line]
     if not pending:
         raise PneumoSyftError("no pending request to approve")
     request_id = pending[-1]

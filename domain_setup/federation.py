@@ -14,11 +14,10 @@ import os
 
 import numpy as np
 
+from common.aggregation import AGGREGATION_ASSET, AGGREGATION_DATASET
 from common.errors import DomainError
 from domain_setup.aggregation_key import load_or_create_private_key, public_key_text
 
-AGGREGATION_DATASET = "aggregation"
-AGGREGATION_ASSET = "x25519_private"
 
 
 def enable_aggregation(session) -> str:

@@ -25,6 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from common.aggregation import AGGREGATION_ASSET, AGGREGATION_DATASET
 from common.errors import DomainError
 from common.secret_sharing import reconstruct_state_dict
 from common.wire import loads
@@ -36,8 +37,6 @@ from scientist.plans import (
 )
 from scientist.submission import Submission, find_dataset, run_approved, split_assets, submit_plan
 
-AGGREGATION_DATASET = "aggregation"
-AGGREGATION_ASSET = "x25519_private"
 
 
 @dataclass
