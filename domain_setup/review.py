@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common.errors import DomainError
+from common.syft_requests import get_request, request_status
 from domain_setup.code_rules import check_code, check_config
 
 _UID_RE = re.compile(r"^[0-9a-f]{8,32}$")
@@ -42,10 +43,6 @@ def normalise_request_id(text: str) -> str:
     return cleaned
 
 
-def _status(request: Any) -> str:
-    return str(getattr(request.status, "name", request.status)).lower()
-
-
 def _policy_rules(code: Any) -> dict:
     rules: dict = {}
     for per_server in (code.input_policy_init_kwargs or {}).values():
@@ -67,12 +64,15 @@ def summarise(request: Any, approval_rules: Any, asset_names: dict[str, str]) ->
     # every parameter bound to a dataset is private, whatever the researcher named it
     verdict = check_code(code.raw_code, approval_rules, input_shapes={k: () for k in inputs})
     reasons = list(verdict.reasons)
+    if getattr(code, "nested_codes", None):
+        # approving applies every nested function too, and only this one is checked above
+        reasons.append("calls other syft functions (nested code), which the rules do not check")
     config = constants.get("config")
     if isinstance(config, dict):
         reasons += check_config(config, approval_rules)
     return RequestSummary(
         id=str(request.id.no_dash), requester=request.requesting_user_email or "?",
-        function=code.service_func_name, status=_status(request),
+        function=code.service_func_name, status=request_status(request),
         created=str(request.request_time)[:19], code=code.raw_code, inputs=inputs,
         constants={k: _describe_constant(v) for k, v in constants.items()},
         verdict_ok=not reasons, verdict_reasons=reasons)
@@ -110,12 +110,20 @@ class Reviewer:
         return [summarise(r, self.rules, names) for r in self._requests()]
 
     def find(self, request_id: str) -> Any:
+        """The code request with this id or unique id prefix (one fetch for a full id)."""
         wanted = normalise_request_id(request_id)
-        matches = [r for r in self._requests() if str(r.id.no_dash).startswith(wanted)]
-        if not matches:
-            raise DomainError(f"no request with id {request_id}")
+        if len(wanted) == 32:
+            try:
+                matches = [get_request(self.client, wanted)]
+            except DomainError:
+                matches = []
+        else:  # compare ids only: a request's code is fetched just for the match
+            matches = [r for r in self.client.requests.get_all()
+                       if str(r.id.no_dash).startswith(wanted)]
         if len(matches) > 1:
             raise DomainError(f"request id prefix {request_id} is ambiguous; give more digits")
+        if not matches or type(matches[0].code).__name__ != "UserCode":
+            raise DomainError(f"no request with id {request_id}")
         return matches[0]
 
     def show(self, request_id: str) -> RequestSummary:
@@ -132,7 +140,13 @@ class Reviewer:
                               "approve anyway only with --override --reason TEXT")
         if override and not reason.strip():
             raise DomainError("--override needs --reason TEXT")
-        result = request.approve(disable_warnings=True)
+        # request.apply, not request.approve: approve() re-fetches the server metadata and
+        # the code and prints to stdout; its one check that matters here, refusing nested
+        # code, is a rule violation in summarise()
+        try:
+            result = self.client.api.services.request.apply(uid=request.id)
+        except Exception as exc:  # syft raises SyftException subclasses with a public message
+            raise DomainError(f"approval failed: {getattr(exc, 'public_message', exc)}") from None
         if type(result).__name__ == "SyftError":
             raise DomainError(f"approval failed: {result.message}")
         self.session.audit("request.override" if not summary.verdict_ok else "request.approve",

@@ -9,8 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import secrets
 import sys
 import time
@@ -18,21 +16,21 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from common.errors import DomainError
+from common.syft_requests import get_request
+from common.syft_requests import request_status as syft_request_status
+from scientist.quiet import syft_quiet
 
 DEFAULT_TIMEOUT_SECONDS = 900
 
 
 @dataclass
 class Submission:
-    """A submitted plan: the syft request id, the function name, and its asset inputs."""
+    """A submitted plan: the syft request id, the function name, its asset inputs, its code id."""
 
     request_id: str
     func_name: str
     inputs: dict = field(default_factory=dict)
-
-
-def _quiet() -> contextlib.AbstractContextManager:
-    return contextlib.redirect_stdout(io.StringIO())
+    code_id: str = ""
 
 
 def find_dataset(client: Any, name: str) -> Any:
@@ -72,7 +70,7 @@ def submit_plan(client: Any, plan: Callable, *, inputs: dict, constants: dict,
                               "dict, str, int and float constants (wrap lists in a dict)")
     func_name = name or f"{plan.__name__}_{secrets.token_hex(4)}"
     rules = {k: sy.Constant(val=v) for k, v in constants.items()}
-    with _quiet():
+    with syft_quiet():
         syft_function = sy.syft_function(
             input_policy=sy.MixedInputPolicy(client=client, **inputs, **rules),
             output_policy=sy.SingleExecutionExactOutput(), name=func_name)(plan)
@@ -81,7 +79,8 @@ def submit_plan(client: Any, plan: Callable, *, inputs: dict, constants: dict,
         except Exception as exc:
             raise DomainError(f"submission refused: {_public_message(exc)}") from None
     request = _unwrap(request, "submission refused")
-    return Submission(request_id=str(request.id.no_dash), func_name=func_name, inputs=inputs)
+    return Submission(request_id=str(request.id.no_dash), func_name=func_name, inputs=inputs,
+                      code_id=str(request.code_id.no_dash))
 
 
 def _public_message(exc: Exception) -> str:
@@ -91,15 +90,11 @@ def _public_message(exc: Exception) -> str:
 
 def request_status(client: Any, submission: Submission) -> tuple[str, str]:
     """('pending'|'approved'|'rejected', denial reason) of a submission."""
-    with _quiet():
-        for request in client.requests.get_all():
-            if str(request.id.no_dash) == submission.request_id:
-                status = str(getattr(request.status, "name", request.status)).lower()
-                reason = ""
-                if status == "rejected":
-                    reason = str(request.deny_reason or "")
-                return status, reason
-    raise DomainError(f"request {submission.request_id} is not visible to this account")
+    with syft_quiet():
+        request = get_request(client, submission.request_id)
+        status = syft_request_status(request)
+        reason = str(request.deny_reason or "") if status == "rejected" else ""
+    return status, reason
 
 
 def wait_for_approval(client: Any, submission: Submission, *, timeout: float = DEFAULT_TIMEOUT_SECONDS,
@@ -129,13 +124,18 @@ def wait_for_approval(client: Any, submission: Submission, *, timeout: float = D
 
 
 def run_approved(client: Any, submission: Submission) -> Any:
-    """Run the approved plan on the private data inside the domain; fetch its output."""
-    with _quiet():
-        function = getattr(client.code, submission.func_name, None)
-        if function is None:
-            raise DomainError(f"{submission.func_name} is not among this account's code")
+    """Run the approved plan on the private data inside the domain; fetch its output.
+
+    The call goes straight to ``code.call`` with the code's id: looking the function
+    up as ``client.code.<name>`` makes syft re-download its whole API, which holds
+    every plan this account ever submitted, and grew slower with every round.
+    """
+    from syft.types.uid import UID
+
+    with syft_quiet():
+        code_id = submission.code_id or str(get_request(client, submission.request_id).code_id)
         try:
-            pointer = function(**submission.inputs)
+            pointer = client.api.services.code.call(uid=UID(code_id), **submission.inputs)
             result = pointer.get() if hasattr(pointer, "get") else pointer
         except Exception as exc:
             raise DomainError(f"running {submission.func_name} failed: "

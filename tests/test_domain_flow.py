@@ -92,3 +92,35 @@ def test_submission_needs_a_reason(ada):
         submit_plan(ada, train_xray_plan, inputs=train,
                     constants={"config": TrainingPlan().config(), "initial_weights": {}},
                     reason=" ")
+
+
+def test_nested_code_is_a_violation_that_needs_override(hospital, ada, tmp_path):
+    """Approving applies every nested function too; only the outer one is rule-checked."""
+    import importlib.util
+
+    import syft as sy
+
+    train = split_assets(ada, "xray", "train")
+    inner = submit_plan(ada, train_xray_plan, inputs=train,
+                        constants={"config": TrainingPlan(epochs=1).config(),
+                                   "initial_weights": {}},
+                        reason="inner function of a nested request")
+    # syft reads a function's source from its file, and finds nested calls by name in it
+    module_file = tmp_path / "nested_plan.py"
+    module_file.write_text(
+        "def launches_inner(datasite, train_images):\n"
+        f"    job = datasite.launch_job({inner.func_name}, train_images=train_images)\n"
+        "    return {'n': 0}\n")
+    spec = importlib.util.spec_from_file_location("nested_plan", module_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    outer = sy.syft_function(
+        input_policy=sy.MixedInputPolicy(client=ada, train_images=train["images"]),
+        output_policy=sy.SingleExecutionExactOutput())(module.launches_inner)
+    request_id = str(ada.code.request_code_execution(outer, reason="nested").id.no_dash)
+
+    shown = hospital.cli("review", "show", request_id)
+    assert "nested code" in shown
+    refused = hospital.run("review", "approve", request_id, check=False)
+    assert refused.returncode == 1
+    assert "violates the approval rules" in refused.stderr and "nested code" in refused.stderr

@@ -1,0 +1,39 @@
+"""Look up one syft request by id without fetching every request on the domain.
+
+``client.requests.get_all()`` pulls every request a user can see, and asking each
+for its code pulls the code with its constants (model weights, sealed shares).
+Polls and approvals that did that grew slower with every federated round. These
+helpers fetch just the one request.
+
+    request = get_request(client, "3f2a...")   # 32 hex digits
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from common.errors import DomainError
+
+_FULL_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def get_request(client: Any, request_id: str) -> Any:
+    """The request with this full id (32 hex digits), or a DomainError if not visible."""
+    from syft.types.uid import UID
+
+    cleaned = (request_id or "").strip().lower().replace("-", "")
+    if not _FULL_ID.match(cleaned):
+        raise DomainError(f"invalid request id {request_id!r}: expected 32 hex digits")
+    try:
+        request = client.api.services.request.get_by_uid(uid=UID(cleaned))
+    except Exception:  # syft raises its own NotFound / permission errors here
+        request = None
+    if request is None or type(request).__name__ != "Request":
+        raise DomainError(f"request {cleaned} is not visible to this account")
+    return request
+
+
+def request_status(request: Any) -> str:
+    """'pending', 'approved' or 'rejected'."""
+    return str(getattr(request.status, "name", request.status)).lower()
