@@ -123,9 +123,9 @@ def serve(state: StateDir) -> None:
     if str(_project_root()) not in sys.path:
         # approved training plans import the hospital's vetted modules (common.*)
         sys.path.insert(0, str(_project_root()))
-    from domain_setup.syft_patches import skip_mock_reexecution
+    from domain_setup import syft_patches
 
-    skip_mock_reexecution()
+    syft_patches.apply_all()
     worker = build_worker(state, config)
     # syft logs exceptions raised by approved code at ERROR; the hospital admin needs
     # them in the domain log (the researcher only sees "contact the Server Admin")
