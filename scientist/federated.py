@@ -12,6 +12,9 @@ Secure round (K hospitals, each also an aggregator):
 An `approver` callback stands for the hospital admins: it is called with a
 hospital and a submission, and must get the request approved (the demo runs
 `python -m domain_setup review approve`; a real admin reviews at leisure).
+Hospitals are independent, so each step runs at every hospital at once (one
+thread per hospital): the researcher waits for the slowest admin, not for the
+sum of them. The approver is therefore called from several threads.
 
     hospitals = [Hospital("A", client_a, admin_a), ...]
     weights, log = run_rounds(hospitals, plan, rounds=3, secure=True, approver=approve)
@@ -20,6 +23,7 @@ hospital and a submission, and must get the request approved (the demo runs
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -89,6 +93,28 @@ def _submit_and_run(hospital: Hospital, plan_function: Callable, inputs: dict, c
     return run_approved(hospital.client, submission)
 
 
+def at_every_hospital(hospitals: list[Hospital], work: Callable[[Hospital], Any],
+                      failure: str = "{name}: {error}") -> list:
+    """`work(hospital)` at every hospital concurrently; results in the hospitals' order.
+
+    If any hospital fails, raise one DomainError naming the first that failed, with
+    `failure` formatted from its name and error (the others are still waited for).
+    """
+    with ThreadPoolExecutor(max_workers=max(1, len(hospitals)),
+                            thread_name_prefix="hospital") as pool:
+        futures = [pool.submit(work, hospital) for hospital in hospitals]
+        outcomes = []
+        for future in futures:
+            try:
+                outcomes.append((future.result(), None))
+            except Exception as exc:  # reported below, named by hospital
+                outcomes.append((None, exc))
+    for hospital, (_, error) in zip(hospitals, outcomes):
+        if error is not None:
+            raise DomainError(failure.format(name=hospital.name, error=error)) from error
+    return [result for result, _ in outcomes]
+
+
 def weighted_average(updates: list[tuple[dict, int]]) -> dict[str, np.ndarray]:
     """Plain federated averaging: sum of n_k * w_k over the total count."""
     total = sum(n for _, n in updates)
@@ -104,12 +130,16 @@ def plain_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
     """One FedAvg round in which the researcher sees every hospital's weights."""
     log = RoundLog(round=round_number, secure=False)
     started = time.perf_counter()
-    updates = []
-    for hospital in hospitals:
-        result = _submit_and_run(
+
+    def train_at(hospital: Hospital) -> dict:
+        return _submit_and_run(
             hospital, train_xray_plan, split_assets(hospital.client, hospital.dataset, "train"),
             {"config": plan.config(), "initial_weights": weights},
             f"federated round {round_number} (plain averaging)", approver)
+
+    results = at_every_hospital(hospitals, train_at)
+    updates = []
+    for hospital, result in zip(hospitals, results):
         updates.append((result["weights"], int(result["n_samples"])))
         log.n_samples[hospital.name] = int(result["n_samples"])
         log.histories[hospital.name] = result["history"]
@@ -132,8 +162,8 @@ def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
     log = RoundLog(round=round_number, secure=True)
     started = time.perf_counter()
     keys = [h.public_key for h in hospitals]
-    sealed_by_hospital = []
-    for hospital in hospitals:
+
+    def train_and_share_at(hospital: Hospital) -> dict:
         result = _submit_and_run(
             hospital, secure_train_xray_plan,
             split_assets(hospital.client, hospital.dataset, "train"),
@@ -141,22 +171,27 @@ def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
              "aggregator_keys": {"public_keys": keys}},
             f"federated round {round_number} (secure aggregation)", approver)
         if len(result["sealed_shares"]) != len(hospitals):
-            raise DomainError(f"{hospital.name} returned {len(result['sealed_shares'])} shares, "
+            raise DomainError(f"returned {len(result['sealed_shares'])} shares, "
                               f"expected {len(hospitals)}")
-        sealed_by_hospital.append(result["sealed_shares"])
+        return result
+
+    trained = at_every_hospital(hospitals, train_and_share_at)
+    for hospital, result in zip(hospitals, trained):
         log.n_samples[hospital.name] = int(result["n_samples"])
         log.histories[hospital.name] = result["history"]
-    partial_sums = []
-    for j, aggregator in enumerate(hospitals):
-        addressed = [sealed[j] for sealed in sealed_by_hospital]
-        try:
-            result = _submit_and_run(aggregator, aggregate_shares_plan, aggregation_inputs(aggregator),
-                                     {"sealed_shares": {"ciphertexts": addressed}},
-                                     f"release the sum of round {round_number}'s shares", approver)
-        except DomainError as exc:
-            raise DomainError(f"aggregator {aggregator.name} dropped out of round "
-                              f"{round_number}: {exc}; the round cannot complete") from None
-        partial_sums.append(loads(result["partial_sum"]))
+
+    def release_partial_sum_at(aggregator: Hospital) -> dict:
+        j = next(i for i, hospital in enumerate(hospitals) if hospital is aggregator)
+        addressed = [result["sealed_shares"][j] for result in trained]
+        result = _submit_and_run(aggregator, aggregate_shares_plan, aggregation_inputs(aggregator),
+                                 {"sealed_shares": {"ciphertexts": addressed}},
+                                 f"release the sum of round {round_number}'s shares", approver)
+        return loads(result["partial_sum"])
+
+    partial_sums = at_every_hospital(
+        hospitals, release_partial_sum_at,
+        failure=f"aggregator {{name}} dropped out of round {round_number}: {{error}}; "
+                "the round cannot complete")
     total = sum(log.n_samples.values())
     summed = reconstruct_state_dict(partial_sums)
     average = {name: (value / total).astype(np.float32) for name, value in summed.items()}
