@@ -30,6 +30,7 @@ lab: install
 bench: install
 	$(PY) bench/bench_domain_overhead.py
 	$(PY) bench/bench_secret_sharing.py
+	$(PY) bench/bench_federated_round.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -14,7 +14,6 @@ and prints the ratio of the best times (goal <= 1.15).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from workload import training_workload_args  # noqa: E402  (bench/ is on sys.path)
 from common.training import train  # noqa: E402
 from datasets.xray import load_synthetic  # noqa: E402
 from domain_setup.local_domain import LocalDomain  # noqa: E402
@@ -41,12 +41,7 @@ def _upload_rate(output: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=3000)
-    parser.add_argument("--size", type=int, default=64, choices=[28, 64, 128])
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args(argv)
+    args = training_workload_args(__doc__.splitlines()[0], argv, n=3000)
 
     plan = TrainingPlan(model="small_cnn", epochs=args.epochs)
     data = load_synthetic(n=args.n, size=args.size)  # the tensors the domain holds

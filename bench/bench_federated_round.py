@@ -11,25 +11,20 @@ reading time is not measured. Prints the ratio of the best times (goal <= 1.2).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from workload import training_workload_args  # noqa: E402  (bench/ is on sys.path)
 from demos.federated import HOSPITALS, RESEARCHER, AdminApprovers, start_hospitals  # noqa: E402
 from scientist import TrainingPlan  # noqa: E402
 from scientist.federated import join, plain_round, secure_round  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=2400)
-    parser.add_argument("--size", type=int, default=64, choices=[28, 64, 128])
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args(argv)
+    args = training_workload_args(__doc__.splitlines()[0], argv, n=2400)
     plan = TrainingPlan(model="small_cnn", epochs=args.epochs)
     plain_times, secure_times = [], []
     with tempfile.TemporaryDirectory(prefix="pneumosyft-bench-fed-") as workdir:
