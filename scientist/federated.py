@@ -203,6 +203,8 @@ def run_rounds(hospitals: list[Hospital], plan: TrainingPlan, *, rounds: int, se
                approver: Approver, initial_weights: dict | None = None,
                on_round: Callable[[dict, RoundLog], None] | None = None) -> tuple[dict, list]:
     """Several rounds, each starting from the last global model."""
+    if int(rounds) < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     weights = dict(initial_weights or {})
     logs = []
     step = secure_round if secure else plain_round
