@@ -134,7 +134,7 @@ class AuditLog:
              action: str | None = None, limit: int | None = None) -> list[dict]:
         """Entries in order, filtered; `action` matches exactly or as a dotted prefix
         ("token" matches "token.issue"); `limit` keeps the most recent ones."""
-        since = _as_utc(since) if since is not None else None
+        since = _to_log_resolution(_as_utc(since)) if since is not None else None
         kept: deque[dict] = deque(maxlen=max(limit, 0) if limit is not None else None)
         for entry in self._entries():
             if actor is not None and str(entry.get("actor", "")).lower() != actor.lower():
@@ -149,6 +149,12 @@ class AuditLog:
 
 def _action_matches(entry_action: str, wanted: str) -> bool:
     return entry_action == wanted or entry_action.startswith(wanted.rstrip(".") + ".")
+
+
+def _to_log_resolution(moment: datetime) -> datetime:
+    """`moment` truncated to whole milliseconds, as entry times are written: an entry
+    recorded in the same millisecond as `since`, but after it, is not left out."""
+    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
 
 
 def _at_or_after(entry: dict, since: datetime) -> bool:

@@ -98,6 +98,13 @@ def test_filter_since(log: AuditLog) -> None:
     assert [e["action"] for e in log.read(since=naive)] == ["at", "now"]
 
 
+def test_since_within_the_same_millisecond_keeps_the_entry(log: AuditLog) -> None:
+    append_raw(log, {"time": "2026-11-21T10:00:00.000Z", "actor": "a", "action": "earlier"})
+    append_raw(log, {"time": "2026-11-21T10:00:00.007Z", "actor": "a", "action": "same ms"})
+    since = datetime(2026, 11, 21, 10, 0, 0, 7400, tzinfo=timezone.utc)  # .0074, entry at .007xxx
+    assert [e["action"] for e in log.read(since=since)] == ["same ms"]
+
+
 def test_limit_keeps_the_most_recent(log: AuditLog) -> None:
     for i in range(10):
         log.record("a", "step", index=i)
