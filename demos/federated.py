@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import PneumoSyftError
-from domain_setup.local_domain import LocalDomain
+from domain_setup.local_domain import LocalDomain, threads_per_domain
 
 ACCOUNTS = Path(__file__).resolve().parent.parent / "policies" / "accounts.yaml"
 RESEARCHER = "ada@pneumosyft-research.org"
@@ -52,7 +52,8 @@ def start_hospitals(workdir: Path, n: int, size: int) -> dict[str, LocalDomain]:
     domains: dict[str, LocalDomain] = {}
     try:
         for i, name in enumerate(HOSPITALS, start=1):
-            domain = LocalDomain.start_new(name, workdir / f"hospital-{i}")
+            domain = LocalDomain.start_new(name, workdir / f"hospital-{i}",
+                                           torch_threads=threads_per_domain(len(HOSPITALS)))
             domains[name] = domain
             for partitioning, skew in PARTITIONINGS.items():
                 extra = ("--label-skew", str(skew)) if skew else ()

@@ -11,7 +11,7 @@ from common.secret_sharing import decode
 from conftest import ACCOUNTS_YAML, RESEARCHER
 from domain_setup.admin_session import AdminSession
 from domain_setup.aggregation_key import load_or_create_private_key
-from domain_setup.local_domain import LocalDomain
+from domain_setup.local_domain import LocalDomain, threads_per_domain
 from domain_setup.policy_paths import load_domain_policies
 from domain_setup.review import Reviewer
 from scientist import TrainingPlan
@@ -30,7 +30,8 @@ def federation(tmp_path_factory):
     domains = []
     try:
         for i in range(1, K + 1):
-            domain = LocalDomain.start_new(f"Hospital {i}", root / f"h{i}")
+            domain = LocalDomain.start_new(f"Hospital {i}", root / f"h{i}",
+                                           torch_threads=threads_per_domain(K))
             domains.append(domain)
             domain.cli("upload", "synthetic", "--name", "xray", "--n", "600", "--size", "28",
                        "--partition", f"{i}/{K}")
@@ -116,3 +117,14 @@ def test_weighted_average_weights_by_sample_count():
     np.testing.assert_allclose(weighted_average([(a, 1), (b, 3)])["w"], [2.5, 5.0])
     with pytest.raises(DomainError):
         weighted_average([(a, 0)])
+
+
+def test_hospitals_on_one_machine_share_its_cores(federation):
+    """Each local domain's server runs torch with its share of the cores, not all of them."""
+    domains, _, _ = federation
+    for domain in domains:
+        pid = domain.state.read_pid()
+        assert pid is not None, f"{domain.name} has no server pid"
+        environ = dict(item.split("=", 1) for item in
+                       open(f"/proc/{pid}/environ", "rb").read().decode().split("\0") if "=" in item)
+        assert environ.get("OMP_NUM_THREADS") == str(threads_per_domain(K)), domain.name

@@ -195,12 +195,13 @@ def test_03_secret_shared_weights(kernel_dir):
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     """Three small hospitals, one IID partition each, all secure-aggregation parties."""
-    from domain_setup.local_domain import LocalDomain
+    from domain_setup.local_domain import LocalDomain, threads_per_domain
 
     root = tmp_path_factory.mktemp("federation")
 
     def start(index: int) -> LocalDomain:
-        domain = LocalDomain.start_new(FEDERATION[index], root / f"hospital-{index + 1}")
+        domain = LocalDomain.start_new(FEDERATION[index], root / f"hospital-{index + 1}",
+                                       torch_threads=threads_per_domain(len(FEDERATION)))
         try:
             domain.cli("upload", "synthetic", "--name", "xray", *FEDERATED_SET,
                        "--partition", f"{index + 1}/{len(FEDERATION)}")
