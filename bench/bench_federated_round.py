@@ -39,8 +39,10 @@ def main(argv: list[str] | None = None) -> int:
                 _, secure = secure_round(hospitals, plan, warm, approver, repeat)
                 plain_times.append(plain.seconds)
                 secure_times.append(secure.seconds)
+                phases = ", ".join(f"{name} {seconds:.2f} s"
+                                   for name, seconds in secure.phases.items())
                 print(f"  repeat {repeat}: plain {plain.seconds:.2f} s, "
-                      f"secure {secure.seconds:.2f} s", flush=True)
+                      f"secure {secure.seconds:.2f} s ({phases})", flush=True)
         finally:
             for domain in domains.values():
                 domain.stop()

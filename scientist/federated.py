@@ -55,13 +55,15 @@ class Hospital:
 
 @dataclass
 class RoundLog:
-    """What one round produced: per-hospital sample counts and histories, seconds taken."""
+    """What one round produced: per-hospital sample counts and histories, seconds taken
+    (in all, and per phase of a secure round: "train and share", "aggregate")."""
 
     round: int
     secure: bool
     n_samples: dict = field(default_factory=dict)
     histories: dict = field(default_factory=dict)
     seconds: float = 0.0
+    phases: dict = field(default_factory=dict)
 
 
 Approver = Callable[[Hospital, Submission], None]
@@ -176,6 +178,7 @@ def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
         return result
 
     trained = at_every_hospital(hospitals, train_and_share_at)
+    log.phases["train and share"] = time.perf_counter() - started
     for hospital, result in zip(hospitals, trained):
         log.n_samples[hospital.name] = int(result["n_samples"])
         log.histories[hospital.name] = result["history"]
@@ -196,6 +199,7 @@ def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
     summed = reconstruct_state_dict(partial_sums)
     average = {name: (value / total).astype(np.float32) for name, value in summed.items()}
     log.seconds = time.perf_counter() - started
+    log.phases["aggregate"] = log.seconds - log.phases["train and share"]
     return average, log
 
 
