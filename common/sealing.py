@@ -25,7 +25,7 @@ from nacl.public import PrivateKey, PublicKey, SealedBox
 
 from common import wire
 from common.errors import PneumoSyftError, SharingError
-from common.secret_sharing import SharedStateDict
+from common.secret_sharing import SharedStateDict, add_state_dict_shares
 from common.secure_files import read_secret, write_secret
 
 KEY_BYTES = 32
@@ -142,3 +142,24 @@ def seal_shares(shared_list: Sequence[SharedStateDict],
 def open_share(ciphertext: bytes, private_key: bytes) -> SharedStateDict:
     """Open one sealed share and parse it (``SharingError`` on any defect)."""
     return wire.loads(open_sealed(ciphertext, private_key))
+
+
+def open_and_sum(ciphertexts: Sequence[bytes], private_key: bytes) -> SharedStateDict:
+    """Open every share sealed to `private_key` and add them share-wise: what an
+    aggregator releases. Refuses an empty list and the same ciphertext twice (one
+    hospital's share counted twice is not a sum over hospitals).
+
+        partial = open_and_sum([sealed_a[j], sealed_b[j], sealed_c[j]], private_key_j)
+    """
+    if isinstance(ciphertexts, (bytes, bytearray, str)) or not isinstance(ciphertexts, Sequence):
+        raise SharingError("ciphertexts must be a list of sealed shares")
+    if not ciphertexts:
+        raise SharingError("no sealed shares to add")
+    if len({bytes(c) if isinstance(c, (bytes, bytearray, memoryview)) else id(c)
+            for c in ciphertexts}) != len(ciphertexts):
+        raise SharingError("the same sealed share was given twice")
+    total = None
+    for ciphertext in ciphertexts:
+        share = open_share(ciphertext, private_key)
+        total = share if total is None else add_state_dict_shares(total, share)
+    return total

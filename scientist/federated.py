@@ -5,8 +5,9 @@ Secure round (K hospitals, each also an aggregator):
 1. each hospital trains from the global model, scales its weights by its sample
    count, splits them into K additive shares and seals share j to aggregator j's
    public key; the researcher receives only ciphertexts and the sample count;
-2. aggregator j opens the K shares sealed to it, inside its own domain, and
-   releases only their sum (one more approved request);
+2. the researcher uploads the K shares sealed to aggregator j to its domain (an
+   object, not request constants: see `upload_input`); aggregator j opens them there
+   and releases only their sum (one more approved request);
 3. the researcher adds the K partial sums and divides by the total count.
 
 An `approver` callback stands for the hospital admins: it is called with a
@@ -39,7 +40,14 @@ from scientist.plans import (
     secure_train_xray_plan,
     train_xray_plan,
 )
-from scientist.submission import Submission, find_dataset, run_approved, split_assets, submit_plan
+from scientist.submission import (
+    Submission,
+    find_dataset,
+    run_approved,
+    split_assets,
+    submit_plan,
+    upload_input,
+)
 
 
 
@@ -51,6 +59,7 @@ class Hospital:
     client: Any
     dataset: str = "xray"
     public_key: str = ""
+    aggregation_key: Any = field(default=None, repr=False)  # the key asset, once looked up
 
 
 @dataclass
@@ -150,9 +159,12 @@ def plain_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
 
 
 def aggregation_inputs(hospital: Hospital) -> dict:
-    """The hospital's private aggregation key asset, the input of `aggregate_shares_plan`."""
-    dataset = find_dataset(hospital.client, AGGREGATION_DATASET)
-    return {"aggregation_key": dataset.assets[AGGREGATION_ASSET]}
+    """The hospital's private aggregation key asset, the input of `aggregate_shares_plan`
+    (looked up once per hospital: the key does not change while its domain runs)."""
+    if hospital.aggregation_key is None:
+        dataset = find_dataset(hospital.client, AGGREGATION_DATASET)
+        hospital.aggregation_key = dataset.assets[AGGREGATION_ASSET]
+    return {"aggregation_key": hospital.aggregation_key}
 
 
 def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
@@ -186,8 +198,9 @@ def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
     def release_partial_sum_at(aggregator: Hospital) -> dict:
         j = next(i for i, hospital in enumerate(hospitals) if hospital is aggregator)
         addressed = [result["sealed_shares"][j] for result in trained]
-        result = _submit_and_run(aggregator, aggregate_shares_plan, aggregation_inputs(aggregator),
-                                 {"sealed_shares": {"ciphertexts": addressed}},
+        inputs = dict(aggregation_inputs(aggregator),
+                      sealed_shares=upload_input(aggregator.client, {"ciphertexts": addressed}))
+        result = _submit_and_run(aggregator, aggregate_shares_plan, inputs, {},
                                  f"release the sum of round {round_number}'s shares", approver)
         return loads(result["partial_sum"])
 

@@ -57,16 +57,12 @@ def secure_train_xray_plan(images, labels, config, initial_weights, aggregator_k
 def aggregate_shares_plan(aggregation_key, sealed_shares):
     """Open the shares sealed to this hospital and release only their sum."""
     import numpy as np
-    from common.secret_sharing import add_state_dict_shares
-    from common.sealing import open_share
+    from common.sealing import open_and_sum
     from common.wire import dumps
 
     # the key asset is 32 uint8; syft may hand it over widened, so narrow it explicitly
     private_key = np.asarray(aggregation_key).astype(np.uint8).tobytes()
-    total = None
-    for ciphertext in sealed_shares["ciphertexts"]:
-        share = open_share(ciphertext, private_key)
-        total = share if total is None else add_state_dict_shares(total, share)
+    total = open_and_sum(sealed_shares["ciphertexts"], private_key)
     return {"partial_sum": dumps(total), "n_shares": len(sealed_shares["ciphertexts"])}
 
 

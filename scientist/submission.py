@@ -83,6 +83,26 @@ def submit_plan(client: Any, plan: Callable, *, inputs: dict, constants: dict,
                       code_id=str(request.code_id.no_dash))
 
 
+def upload_input(client: Any, value: Any) -> Any:
+    """Send `value` to the domain as this account's own object; pass the returned
+    pointer in a plan's `inputs`. Code rules treat it like private data (it is not a
+    constant the admin can read in the request).
+
+    Large inputs travel this way: syft keeps a submission's constants inside its code
+    object and re-reads that at every step (submit, review, approve, run), so three
+    sealed shares of 0.8 MB as constants cost 1.4 s against 1.0 s as an object, and at
+    24 MB 12 s against 4 s.
+    """
+    import syft as sy
+
+    with syft_quiet():
+        try:
+            pointer = sy.ActionObject.from_obj(value).send(client)
+        except Exception as exc:
+            raise DomainError(f"upload refused: {_public_message(exc)}") from None
+    return _unwrap(pointer, "upload refused")
+
+
 def _public_message(exc: Exception) -> str:
     message = getattr(exc, "public_message", None) or str(exc)
     return message.strip().splitlines()[0] if message.strip() else type(exc).__name__

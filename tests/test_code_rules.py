@@ -4,6 +4,7 @@ reason naming the line; the project's own training plans are accepted."""
 from __future__ import annotations
 
 import ast
+import inspect
 import textwrap
 from pathlib import Path
 
@@ -630,6 +631,19 @@ def _researcher_plans() -> list:
 def test_researcher_side_plans_are_accepted(rules, source):
     """The plans the researcher helpers really submit pass the shipped rules."""
     assert check_code(source, rules).reasons == []
+
+
+def test_shares_uploaded_as_an_object_stay_private_to_the_rules(rules):
+    """A plan input bound to an uploaded object is checked as private data (the review
+    cannot read it): the aggregation plan passes because `open_and_sum` declassifies,
+    while adding opened shares in a loop over that input would leak through the loop."""
+    from scientist.plans import aggregate_shares_plan
+
+    bound = {"aggregation_key": (), "sealed_shares": ()}
+    source = textwrap.dedent(inspect.getsource(aggregate_shares_plan))
+    assert check_code(source, rules, input_shapes=bound).reasons == []
+    looped = check_code(textwrap.dedent(AGGREGATE_PLAN).lstrip("\n"), rules, input_shapes=bound)
+    assert not looped.ok and any("private" in reason for reason in looped.reasons)
 
 
 # --- config constants ----------------------------------------------------------------------

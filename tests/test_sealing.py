@@ -16,7 +16,8 @@ import pytest
 from common import sealing, secret_sharing, wire
 from common.errors import SharingError
 from common.sealing import (
-    generate_keypair, key_from_text, key_to_text, load_private_key, open_sealed, open_share,
+    generate_keypair, key_from_text, key_to_text, load_private_key, open_and_sum, open_sealed,
+    open_share,
     public_key_from_private, save_private_key, seal, seal_shares,
 )
 from common.secret_sharing import (
@@ -206,13 +207,8 @@ def test_federated_average_through_sealed_shares():
     for update, count in zip(updates, counts):
         scaled = {name: value * count for name, value in update.items()}
         outboxes.append(seal_shares(share_state_dict(scaled, n=3), publics))
-    partial_sums = []
-    for i, (private, _) in enumerate(keys):
-        total = None
-        for outbox in outboxes:
-            share = open_share(outbox[i], private)
-            total = share if total is None else add_state_dict_shares(total, share)
-        partial_sums.append(wire.dumps(total))
+    partial_sums = [wire.dumps(open_and_sum([outbox[i] for outbox in outboxes], private))
+                     for i, (private, _) in enumerate(keys)]
     summed = reconstruct_state_dict([wire.loads(blob) for blob in partial_sums])
     for name in updates[0]:
         expected = sum(c * u[name].astype(np.float64) for c, u in zip(counts, updates)) / 100
@@ -222,6 +218,27 @@ def test_federated_average_through_sealed_shares():
     doubled = reconstruct_state_dict([scale_state_dict_shares(wire.loads(blob), 2)
                                       for blob in partial_sums])
     assert doubled["bn.num_batches_tracked"] == 2 * 17 * 100
+
+
+def test_open_and_sum_refuses_what_is_not_one_share_per_hospital():
+    keys = [generate_keypair() for _ in range(2)]
+    publics = [public for _, public in keys]
+    outboxes = [seal_shares(share_state_dict(weights(seed), n=2), publics) for seed in (1, 2)]
+    private = keys[0][0]
+    with pytest.raises(SharingError, match="no sealed shares"):
+        open_and_sum([], private)
+    with pytest.raises(SharingError, match="given twice"):
+        open_and_sum([outboxes[0][0], outboxes[0][0]], private)  # one hospital counted twice
+    with pytest.raises(SharingError, match="must be a list"):
+        open_and_sum(outboxes[0][0], private)
+    with pytest.raises(SharingError, match="another key"):
+        open_and_sum([outboxes[0][0], outboxes[1][1]], private)  # a share for aggregator 1
+    own = open_and_sum([outboxes[0][0], outboxes[1][0]], private)
+    expected = add_state_dict_shares(open_share(outboxes[0][0], private),
+                                     open_share(outboxes[1][0], private))
+    assert own.party == 0
+    for name, tensor in own.tensors.items():
+        np.testing.assert_array_equal(tensor.data, expected.tensors[name].data)
 
 
 # --- keys and key files -------------------------------------------------------------
