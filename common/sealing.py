@@ -155,11 +155,12 @@ def open_and_sum(ciphertexts: Sequence[bytes], private_key: bytes) -> SharedStat
         raise SharingError("ciphertexts must be a list of sealed shares")
     if not ciphertexts:
         raise SharingError("no sealed shares to add")
-    if len({bytes(c) if isinstance(c, (bytes, bytearray, memoryview)) else id(c)
-            for c in ciphertexts}) != len(ciphertexts):
-        raise SharingError("the same sealed share was given twice")
+    seen: set[bytes] = set()
     total = None
     for ciphertext in ciphertexts:
-        share = open_share(ciphertext, private_key)
+        share = open_share(ciphertext, private_key)  # refuses anything but a sealed box
+        if bytes(ciphertext) in seen:
+            raise SharingError("the same sealed share was given twice")
+        seen.add(bytes(ciphertext))
         total = share if total is None else add_state_dict_shares(total, share)
     return total

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -125,6 +127,6 @@ def test_hospitals_on_one_machine_share_its_cores(federation):
     for domain in domains:
         pid = domain.state.read_pid()
         assert pid is not None, f"{domain.name} has no server pid"
-        environ = dict(item.split("=", 1) for item in
-                       open(f"/proc/{pid}/environ", "rb").read().decode().split("\0") if "=" in item)
+        raw = Path(f"/proc/{pid}/environ").read_bytes().decode()
+        environ = dict(item.split("=", 1) for item in raw.split("\0") if "=" in item)
         assert environ.get("OMP_NUM_THREADS") == str(threads_per_domain(K)), domain.name

@@ -17,8 +17,7 @@ from common import sealing, secret_sharing, wire
 from common.errors import SharingError
 from common.sealing import (
     generate_keypair, key_from_text, key_to_text, load_private_key, open_and_sum, open_sealed,
-    open_share,
-    public_key_from_private, save_private_key, seal, seal_shares,
+    open_share, public_key_from_private, save_private_key, seal, seal_shares,
 )
 from common.secret_sharing import (
     add_state_dict_shares, reconstruct_state_dict, scale_state_dict_shares, share_state_dict,
