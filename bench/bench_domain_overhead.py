@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from workload import training_workload_args  # noqa: E402  (bench/ is on sys.path)
 from common.training import train  # noqa: E402
 from datasets.xray import load_synthetic  # noqa: E402
-from domain_setup.local_domain import LocalDomain  # noqa: E402
+from demos.local_domain import LocalDomain  # noqa: E402
 from scientist import TrainingPlan, connect  # noqa: E402
 from scientist.plans import train_xray_plan  # noqa: E402
 from scientist.submission import run_approved, split_assets, submit_plan  # noqa: E402

@@ -14,7 +14,7 @@ def training_workload_args(description: str, argv: list[str] | None, *,
     """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--n", type=int, default=n, help=f"synthetic images (default {n})")
-    parser.add_argument("--size", type=int, default=64, choices=[28, 64, 128],
+    parser.add_argument("--size", type=int, default=64, metavar="PX",
                         help="image side in pixels (default 64)")
     parser.add_argument("--epochs", type=int, default=2, help="training epochs (default 2)")
     parser.add_argument("--repeats", type=int, default=2,

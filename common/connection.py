@@ -10,12 +10,12 @@ own admin token. Example::
 from __future__ import annotations
 
 import contextlib
-import io
 from typing import Any
 from urllib.parse import urlparse
 
 import requests
 
+from common import syft_compat
 from common.errors import DomainError
 
 HTTP_TIMEOUT = 10
@@ -79,8 +79,7 @@ def connect_client(url: str, *, token: str, email: str, password: str,
         raise DomainError("a token is required: ask the hospital admin for one")
     check_reachable(url, token)
     connection = HTTPConnection(url=url, headers=auth_headers(token))
-    sink = io.StringIO() if quiet else None
-    with contextlib.redirect_stdout(sink) if quiet else contextlib.nullcontext():
+    with syft_compat.muted() if quiet else contextlib.nullcontext():
         guest = connection.get_client_type().unwrap()(connection=connection)
         try:
             client = guest.login(email=email, password=password, cache=False)

@@ -20,16 +20,16 @@ _FULL_ID = re.compile(r"^[0-9a-f]{32}$")
 
 def get_request(client: Any, request_id: str) -> Any:
     """The request with this full id (32 hex digits), or a DomainError if not visible."""
-    from syft.types.uid import UID
+    from common import syft_compat
 
     cleaned = (request_id or "").strip().lower().replace("-", "")
     if not _FULL_ID.match(cleaned):
         raise DomainError(f"invalid request id {request_id!r}: expected 32 hex digits")
     try:
-        request = client.api.services.request.get_by_uid(uid=UID(cleaned))
+        request = client.api.services.request.get_by_uid(uid=syft_compat.to_uid(cleaned))
     except Exception:  # syft raises its own NotFound / permission errors here
         request = None
-    if request is None or type(request).__name__ != "Request":
+    if request is None or not syft_compat.is_request(request):
         raise DomainError(f"request {cleaned} is not visible to this account")
     return request
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from common.errors import PneumoSyftError
-from domain_setup.local_domain import LocalDomain, threads_per_domain
+from demos.local_domain import LocalDomain, threads_per_domain
 
 ACCOUNTS = Path(__file__).resolve().parent.parent / "policies" / "accounts.yaml"
 RESEARCHER = "ada@pneumosyft-research.org"
@@ -34,14 +34,10 @@ class AdminApprovers:
     """One in-process admin reviewer per hospital domain, approving compliant requests."""
 
     def __init__(self, domains: dict[str, LocalDomain]):
-        from domain_setup.admin_session import AdminSession
-        from domain_setup.policy_paths import load_domain_policies
-        from domain_setup.review import Reviewer
+        from domain_setup.admin import AdminClient
 
-        self.reviewers = {
-            name: Reviewer(AdminSession(domain.state),
-                           load_domain_policies(domain.state.load_config()).approval)
-            for name, domain in domains.items()}
+        self.reviewers = {name: AdminClient(domain.state).reviewer
+                          for name, domain in domains.items()}
 
     def __call__(self, hospital, submission) -> None:
         self.reviewers[hospital.name].approve(submission.request_id)
@@ -72,7 +68,7 @@ def start_hospitals(workdir: Path, n: int, size: int) -> dict[str, LocalDomain]:
 def local_reference(data, plan, skew, epochs_total: int) -> dict:
     """Centralised training and each hospital alone (the demo's data is synthetic)."""
     from common.training import evaluate, train
-    from domain_setup.upload import take_partition
+    from domain_setup.admin.upload import take_partition
 
     config = dict(plan.config(), epochs=epochs_total)
     results = {"centralised": evaluate(data.test.images, data.test.labels,
@@ -177,7 +173,7 @@ def plot_curves(curves: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2400, help="synthetic images in all (default 2400)")
-    parser.add_argument("--size", type=int, default=64, choices=[28, 64, 128],
+    parser.add_argument("--size", type=int, default=64, metavar="PX",
                         help="image side in pixels (default 64)")
     parser.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
     parser.add_argument("--epochs", type=int, default=2,

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from common.errors import PneumoSyftError
-from domain_setup.local_domain import LocalDomain
+from demos.local_domain import LocalDomain
 
 RESEARCHER = "ada@pneumosyft-research.org"
 ACCOUNTS = Path(__file__).resolve().parent.parent / "policies" / "accounts.yaml"
@@ -37,17 +37,21 @@ class Stopwatch:
 
 
 def approve_latest(domain: LocalDomain) -> str:
-    """As the admin: list requests, show the pending one, approve it through the CLI."""
-    listing = domain.cli("review", "list")
-    print(listing.rstrip())
-    pending = [line.split()[0] for line in listing.splitlines()[1:] if "pending" in line]
+    """As the admin (`AdminClient`, what `review list / show / approve` use): find the
+    pending request, show its verdict, approve it."""
+    admin = domain.admin
+    pending = [summary for summary in admin.requests() if summary.status == "pending"]
     if not pending:
         raise PneumoSyftError("no pending request to approve")
-    request_id = pending[-1]
-    show = domain.cli("review", "show", request_id)
-    print("\n".join(line for line in show.splitlines() if not line.startswith("  ")))
-    print(domain.cli("review", "approve", request_id).rstrip())
-    return request_id
+    summary = pending[-1]
+    print(f"request {summary.id} from {summary.requester}: {summary.function}")
+    for kwarg, name in summary.inputs.items():
+        print(f"  input {kwarg} <- {name}")
+    print("  verdict: " + ("complies with the approval rules" if summary.verdict_ok
+                           else "; ".join(summary.verdict_reasons)))
+    approved = admin.approve(summary.id)
+    print(f"approved {approved.id}")
+    return approved.id
 
 
 def run(n_images: int, size: int, epochs: int, workdir: Path) -> dict:
@@ -115,7 +119,7 @@ def run(n_images: int, size: int, epochs: int, workdir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=3000, help="synthetic images (default 3000)")
-    parser.add_argument("--size", type=int, default=64, choices=[28, 64, 128])
+    parser.add_argument("--size", type=int, default=64, metavar="PX")
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args(argv)
     try:

@@ -1,5 +1,5 @@
 import sys
 
-from domain_setup.cli import main
+from domain_setup.admin.cli import main
 
 sys.exit(main())

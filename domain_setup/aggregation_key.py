@@ -29,5 +29,13 @@ def load_or_create_private_key(state: Any) -> bytes:
 
 
 def public_key_text(state: Any) -> str:
-    """The public key, as text others can put in a plan's configuration."""
+    """The public key, as text others can put in a plan's configuration (creates the key)."""
     return sealing.key_to_text(sealing.public_key_from_private(load_or_create_private_key(state)))
+
+
+def published_public_key_text(state: Any) -> str | None:
+    """The public key once `federation enable` made one, else None (never creates a key)."""
+    if not private_key_path(state).exists():
+        return None
+    return sealing.key_to_text(sealing.public_key_from_private(
+        sealing.load_private_key(private_key_path(state))))

@@ -28,9 +28,10 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from common.training_config import PARAMETERS_BY_NAME, policy_limited_parameters
 from domain_setup.policy_files import ApprovalRules
 
-LIMITED_KEYS = ("epochs", "batch_size", "model")
+LIMITED_KEYS = tuple(p.name for p in policy_limited_parameters())
 CONFIG_READ_METHODS = frozenset({"get", "keys", "values", "items", "copy"})
 _DUNDER_RE = re.compile(r"__\w+__")
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
@@ -151,13 +152,14 @@ def _brief(value: Any, limit: int = 40) -> str:
 
 def _limit_problem(key: str, value: Any, rules: ApprovalRules) -> str | None:
     """Why `key=value` breaks the limits of approval.yaml, or None."""
-    if key == "model":
-        if not (isinstance(value, str) and value in rules.allowed_models):
-            return (f"model {_brief(value)} is not allowed "
-                    f"(allowed: {', '.join(rules.allowed_models)})")
+    parameter = PARAMETERS_BY_NAME[key]
+    if parameter.policy_choices:
+        allowed = rules.limits[parameter.policy_choices]
+        if not (isinstance(value, str) and value in allowed):
+            return f"{key} {_brief(value)} is not allowed (allowed: {', '.join(allowed)})"
         return None
-    limit = rules.max_epochs if key == "epochs" else rules.max_batch_size
-    minimum = 1 if key == "epochs" else rules.min_batch_size
+    limit = rules.limits[parameter.policy_max]
+    minimum = rules.limits[parameter.policy_min] if parameter.policy_min else parameter.minimum
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         return f"{key} must be an integer, got {_brief(value)}"
     if value < minimum:

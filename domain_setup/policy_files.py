@@ -23,12 +23,13 @@ from typing import Any, Callable, Union
 import yaml
 
 from common.errors import PolicyError
+from common.training_config import policy_limited_parameters
+from domain_setup.roles import ROLES
 
 # ---------------------------------------------------------------------------
 # Vocabulary of the policy files
 # ---------------------------------------------------------------------------
 
-ROLES: tuple[str, ...] = ("data_scientist", "data_owner", "admin")  # lowest first
 ACTIONS: tuple[str, ...] = (
     "list_datasets", "read_mock", "read_private", "upload_dataset", "manage_accounts",
     "change_settings", "submit_code", "approve_requests", "read_others_requests",
@@ -408,10 +409,7 @@ class ApprovalRules:
     forbidden_modules: frozenset[str]
     forbidden_apis: tuple[str, ...]
     forbidden_attributes: frozenset[str]
-    max_epochs: int
-    max_batch_size: int
-    min_batch_size: int
-    allowed_models: tuple[str, ...]
+    limits: dict  # approval.yaml's limits on training parameters (common.training_config)
     config_parameter: str
     allowed_return_keys: frozenset[str]
     public_inputs: frozenset[str]
@@ -421,11 +419,32 @@ class ApprovalRules:
     safe_calls: frozenset[str]
     safe_attributes: frozenset[str]
 
+    @property
+    def max_epochs(self) -> int:
+        return self.limits["max_epochs"]
 
-def _batch_limits_problem(limits: dict) -> str | None:
-    if limits["min_batch_size"] > limits["max_batch_size"]:
-        return (f"min_batch_size {limits['min_batch_size']} is above "
-                f"max_batch_size {limits['max_batch_size']}")
+    @property
+    def allowed_models(self) -> tuple[str, ...]:
+        return tuple(self.limits["models"])
+
+
+def _limits_schema() -> dict:
+    """The ``limits:`` keys, one per policy limit of the training config."""
+    schema: dict = {}
+    for parameter in policy_limited_parameters():
+        for name in (parameter.policy_max, parameter.policy_min):
+            if name:
+                schema[name] = POSITIVE_INT
+        if parameter.policy_choices:
+            schema[parameter.policy_choices] = names_list(IDENTIFIER, what=parameter.name)
+    return schema
+
+
+def _min_above_max_problem(limits: dict) -> str | None:
+    for parameter in policy_limited_parameters():
+        low, high = parameter.policy_min, parameter.policy_max
+        if low and high and limits[low] > limits[high]:
+            return f"{low} {limits[low]} is above {high} {limits[high]}"
     return None
 
 
@@ -435,11 +454,8 @@ APPROVAL_SCHEMA = Struct(required={
     "imports": Struct(required={"allowed": _DOTTED_LIST}),
     "forbidden": Struct(required={"builtins": _IDENT_LIST, "modules": _IDENT_LIST,
                                   "apis": _DOTTED_LIST, "attributes": _IDENT_LIST}),
-    "limits": Struct(required={"max_epochs": POSITIVE_INT, "max_batch_size": POSITIVE_INT,
-                               "min_batch_size": POSITIVE_INT,
-                               "models": names_list(IDENTIFIER, what="model"),
-                               "config_parameter": IDENTIFIER},
-                     check=_batch_limits_problem),
+    "limits": Struct(required={**_limits_schema(), "config_parameter": IDENTIFIER},
+                     check=_min_above_max_problem),
     "returns": Struct(required={"allowed_keys": _IDENT_LIST, "public_inputs": _IDENT_LIST,
                                 "vetted_calls": _DOTTED_LIST,
                                 "declassifying_calls": _DOTTED_LIST,
@@ -458,10 +474,8 @@ def load_approval_rules(path: str | Path) -> ApprovalRules:
         forbidden_modules=frozenset(forbidden["modules"]),
         forbidden_apis=tuple(forbidden["apis"]),
         forbidden_attributes=frozenset(forbidden["attributes"]),
-        max_epochs=limits["max_epochs"],
-        max_batch_size=limits["max_batch_size"],
-        min_batch_size=limits["min_batch_size"],
-        allowed_models=tuple(limits["models"]),
+        limits={k: (tuple(v) if isinstance(v, list) else v) for k, v in limits.items()
+                if k != "config_parameter"},
         config_parameter=limits["config_parameter"],
         allowed_return_keys=frozenset(returns["allowed_keys"]),
         public_inputs=frozenset(returns["public_inputs"]),

@@ -92,6 +92,9 @@ def join(connection_file: str, *, dataset: str = "xray") -> Hospital:
     if response.status_code != 200:
         raise DomainError(f"{details['url']}: {gate_reason(response)}")
     info = response.json()
+    if not info.get("aggregation_public_key"):
+        raise DomainError(f"{info['name']} is not an aggregation party yet: its admin runs "
+                          "`python -m domain_setup federation enable`")
     return Hospital(name=info["name"], client=client, dataset=dataset,
                     public_key=info["aggregation_public_key"])
 

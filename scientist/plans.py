@@ -12,11 +12,10 @@ plain data only: weights as numpy arrays, scalar metrics, sealed shares.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, field, make_dataclass
 from typing import Any
 
-from common.errors import PneumoSyftError
-from common.models import MODEL_NAMES
+from common.training_config import TRAINING_PARAMETERS, validate_training_config
 
 
 def train_xray_plan(images, labels, config, initial_weights):
@@ -66,25 +65,11 @@ def aggregate_shares_plan(aggregation_key, sealed_shares):
     return {"partial_sum": dumps(total), "n_shares": len(sealed_shares["ciphertexts"])}
 
 
-@dataclass
-class TrainingPlan:
-    """Hyper-parameters of a training plan; `config()` is what the domain receives."""
-
-    model: str = "small_cnn"
-    epochs: int = 3
-    lr: float = 1e-3
-    batch_size: int = 64
-    seed: int = 0
+class _TrainingPlanMethods:
+    """What a `TrainingPlan` does; its fields come from `common.training_config`."""
 
     def __post_init__(self) -> None:
-        if self.model not in MODEL_NAMES:
-            raise PneumoSyftError(f"unknown model {self.model!r}; one of {', '.join(MODEL_NAMES)}")
-        if not (isinstance(self.epochs, int) and self.epochs >= 1):
-            raise PneumoSyftError("epochs must be a positive integer")
-        if not (isinstance(self.batch_size, int) and self.batch_size >= 1):
-            raise PneumoSyftError("batch_size must be a positive integer")
-        if not 0 < float(self.lr) < 1:
-            raise PneumoSyftError("lr must be between 0 and 1")
+        validate_training_config(self.config())
 
     def config(self) -> dict:
         return asdict(self)
@@ -96,3 +81,11 @@ class TrainingPlan:
     def evaluate_locally(self, images: Any, labels: Any, weights: dict) -> dict:
         """Run the evaluation plan here (on mock data)."""
         return evaluate_xray_plan(images, labels, weights, self.config())
+
+
+TrainingPlan = make_dataclass(
+    "TrainingPlan", [(p.name, p.kind, field(default=p.default)) for p in TRAINING_PARAMETERS],
+    bases=(_TrainingPlanMethods,), namespace={"__module__": __name__, "__doc__": (
+        "Hyper-parameters of a training plan (one field per `common.training_config` "
+        "parameter); `config()` is what the domain receives.\n\n"
+        "    TrainingPlan(model=\"small_cnn\", epochs=3, lr=1e-3, batch_size=64, seed=0)")})

@@ -1,6 +1,6 @@
 """Submit a plan to a domain, wait for the admin's decision, run it and fetch the result.
 
-    sub = submit_plan(client, train_xray_plan, dataset="xray", split="train",
+    sub = submit_plan(client, train_xray_plan, inputs=split_assets(client, "xray", "train"),
                       constants={"config": plan.config(), "initial_weights": {}},
                       reason="3 epochs of a small CNN")
     wait_for_approval(client, sub, timeout=600)
@@ -15,10 +15,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from common import syft_compat
 from common.errors import DomainError
+from common.syft_compat import muted
 from common.syft_requests import get_request
 from common.syft_requests import request_status as syft_request_status
-from scientist.quiet import syft_quiet
 
 DEFAULT_TIMEOUT_SECONDS = 900
 
@@ -52,8 +53,8 @@ def split_assets(client: Any, dataset: str, split: str) -> dict:
 
 
 def _unwrap(result: Any, what: str) -> Any:
-    if type(result).__name__ == "SyftError":
-        raise DomainError(f"{what}: {result.message}")
+    if syft_compat.is_syft_error(result):
+        raise DomainError(f"{what}: {syft_compat.error_text(result)}")
     return result
 
 
@@ -70,14 +71,14 @@ def submit_plan(client: Any, plan: Callable, *, inputs: dict, constants: dict,
                               "dict, str, int and float constants (wrap lists in a dict)")
     func_name = name or f"{plan.__name__}_{secrets.token_hex(4)}"
     rules = {k: sy.Constant(val=v) for k, v in constants.items()}
-    with syft_quiet():
+    with muted():
         syft_function = sy.syft_function(
             input_policy=sy.MixedInputPolicy(client=client, **inputs, **rules),
             output_policy=sy.SingleExecutionExactOutput(), name=func_name)(plan)
         try:
             request = client.code.request_code_execution(syft_function, reason=reason)
         except Exception as exc:
-            raise DomainError(f"submission refused: {_public_message(exc)}") from None
+            raise DomainError(f"submission refused: {syft_compat.error_text(exc)}") from None
     request = _unwrap(request, "submission refused")
     return Submission(request_id=str(request.id.no_dash), func_name=func_name, inputs=inputs,
                       code_id=str(request.code_id.no_dash))
@@ -95,22 +96,17 @@ def upload_input(client: Any, value: Any) -> Any:
     """
     import syft as sy
 
-    with syft_quiet():
+    with muted():
         try:
             pointer = sy.ActionObject.from_obj(value).send(client)
         except Exception as exc:
-            raise DomainError(f"upload refused: {_public_message(exc)}") from None
+            raise DomainError(f"upload refused: {syft_compat.error_text(exc)}") from None
     return _unwrap(pointer, "upload refused")
-
-
-def _public_message(exc: Exception) -> str:
-    message = getattr(exc, "public_message", None) or str(exc)
-    return message.strip().splitlines()[0] if message.strip() else type(exc).__name__
 
 
 def request_status(client: Any, submission: Submission) -> tuple[str, str]:
     """('pending'|'approved'|'rejected', denial reason) of a submission."""
-    with syft_quiet():
+    with muted():
         request = get_request(client, submission.request_id)
         status = syft_request_status(request)
         reason = str(request.deny_reason or "") if status == "rejected" else ""
@@ -150,14 +146,13 @@ def run_approved(client: Any, submission: Submission) -> Any:
     up as ``client.code.<name>`` makes syft re-download its whole API, which holds
     every plan this account ever submitted, and grew slower with every round.
     """
-    from syft.types.uid import UID
-
-    with syft_quiet():
+    with muted():
         code_id = submission.code_id or str(get_request(client, submission.request_id).code_id)
         try:
-            pointer = client.api.services.code.call(uid=UID(code_id), **submission.inputs)
+            pointer = client.api.services.code.call(uid=syft_compat.to_uid(code_id),
+                                                     **submission.inputs)
             result = pointer.get() if hasattr(pointer, "get") else pointer
         except Exception as exc:
             raise DomainError(f"running {submission.func_name} failed: "
-                              f"{_public_message(exc)}") from None
+                              f"{syft_compat.error_text(exc)}") from None
     return _unwrap(result, f"running {submission.func_name} failed")

@@ -15,7 +15,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
-from domain_setup.local_domain import LocalDomain  # noqa: E402
+from demos.local_domain import LocalDomain  # noqa: E402
 
 ACCOUNTS_YAML = PROJECT_ROOT / "policies" / "accounts.yaml"
 RESEARCHER = "ada@pneumosyft-research.org"

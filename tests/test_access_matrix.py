@@ -28,9 +28,9 @@ import requests
 from common.connection import auth_headers, connect_client
 from common.secure_files import read_json
 from conftest import DATA_OWNER, OTHER_RESEARCHER, RESEARCHER
-from domain_setup.admin_session import AdminSession
-from domain_setup.audit import AuditLog
-from domain_setup.tokens import TokenAuthority
+from domain_setup.admin.session import AdminSession
+from domain_setup.server.audit import AuditLog
+from domain_setup.server.tokens import TokenAuthority
 from scientist.submission import Submission, run_approved, submit_plan
 
 pytestmark = pytest.mark.domain

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from common.errors import PneumoSyftError
-from domain_setup.audit import REDACTED, AuditLog, parse_since
+from domain_setup.server.audit import REDACTED, AuditLog, parse_since
 
 TIME_RE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=timezone.utc)

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from conftest import ACCOUNTS_YAML, PROJECT_ROOT, start_hospital
-from domain_setup.local_domain import LocalDomain, free_port
+from demos.local_domain import LocalDomain, free_port
 
 pytestmark = pytest.mark.domain
 
 COMMANDS = [["start"], ["stop"], ["status"], ["upload"], ["accounts", "apply"], ["token", "issue"],
             ["token", "list"], ["token", "revoke"], ["review", "list"], ["review", "show"],
             ["review", "approve"], ["review", "deny"], ["review", "auto"], ["federation", "enable"],
-            ["audit"]]
+            ["policies", "show"], ["policies", "reload"], ["audit"]]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -78,7 +78,7 @@ def test_status_of_a_stopped_domain(tmp_path):
 
 
 def _datasets(domain: LocalDomain) -> set[str]:
-    from domain_setup.admin_session import AdminSession
+    from domain_setup.admin.session import AdminSession
 
     return {d.name for d in AdminSession(domain.state).client().datasets.get_all()}
 
@@ -146,7 +146,7 @@ def test_malformed_accounts_file_changes_nothing(hospital, tmp_path):
                             "    role: superuser\n")
     _one_line_error(hospital.run("accounts", "apply", str(unknown_role), check=False),
                     "roles.yaml:4:")
-    from domain_setup.admin_session import AdminSession
+    from domain_setup.admin.session import AdminSession
 
     emails = {u.email for u in AdminSession(hospital.state).client().api.services.user.get_all()}
     assert not any(e.startswith("eve@") for e in emails)

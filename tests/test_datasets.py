@@ -62,13 +62,21 @@ def test_class_balance_is_configurable(fraction):
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
-    ({"size": 32}, "size must be one of 28, 64, 128"),
+    ({"size": 4}, "size must be an integer from 8 to 1024 px"),
+    ({"size": 2048}, "size must be an integer from 8 to 1024 px"),
     ({"pneumonia_fraction": 1.5}, "pneumonia_fraction"),
     ({"n": -1}, "n must be"),
 ])
 def test_generator_rejects_bad_arguments(kwargs, fragment):
     with pytest.raises(DataError, match=fragment):
         generate(**{"n": 4, **kwargs})
+
+
+@pytest.mark.parametrize("size", [8, 20, 32, 100])
+def test_generator_renders_any_size_so_mocks_fit_any_upload(size):
+    images, labels = generate(6, size=size, seed=1)
+    assert images.shape == (6, 1, size, size) and images.dtype == np.uint8
+    assert 20 < images.mean() < 235 and len(labels) == 6
 
 
 def test_brightness_does_not_give_the_label_away():

@@ -11,11 +11,9 @@ from common.errors import DomainError, SharingError
 from common.sealing import open_share
 from common.secret_sharing import decode
 from conftest import ACCOUNTS_YAML, RESEARCHER
-from domain_setup.admin_session import AdminSession
 from domain_setup.aggregation_key import load_or_create_private_key
-from domain_setup.local_domain import LocalDomain, threads_per_domain
-from domain_setup.policy_paths import load_domain_policies
-from domain_setup.review import Reviewer
+from demos.local_domain import LocalDomain, threads_per_domain
+from domain_setup.admin import AdminClient
 from scientist import TrainingPlan
 from scientist.federated import join, plain_round, run_rounds, secure_round, weighted_average
 from scientist.plans import secure_train_xray_plan
@@ -39,9 +37,7 @@ def federation(tmp_path_factory):
                        "--partition", f"{i}/{K}")
             domain.cli("accounts", "apply", str(ACCOUNTS_YAML))
             domain.cli("federation", "enable")
-        reviewers = {d.name: Reviewer(AdminSession(d.state),
-                                      load_domain_policies(d.state.load_config()).approval)
-                     for d in domains}
+        reviewers = {d.name: AdminClient(d.state).reviewer for d in domains}
         hospitals = [join(str(d.researcher_file(RESEARCHER))) for d in domains]
         yield domains, hospitals, reviewers
     finally:

@@ -26,9 +26,9 @@ import requests
 
 from common.secure_files import read_json
 from conftest import OTHER_RESEARCHER, RESEARCHER
-from domain_setup.admin_session import AdminSession
-from domain_setup.local_domain import LocalDomain
-from domain_setup.tokens import TokenAuthority
+from domain_setup.admin.session import AdminSession
+from demos.local_domain import LocalDomain
+from domain_setup.server.tokens import TokenAuthority
 
 pytestmark = pytest.mark.domain
 

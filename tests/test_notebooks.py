@@ -94,13 +94,9 @@ class Approver:
     """Plays the admins of `domains`: `review auto --approve-compliant`, every second."""
 
     def __init__(self, *domains, poll_seconds: float = 1.0):
-        from domain_setup.admin_session import AdminSession
-        from domain_setup.policy_paths import load_domain_policies
-        from domain_setup.review import Reviewer
+        from domain_setup.admin import AdminClient
 
-        self.reviewers = [Reviewer(AdminSession(d.state),
-                                   load_domain_policies(d.state.load_config()).approval)
-                          for d in domains]
+        self.reviewers = [AdminClient(d.state).reviewer for d in domains]
         self.poll_seconds = poll_seconds
         self.decisions: list[tuple[str, str, str]] = []
         self.errors: list[str] = []
@@ -148,8 +144,8 @@ def test_notebooks_are_committed_without_outputs():
 
 
 def test_00_hospital_admin(kernel_dir, tmp_path, monkeypatch):
-    from domain_setup import lifecycle
-    from domain_setup.local_domain import free_port
+    from domain_setup.admin import lifecycle
+    from demos.local_domain import free_port
     from domain_setup.state import StateDir
 
     state = StateDir(tmp_path / "state")
@@ -195,7 +191,7 @@ def test_03_secret_shared_weights(kernel_dir):
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     """Three small hospitals, one IID partition each, all secure-aggregation parties."""
-    from domain_setup.local_domain import LocalDomain, threads_per_domain
+    from demos.local_domain import LocalDomain, threads_per_domain
 
     root = tmp_path_factory.mktemp("federation")
 

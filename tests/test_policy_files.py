@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from common.errors import PolicyError
-from domain_setup.permissions import (
-    ROLE_ORDER,
+from domain_setup.roles import ROLES as ROLE_ORDER
+from domain_setup.roles import role_at_least
+from domain_setup.server.permissions import (
     SYFT_PATH_ACTIONS,
     Permissions,
     action_for_path,
-    role_at_least,
 )
 from domain_setup.policy_files import (
     ACTIONS,

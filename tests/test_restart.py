@@ -99,13 +99,13 @@ def _jti_of(token: str) -> str:
 
 
 def domain_admin_users(domain):
-    from domain_setup.admin_session import AdminSession
+    from domain_setup.admin.session import AdminSession
 
     return AdminSession(domain.state).client().api.services.user.get_all()
 
 
 def test_root_default_password_is_refused(hospital):
-    from domain_setup.admin_session import AdminSession
+    from domain_setup.admin.session import AdminSession
 
     session = AdminSession(hospital.state)
     assert session.email != "info@openmined.org"

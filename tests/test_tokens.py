@@ -19,7 +19,7 @@ import pytest
 
 from common.errors import PneumoSyftError, TokenError
 from common.secure_files import read_secret, write_secret
-from domain_setup.tokens import MAX_TTL_SECONDS, TokenAuthority, bearer_token, parse_ttl
+from domain_setup.server.tokens import MAX_TTL_SECONDS, TokenAuthority, bearer_token, parse_ttl
 
 ISSUER = "St Mary Hospital"
 AUDIENCE = "5f0c8a3e2b7d4c1a9e6f3b2a1c0d9e8f"

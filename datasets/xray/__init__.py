@@ -11,10 +11,11 @@ from datasets.xray.loaders import (
     XRaySplit,
     load_kermany,
     load_pneumoniamnist,
-    load_source,
     load_synthetic,
 )
+from datasets.xray.sources import load_source, register_source
 from datasets.xray.synthetic import generate
 
 __all__ = ["XRayData", "XRaySplit", "card_markdown", "generate", "load_kermany",
-           "load_pneumoniamnist", "load_source", "load_synthetic", "make_card"]
+           "load_pneumoniamnist", "load_source", "load_synthetic", "make_card",
+           "register_source"]

@@ -32,7 +32,6 @@ KERMANY_LICENCE = ("as granted by the data owner (the public Kermany et al. 2018
                    "is CC BY 4.0)")
 CLASS_FOLDERS = ("NORMAL", "PNEUMONIA")          # label = position in this tuple
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-SOURCE_SCHEMES = ("synthetic", "pneumoniamnist:PATH", "folder:PATH")
 MIN_SIZE = 8                                     # px, for loaded and resized images
 
 
@@ -251,25 +250,3 @@ def load_kermany(root: str | Path, size: int = 64) -> XRayData:
     return XRayData(train=splits["train"], val=splits.get("val"), test=splits["test"],
                     source=f"Kermany folder ({root.name})", licence=KERMANY_LICENCE,
                     synthetic=False)
-
-
-# --------------------------------------------------------------------------- dispatch
-
-def load_source(spec: str, size: int = 64, n: int = 3000, seed: int = 0) -> XRayData:
-    """Load from a source spec: ``synthetic``, ``pneumoniamnist:PATH`` or ``folder:PATH``.
-
-    Images come out at size x size; `n` and `seed` apply to the synthetic source.
-
-        load_source("synthetic", size=28, n=400)
-        load_source("folder:chest_xray", size=64)
-    """
-    scheme, _, target = str(spec).partition(":")
-    if scheme == "synthetic" and not target:
-        return load_synthetic(n=n, size=size, seed=seed)
-    if scheme in ("pneumoniamnist", "folder"):
-        if not target:
-            raise DataError(f"source {spec!r} needs a path: {scheme}:PATH")
-        if scheme == "pneumoniamnist":
-            return load_pneumoniamnist(target, size=size)
-        return load_kermany(target, size=size)
-    raise DataError(f"unknown data source {spec!r}; use one of {', '.join(SOURCE_SCHEMES)}")

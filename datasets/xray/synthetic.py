@@ -20,7 +20,7 @@ import numpy as np
 
 from common.errors import DataError
 
-SIZES = (28, 64, 128)
+MIN_SIZE, MAX_SIZE = 8, 1024  # px: any square size in between renders
 _CHUNK = 256          # images rendered at once (bounds memory at 128 px)
 _MAX_PATCHES = 3      # consolidations per pneumonia image
 
@@ -36,8 +36,9 @@ def generate(n: int, size: int = 64, pneumonia_fraction: float = 0.73,
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise DataError(f"n must be a non-negative integer, got {n!r}")
-    if size not in SIZES:
-        raise DataError(f"size must be one of {', '.join(map(str, SIZES))}, got {size!r}")
+    if (isinstance(size, bool) or not isinstance(size, (int, np.integer))
+            or not MIN_SIZE <= size <= MAX_SIZE):
+        raise DataError(f"size must be an integer from {MIN_SIZE} to {MAX_SIZE} px, got {size!r}")
     if not 0.0 <= float(pneumonia_fraction) <= 1.0:
         raise DataError(f"pneumonia_fraction must be in [0, 1], got {pneumonia_fraction!r}")
     rng = np.random.Generator(np.random.PCG64(seed))

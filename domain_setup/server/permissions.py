@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domain_setup.policy_files import ACTIONS, ANY_DATASET, ROLES, PermissionRules, load_permissions
-
-ROLE_ORDER: tuple[str, ...] = ROLES  # data_scientist < data_owner < admin
+from domain_setup.policy_files import ACTIONS, ANY_DATASET, PermissionRules, load_permissions
+from domain_setup.roles import role_at_least
 ENABLE_SIGNUP = "enable_signup"  # derived action: change_settings and allow_signup: true
 
 # Real service paths of syft 0.9.5 (`@service_method(path=...)` in
@@ -77,13 +76,6 @@ SYFT_PATH_ACTIONS: dict[str, str] = {
 def action_for_path(path: str) -> str | None:
     """The action a syft API path needs, or None when syft's own checks decide."""
     return SYFT_PATH_ACTIONS.get(path)
-
-
-def role_at_least(role: str, minimum: str) -> bool:
-    """`role` ranks at or above `minimum` in ROLE_ORDER (unknown roles rank nowhere)."""
-    if role not in ROLE_ORDER or minimum not in ROLE_ORDER:
-        return False
-    return ROLE_ORDER.index(role) >= ROLE_ORDER.index(minimum)
 
 
 class Permissions:

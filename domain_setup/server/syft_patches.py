@@ -21,21 +21,26 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from common import syft_compat
+from common.syft_compat import requires
+
 MOCK_RESULT_NOTE = "not computed: the hospital runs approved code on private data only"
 _state = threading.local()
 _applied = False
 
 
+_ACTION_SERVICE = "syft.service.action.action_service"
+
+
+@requires(f"{_ACTION_SERVICE}:filter_twin_kwargs", f"{_ACTION_SERVICE}:execute_byte_code",
+          f"{_ACTION_SERVICE}:TwinMode.MOCK", "syft.service.code.user_code:UserCodeExecutionOutput")
 def skip_mock_reexecution() -> None:
     """Make syft skip the mock re-run of approved code (idempotent)."""
     global _applied
     if _applied:
         return
-    from syft.service.action import action_service
-    from syft.service.code.user_code import UserCodeExecutionOutput
-
-    original_filter = action_service.filter_twin_kwargs
-    original_execute = action_service.execute_byte_code
+    action_service = syft_compat.resolve(f"{_ACTION_SERVICE}:")
+    output_type = syft_compat.resolve("syft.service.code.user_code:UserCodeExecutionOutput")
 
     def filter_twin_kwargs(kwargs: dict, twin_mode: Any, allow_python_types: bool = False) -> Any:
         # only the mock pass of _user_code_execute asks for MOCK with python types allowed;
@@ -48,24 +53,25 @@ def skip_mock_reexecution() -> None:
     def execute_byte_code(code_item: Any, kwargs: dict, context: Any) -> Any:
         if getattr(_state, "skip_next", False):
             _state.skip_next = False
-            return UserCodeExecutionOutput(user_code_id=code_item.id, stdout="", stderr="",
-                                           result=MOCK_RESULT_NOTE, errored=False)
+            return output_type(user_code_id=code_item.id, stdout="", stderr="",
+                               result=MOCK_RESULT_NOTE, errored=False)
         return original_execute(code_item, kwargs, context)
 
-    action_service.filter_twin_kwargs = filter_twin_kwargs
-    action_service.execute_byte_code = execute_byte_code
+    original_filter = syft_compat.replace(f"{_ACTION_SERVICE}:filter_twin_kwargs",
+                                          filter_twin_kwargs)
+    original_execute = syft_compat.replace(f"{_ACTION_SERVICE}:execute_byte_code",
+                                           execute_byte_code)
     _applied = True
 
 
 _TEXT_OR_BYTES = (bytes, bytearray, memoryview, str)
+_ATTACH = "attach_attribute_to_syft_object"
 
 
+@requires(f"syft.types.syft_object:{_ATTACH}", f"syft.service.service:{_ATTACH}")
 def skip_byte_walks() -> None:
     """Make syft's post-call attribute walk skip bytes and str values (idempotent)."""
-    from syft.service import service
-    from syft.types import syft_object
-
-    original_attach = syft_object.attach_attribute_to_syft_object
+    original_attach = syft_compat.resolve(f"syft.types.syft_object:{_ATTACH}")
     if getattr(original_attach, "skips_bytes", False):
         return
 
@@ -76,11 +82,19 @@ def skip_byte_walks() -> None:
 
     attach_attribute_to_syft_object.skips_bytes = True  # type: ignore[attr-defined]
     # the recursion inside syft_object and the call in service.py both look the name up
-    syft_object.attach_attribute_to_syft_object = attach_attribute_to_syft_object
-    service.attach_attribute_to_syft_object = attach_attribute_to_syft_object
+    syft_compat.replace(f"syft.types.syft_object:{_ATTACH}", attach_attribute_to_syft_object)
+    syft_compat.replace(f"syft.service.service:{_ATTACH}", attach_attribute_to_syft_object)
 
 
 def apply_all() -> None:
-    """Every patch in this module; the hospital's server calls this once at start."""
+    """Every patch in this module; the hospital's server calls this once at start.
+
+    Refuses (DomainError) when the installed syft lacks a name any compat function or
+    patch relies on, naming each, instead of running half-patched."""
+    from common.errors import DomainError
+
+    problems = syft_compat.missing_names()
+    if problems:
+        raise DomainError("; ".join(problems))
     skip_mock_reexecution()
     skip_byte_walks()

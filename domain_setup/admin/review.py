@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from common import syft_compat
 from common.errors import DomainError
 from common.syft_requests import get_request, request_status
 from domain_setup.code_rules import check_code, check_config
@@ -43,28 +44,20 @@ def normalise_request_id(text: str) -> str:
     return cleaned
 
 
-def _policy_rules(code: Any) -> dict:
-    rules: dict = {}
-    for per_server in (code.input_policy_init_kwargs or {}).values():
-        if isinstance(per_server, dict):
-            rules.update(per_server)
-    return rules
-
-
 def summarise(request: Any, approval_rules: Any, asset_names: dict[str, str]) -> RequestSummary:
     """Requester, code, inputs and the approval verdict of a syft request."""
     code = request.code
     inputs, constants = {}, {}
-    for kwarg, rule in _policy_rules(code).items():
-        value = getattr(rule, "val", rule)
-        if type(rule).__name__ == "Constant":
+    for kwarg, rule in syft_compat.input_policy_rules(code).items():
+        value = syft_compat.rule_value(rule)
+        if syft_compat.is_constant(rule):
             constants[kwarg] = value
         else:
             inputs[kwarg] = asset_names.get(str(value), f"object {value}")
     # every parameter bound to a dataset is private, whatever the researcher named it
     verdict = check_code(code.raw_code, approval_rules, input_shapes={k: () for k in inputs})
     reasons = list(verdict.reasons)
-    if getattr(code, "nested_codes", None):
+    if syft_compat.nested_codes(code):
         # approving applies every nested function too, and only this one is checked above
         reasons.append("calls other syft functions (nested code), which the rules do not check")
     config = constants.get("config")
@@ -103,7 +96,7 @@ class Reviewer:
 
     def _requests(self) -> list:
         return [r for r in self.client.requests.get_all()
-                if type(r.code).__name__ == "UserCode"]
+                if syft_compat.is_user_code(r.code)]
 
     def list(self) -> list[RequestSummary]:
         names = self._asset_names()
@@ -122,7 +115,7 @@ class Reviewer:
                        if str(r.id.no_dash).startswith(wanted)]
         if len(matches) > 1:
             raise DomainError(f"request id prefix {request_id} is ambiguous; give more digits")
-        if not matches or type(matches[0].code).__name__ != "UserCode":
+        if not matches or not syft_compat.is_user_code(matches[0].code):
             raise DomainError(f"no request with id {request_id}")
         return matches[0]
 
@@ -146,9 +139,9 @@ class Reviewer:
         try:
             result = self.client.api.services.request.apply(uid=request.id)
         except Exception as exc:  # syft raises SyftException subclasses with a public message
-            raise DomainError(f"approval failed: {getattr(exc, 'public_message', exc)}") from None
-        if type(result).__name__ == "SyftError":
-            raise DomainError(f"approval failed: {result.message}")
+            raise DomainError(f"approval failed: {syft_compat.error_text(exc)}") from None
+        if syft_compat.is_syft_error(result):
+            raise DomainError(f"approval failed: {syft_compat.error_text(result)}")
         self.session.audit("request.override" if not summary.verdict_ok else "request.approve",
                            target=summary.id, requester=summary.requester,
                            function=summary.function, reason=reason,

@@ -1,4 +1,5 @@
-"""A domain on this machine driven through the real CLI, for demos, tests and benchmarks.
+"""A domain on this machine driven through the real CLI, for demos, tests and benchmarks
+(a harness, not part of the product: it lives beside the demos).
 
     with LocalDomain.start_new("St Mary", state_dir) as domain:
         domain.cli("upload", "synthetic", "--name", "xray", "--n", "600")
@@ -14,11 +15,12 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from common.errors import DomainError
+from domain_setup import PROJECT_ROOT
 from domain_setup.state import StateDir
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def threads_per_domain(domains: int) -> int:
@@ -42,6 +44,7 @@ class LocalDomain:
 
     def __init__(self, state_dir: str | Path, *, torch_threads: int | None = None):
         self.state = StateDir(state_dir)
+        self._admin: Any = None
         self.server_env = ({"OMP_NUM_THREADS": str(torch_threads),
                             "MKL_NUM_THREADS": str(torch_threads)} if torch_threads else {})
 
@@ -85,6 +88,15 @@ class LocalDomain:
 
     def stop(self) -> None:
         self.run("stop", check=False)
+
+    @property
+    def admin(self) -> Any:
+        """The `AdminClient` of this domain (the facade the CLI is a layer over)."""
+        from domain_setup.admin import AdminClient
+
+        if self._admin is None:
+            self._admin = AdminClient(self.state)
+        return self._admin
 
     def researcher_file(self, email: str, path: str | Path | None = None, ttl: str = "8h") -> Path:
         """Issue a token for `email` and write the researcher's connection file."""

@@ -2,8 +2,8 @@
 
 Every command takes ``--state-dir`` (default ``$PNEUMOSYFT_STATE_DIR`` or ``./state``).
 ``start`` runs the domain; every other command talks to it over HTTP with the
-admin token the domain wrote into its state directory. Errors print one line
-(``error: ...``) and exit 1.
+admin token the domain wrote into its state directory. Each command is a thin
+layer over `AdminClient`. Errors print one line (``error: ...``) and exit 1.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import sys
 from typing import Any, Callable
 
 from common.errors import PneumoSyftError
+from domain_setup.admin.client import AdminClient
+from domain_setup.roles import ROLES
 from domain_setup.state import StateDir, resolve_state_dir
 
 
@@ -27,28 +29,15 @@ def _print_table(rows: list[dict], columns: list[str]) -> None:
         print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
 
 
-def _session(state: StateDir):
-    from domain_setup.admin_session import AdminSession
-
-    return AdminSession(state)
-
-
-def _reviewer(state: StateDir):
-    from domain_setup.policy_paths import load_domain_policies
-    from domain_setup.review import Reviewer
-
-    return Reviewer(_session(state), load_domain_policies(state.load_config()).approval)
-
-
 # -- commands -----------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace, state: StateDir) -> int:
-    from domain_setup import lifecycle
+    from domain_setup.admin import lifecycle
 
     config = lifecycle.resolve_config(
         state, name=args.name, port=args.port, host=args.host, db_url=args.db_url,
         policies=args.policies, admin_email=args.admin_email, jwt_algorithm=args.jwt_algorithm)
     if args.foreground:
-        from domain_setup.server import serve
+        from domain_setup.server.app import serve
 
         state.create_dirs()
         state.save_config(config)
@@ -62,17 +51,13 @@ def cmd_start(args: argparse.Namespace, state: StateDir) -> int:
 
 
 def cmd_stop(args: argparse.Namespace, state: StateDir) -> int:
-    from domain_setup import lifecycle
-
     name = state.load_config().name
-    print(f"stopped {name!r}" if lifecycle.stop(state) else f"{name!r} was not running")
+    print(f"stopped {name!r}" if AdminClient(state).stop() else f"{name!r} was not running")
     return 0
 
 
 def cmd_status(args: argparse.Namespace, state: StateDir) -> int:
-    from domain_setup import lifecycle
-
-    info = lifecycle.status(state)
+    info = AdminClient(state).status()
     if args.json:
         print(json.dumps(info))
     else:
@@ -83,11 +68,12 @@ def cmd_status(args: argparse.Namespace, state: StateDir) -> int:
 
 
 def cmd_upload(args: argparse.Namespace, state: StateDir) -> int:
-    from domain_setup.upload import parse_partition, upload
+    from domain_setup.admin.upload import parse_partition
 
-    report = upload(_session(state), args.source, args.name, size=args.size, n=args.n,
-                    seed=args.seed, replace=args.replace,
-                    partition=parse_partition(args.partition), label_skew=args.label_skew)
+    report = AdminClient(state).upload(args.source, args.name, size=args.size, n=args.n,
+                                       seed=args.seed, replace=args.replace,
+                                       partition=parse_partition(args.partition),
+                                       label_skew=args.label_skew)
     card = report.card
     print(f"uploaded {report.name!r}: {card.get('summary', '')}")
     print(f"  {report.n_bytes / 1e6:.1f} MB in {report.seconds:.1f} s "
@@ -96,9 +82,7 @@ def cmd_upload(args: argparse.Namespace, state: StateDir) -> int:
 
 
 def cmd_accounts_apply(args: argparse.Namespace, state: StateDir) -> int:
-    from domain_setup.accounts import apply_accounts
-
-    rows = apply_accounts(_session(state), args.file)
+    rows = AdminClient(state).apply_accounts(args.file)
     _print_table(rows, ["email", "role", "result"])
     if any(r["result"] == "created" for r in rows):
         print(f"generated passwords are in {state.account_passwords_path} (0600)")
@@ -106,34 +90,27 @@ def cmd_accounts_apply(args: argparse.Namespace, state: StateDir) -> int:
 
 
 def cmd_token_issue(args: argparse.Namespace, state: StateDir) -> int:
-    session = _session(state)
-    body = {"email": args.email, "ttl": args.ttl}
-    if args.role:
-        body["role"] = args.role
-    result = session.request("POST", "/pneumosyft/tokens", json=body)
-    if args.write_connection:
-        from domain_setup.researcher_file import write_researcher_file
+    from domain_setup.admin.researcher_file import write_researcher_file
 
-        path = write_researcher_file(args.write_connection, state, session.url, args.email,
-                                     result["token"])
+    admin = AdminClient(state)
+    token, claims = admin.issue_token(args.email, role=args.role, ttl=args.ttl)
+    if args.write_connection:
+        path = write_researcher_file(args.write_connection, state, admin.url, args.email, token)
         print(f"wrote {path} (0600): url, email, password and token for {args.email}")
     else:
-        print(result["token"])
-    claims = result["claims"]
+        print(token)
     print(f"jti {claims['jti']}, role {claims['role']}, expires at {claims['exp']}",
           file=sys.stderr)
     return 0
 
 
 def cmd_token_list(args: argparse.Namespace, state: StateDir) -> int:
-    tokens = _session(state).request("GET", "/pneumosyft/tokens")["tokens"]
-    _print_table(tokens, ["jti", "sub", "role", "exp", "revoked"])
+    _print_table(AdminClient(state).tokens(), ["jti", "sub", "role", "exp", "revoked"])
     return 0
 
 
 def cmd_token_revoke(args: argparse.Namespace, state: StateDir) -> int:
-    record = _session(state).request("POST", f"/pneumosyft/tokens/{args.jti}/revoke",
-                                     json={"reason": args.reason or ""})["revoked"]
+    record = AdminClient(state).revoke_token(args.jti, reason=args.reason or "")
     print(f"revoked {record['jti']} ({record['sub']})")
     return 0
 
@@ -160,37 +137,43 @@ def _print_summary(summary: Any, *, with_code: bool) -> None:
 
 
 def cmd_review(args: argparse.Namespace, state: StateDir) -> int:
-    reviewer = _reviewer(state)
+    admin = AdminClient(state)
     if args.review_command == "list":
         rows = [{"id": s.id, "from": s.requester, "function": s.function, "status": s.status,
                  "verdict": "ok" if s.verdict_ok else f"{len(s.verdict_reasons)} violation(s)"}
-                for s in reviewer.list()]
+                for s in admin.requests()]
         _print_table(rows, ["id", "from", "function", "status", "verdict"])
     elif args.review_command == "show":
-        _print_summary(reviewer.show(args.id), with_code=True)
+        _print_summary(admin.show(args.id), with_code=True)
     elif args.review_command == "approve":
-        summary = reviewer.approve(args.id, override=args.override, reason=args.reason or "")
+        summary = admin.approve(args.id, override=args.override, reason=args.reason or "")
         print(f"approved {summary.id} ({summary.function} from {summary.requester})")
     elif args.review_command == "deny":
-        summary = reviewer.deny(args.id, reason=args.reason)
+        summary = admin.deny(args.id, reason=args.reason)
         print(f"denied {summary.id} ({summary.function} from {summary.requester})")
     elif args.review_command == "auto":
-        for summary, outcome in reviewer.auto(approve_compliant=args.approve_compliant):
+        for summary, outcome in admin.auto_review(approve_compliant=args.approve_compliant):
             print(f"{summary.id}  {summary.function}  {outcome}")
     return 0
 
 
 def cmd_federation_enable(args: argparse.Namespace, state: StateDir) -> int:
-    from domain_setup.federation import enable_aggregation
+    print(f"aggregation public key: {AdminClient(state).enable_federation()}")
+    return 0
 
-    print(f"aggregation public key: {enable_aggregation(_session(state))}")
+
+def cmd_policies(args: argparse.Namespace, state: StateDir) -> int:
+    admin = AdminClient(state)
+    snapshot = admin.reload_policies() if args.policies_command == "reload" else admin.policies()
+    verb = "in force now" if args.policies_command == "reload" else "in force"
+    print(f"policies {verb}: {snapshot['directory']} (sha256 {snapshot['digest'][:16]}, "
+          f"loaded {snapshot['loaded_at']})")
     return 0
 
 
 def cmd_audit(args: argparse.Namespace, state: StateDir) -> int:
-    params = {k: v for k, v in (("since", args.since), ("actor", args.actor),
-                                ("action", args.action), ("limit", args.limit)) if v}
-    entries = _session(state).request("GET", "/pneumosyft/audit", params=params)["entries"]
+    entries = AdminClient(state).audit(since=args.since, actor=args.actor, action=args.action,
+                                       limit=args.limit)
     for entry in entries:
         if args.json:
             print(json.dumps(entry))
@@ -235,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("upload", cmd_upload, "upload X-rays as a dataset with synthetic mocks")
     p.add_argument("source", help="synthetic | pneumoniamnist:PATH.npz | folder:PATH")
     p.add_argument("--name", required=True, help="dataset name, e.g. xray")
-    p.add_argument("--size", type=int, default=64, choices=[28, 64, 128], help="image size (px)")
+    p.add_argument("--size", type=int, default=64, metavar="PX", help="image size (px)")
     p.add_argument("--n", type=int, default=3000, help="number of synthetic images")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic generator")
     p.add_argument("--replace", action="store_true", help="replace a dataset of the same name")
@@ -254,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="token_command", required=True, metavar="ACTION")
     p = add("issue", cmd_token_issue, "issue a token for an account", token)
     p.add_argument("--email", required=True)
-    p.add_argument("--role", choices=["data_scientist", "data_owner", "admin"],
+    p.add_argument("--role", choices=ROLES,
                    help="default: the account's role")
     p.add_argument("--ttl", default="8h", help="lifetime: 30m, 8h, 2d (max 30d)")
     p.add_argument("--write-connection", metavar="FILE",
@@ -284,6 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="federation_command", required=True, metavar="ACTION")
     add("enable", cmd_federation_enable,
         "act as a secure-aggregation party (publishes the key asset)", federation)
+
+    policies = sub.add_parser("policies", help="the policy files in force").add_subparsers(
+        dest="policies_command", required=True, metavar="ACTION")
+    add("show", cmd_policies, "which policy files the domain enforces, and their digest",
+        policies)
+    add("reload", cmd_policies, "validate the edited policy files and put them in force "
+        "(gate and review alike)", policies)
 
     p = add("audit", cmd_audit, "read the audit log")
     p.add_argument("--since", help="2026-11-21, 2026-11-21T10:00, or 1h / 30m / 2d ago")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from common.secure_files import write_json_atomic
-from domain_setup.accounts import account_password
+from domain_setup.admin.accounts import account_password
 from domain_setup.state import StateDir
 
 

@@ -1,8 +1,8 @@
-"""The admin CLI's session with its domain: URL, admin token and syft admin client.
+"""The admin's session with its domain: URL, admin token and syft admin client.
 
 The server writes ``connection.json`` (0600) at every start with a fresh admin token
-for the CLI; CLI commands read it and talk to the domain over HTTP like any remote
-admin would.
+for the CLI (`domain_setup.server.cli_credentials`); `AdminClient` reads it and talks
+to the domain over HTTP like any remote admin would.
 """
 
 from __future__ import annotations
@@ -13,25 +13,8 @@ import requests
 
 from common.connection import HTTP_TIMEOUT, auth_headers, connect_client, gate_reason
 from common.errors import DomainError
-from common.secure_files import read_json, write_json_atomic
+from common.secure_files import read_json
 from domain_setup.state import StateDir
-
-CLI_TOKEN_TTL_SECONDS = 30 * 24 * 3600
-
-
-def write_connection(state: StateDir, config: Any, authority: Any) -> None:
-    """Issue the CLI's admin token (revoking the previous one) and write connection.json."""
-    if state.connection_path.exists():
-        old = read_json(state.connection_path).get("jti")
-        if old:
-            try:
-                authority.revoke(old, reason="replaced at domain restart")
-            except Exception:  # already revoked, or issued by an older key
-                pass
-    token, claims = authority.issue(config.admin_email, "admin", ttl_seconds=CLI_TOKEN_TTL_SECONDS)
-    write_json_atomic(state.connection_path, {"url": config.url, "email": config.admin_email,
-                                              "token": token, "jti": claims["jti"]})
-
 
 class AdminSession:
     """What every admin CLI command uses to reach the domain."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from common.errors import PneumoSyftError
-from domain_setup.tokens import duration_seconds
+from domain_setup.server.tokens import duration_seconds
 
 AUDIT_FILE = "audit.jsonl"
 REDACTED = "[redacted]"

@@ -23,21 +23,22 @@ from typing import Any, Callable
 import anyio
 
 from common.errors import PneumoSyftError, TokenError
-from domain_setup.audit import AuditLog
-from domain_setup.permissions import ENABLE_SIGNUP, Permissions, action_for_path, role_at_least
-from domain_setup.tokens import TokenAuthority, bearer_token
+from common import syft_compat
+from domain_setup.policies import LivePolicies, load_domain_policies
+from domain_setup.roles import role_at_least
+from domain_setup.server.audit import AuditLog
+from domain_setup.server.permissions import ENABLE_SIGNUP, Permissions, action_for_path
+from domain_setup.server.tokens import TokenAuthority, bearer_token
 
 OPEN_PATHS = frozenset({"/health"})
 MAX_BODY_BYTES = 1 << 30
-SUBMIT_PATHS = frozenset({"code.request_code_execution", "code.submit", "project.create_project",
-                          "project.add_event"})
+SUBMIT_PATHS = frozenset({"code.request_code_execution", "code.submit", "request.submit",
+                          "project.create_project", "project.add_event"})
 # Syft calls issued many times per session that change nothing; audited once per
 # session would be noise, so only refusals of these are recorded.
-QUIET_PATHS = frozenset({"api.get", "metadata", "settings.get", "notifications.get_all_unread"})
-
-_SYFT_ROLE_NAMES = {"DATA_SCIENTIST": "data_scientist", "DATA_OWNER": "data_owner",
-                    "ADMIN": "admin"}
-
+QUIET_PATHS = frozenset({"api.get", "metadata", "settings.get", "notifications.get_all_unread",
+                         # a researcher's one-second poll of her own request's status
+                         "request.get_by_uid"})
 
 class Refusal(Exception):
     """A request the gate refuses: HTTP status and a one-line reason."""
@@ -65,56 +66,62 @@ class AccountDirectory:
         self._groups_of = groups_of
 
     def _account(self, user: Any) -> Account:
-        role = _SYFT_ROLE_NAMES.get(user.role.name, "guest")
-        return Account(email=user.email, role=role, groups=self._groups_of(user.email))
+        return Account(email=user.email, role=syft_compat.role_of(user),
+                       groups=self._groups_of(user.email))
 
     def by_email(self, email: str) -> Account | None:
-        stash = self._worker.services.user.stash
-        try:
-            return self._account(stash.get_by_email(self._worker.verify_key, email).unwrap())
-        except Exception:  # syft raises NotFoundException subclasses
-            return None
+        user = syft_compat.user_by_email(self._worker, email)
+        return None if user is None else self._account(user)
 
     def by_verify_key(self, verify_key: Any) -> Account | None:
-        stash = self._worker.services.user.stash
-        try:
-            user = stash.get_by_verify_key(self._worker.verify_key, verify_key).unwrap()
-        except Exception:
-            return None
-        return self._account(user)
+        user = syft_compat.user_by_verify_key(self._worker, verify_key)
+        return None if user is None else self._account(user)
 
     def dataset_names_for_assets(self, action_ids: set[str]) -> set[str]:
         """Names of the datasets holding any of the given asset action ids."""
-        stash = self._worker.services.dataset.stash
         names = set()
-        for dataset in stash.get_all(self._worker.verify_key).unwrap():
+        for dataset in syft_compat.all_datasets(self._worker):
             for asset in dataset.asset_list:
                 if str(asset.action_id) in action_ids:
                     names.add(dataset.name)
         return names
 
 
+class GateMiddleware:
+    """Starlette middleware that puts a `TokenGate` in front of an app:
+    ``app.add_middleware(GateMiddleware, gate=gate)``."""
+
+    def __init__(self, app: Any, gate: "TokenGate"):
+        self.gate = gate.wrap(app)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        await self.gate(scope, receive, send)
+
+
 class TokenGate:
     """ASGI middleware; build it with `for_domain`, then `wrap(app)`."""
 
-    def __init__(self, authority: TokenAuthority, audit: AuditLog, permissions: Permissions,
+    def __init__(self, authority: TokenAuthority, audit: AuditLog, policies: LivePolicies,
                  accounts: AccountDirectory):
         self.authority = authority
         self.audit = audit
-        self.permissions = permissions
+        self.policies = policies
         self.accounts = accounts
         self._app: Any = None
 
+    @property
+    def permissions(self) -> Permissions:
+        """The permission rules of the policy snapshot in force (see `policies reload`)."""
+        return self.policies.current.permissions
+
     @classmethod
     def for_domain(cls, state: Any, config: Any, worker: Any) -> "TokenGate":
-        from domain_setup.policy_paths import load_domain_policies
-
-        policies = load_domain_policies(config)
+        policies = LivePolicies(load_domain_policies(config))
         authority = TokenAuthority.load_or_create(
             state.root, issuer=config.name, audience=str(worker.id), algorithm=config.jwt_algorithm
         )
         accounts = AccountDirectory(worker, policies.groups_of)
-        return cls(authority, AuditLog(state.root), policies.permissions, accounts)
+        return cls(authority, AuditLog(state.root), policies, accounts)
 
     def wrap(self, app: Any) -> "TokenGate":
         self._app = app
@@ -191,14 +198,8 @@ class TokenGate:
         return {"action": "login", "target": email}
 
     def _authorize_api_call(self, claims: dict, body: bytes) -> dict | None:
-        from syft.client.api import SignedSyftAPICall
-        from syft.serde.deserialize import _deserialize
-
-        try:
-            call = _deserialize(body, from_bytes=True)
-        except Exception:
-            raise Refusal(400, "API call body is not a syft message") from None
-        if not isinstance(call, SignedSyftAPICall):
+        call = syft_compat.signed_api_call(body)
+        if call is None:
             raise Refusal(400, "API call body is not a signed syft API call")
         signer = self.accounts.by_verify_key(call.credentials)
         token_account = self._account_for_token(claims)
@@ -216,12 +217,7 @@ class TokenGate:
         return {"action": f"syft:{syft_path}", "target": _call_target(message)}
 
     def _check_dataset_access(self, account: Account, message: Any) -> None:
-        asset_ids: set[str] = set()
-        for value in list(message.args) + list(message.kwargs.values()):
-            kwargs = getattr(value, "input_policy_init_kwargs", None) or {}
-            for per_server in kwargs.values():
-                if isinstance(per_server, dict):  # {kwarg: UID or Matches(val=UID) or Constant}
-                    asset_ids.update(str(getattr(rule, "val", rule)) for rule in per_server.values())
+        asset_ids = syft_compat.asset_ids_in_call(message)
         for name in sorted(self.accounts.dataset_names_for_assets(asset_ids)):
             if not self.permissions.may_use_dataset(account.email, account.groups,
                                                     account.role, name):
@@ -230,13 +226,11 @@ class TokenGate:
     def _check_api_schema_request(self, claims: dict, query: bytes) -> None:
         from urllib.parse import parse_qs
 
-        from syft.server.credentials import SyftVerifyKey
-
         values = parse_qs(query.decode("latin-1")).get("verify_key", [])
         if not values:
             return
         try:
-            verify_key = SyftVerifyKey.from_string(values[0])
+            verify_key = syft_compat.verify_key_from_string(values[0])
         except Exception:
             raise Refusal(400, "verify_key is not a syft verify key") from None
         owner = self.accounts.by_verify_key(verify_key)
@@ -256,10 +250,7 @@ def _enables_signup(syft_path: str, message: Any) -> bool:
 
 def _call_target(message: Any) -> str:
     """A short, secret-free description of what an API call acts on (ids only)."""
-    from syft.types.uid import UID
-
-    ids = [str(v) for v in list(message.args) + list(message.kwargs.values())
-           if isinstance(v, UID)]
+    ids = syft_compat.uids_in(list(message.args) + list(message.kwargs.values()))
     return ",".join(ids)[:200]
 
 

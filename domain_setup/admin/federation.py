@@ -8,13 +8,12 @@ releases only their sum; the key itself never leaves the domain.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 
 import numpy as np
 
 from common.aggregation import AGGREGATION_ASSET, AGGREGATION_DATASET
+from common import syft_compat
 from common.errors import DomainError
 from domain_setup.aggregation_key import load_or_create_private_key, public_key_text
 
@@ -34,9 +33,9 @@ def enable_aggregation(session) -> str:
                          description="Private: the key that opens shares sealed to this hospital. "
                                      "Mock: random bytes. Only the vetted aggregation plan may use it.")
     dataset.add_asset(sy.Asset(name=AGGREGATION_ASSET, data=private, mock=mock))
-    with contextlib.redirect_stdout(io.StringIO()):
+    with syft_compat.muted():
         result = client.upload_dataset(dataset)
-    if type(result).__name__ == "SyftError":
-        raise DomainError(f"could not publish the aggregation key: {result.message}")
+    if syft_compat.is_syft_error(result):
+        raise DomainError(f"could not publish the aggregation key: {syft_compat.error_text(result)}")
     session.audit("federation.enable", target=AGGREGATION_DATASET)
     return public_key_text(session.state)

@@ -11,13 +11,11 @@ import os
 import re
 from pathlib import Path
 
+from common import syft_compat
 from common.errors import DomainError
 from common.secure_files import read_json, write_json_atomic
 from domain_setup.policy_files import load_accounts
 from domain_setup.state import StateDir, generate_password, validate_password
-
-SYFT_ROLES = {"data_scientist": "DATA_SCIENTIST", "data_owner": "DATA_OWNER", "admin": "ADMIN"}
-
 
 def password_env_name(email: str) -> str:
     return "PNEUMOSYFT_PASSWORD_" + re.sub(r"[^A-Z0-9]", "_", email.upper())
@@ -49,8 +47,6 @@ def _new_password(email: str) -> tuple[str, bool]:
 
 def apply_accounts(session, path: str | Path) -> list[dict]:
     """Create missing users, update changed roles/names; returns one row per account."""
-    from syft.service.user.user_roles import ServiceRole
-
     accounts = load_accounts(path)  # malformed file: error before any change
     client = session.client()
     existing = {user.email.lower(): user for user in client.api.services.user.get_all()}
@@ -58,7 +54,7 @@ def apply_accounts(session, path: str | Path) -> list[dict]:
     rows = []
     for account in accounts:
         email = account.email.lower()
-        role = ServiceRole[SYFT_ROLES[account.role]]
+        role = syft_compat.service_role(account.role)
         user = existing.get(email)
         if email == session.email.lower():
             rows.append({"email": email, "role": account.role, "result": "root admin (unchanged)"})

@@ -14,11 +14,11 @@ from urllib.parse import urlparse
 import requests
 
 from common.errors import DomainError, PneumoSyftError
+from domain_setup import PROJECT_ROOT
 from domain_setup.state import DomainConfig, StateDir, validate_name
 
 START_TIMEOUT_SECONDS = 240
 STOP_TIMEOUT_SECONDS = 30
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
 def _pid_alive(pid: int | None) -> bool:
@@ -105,7 +105,7 @@ def resolve_config(state: StateDir, *, name: str | None, port: int | None, host:
 
 def start(state: StateDir, config: DomainConfig, *, progress=print) -> DomainConfig:
     """Start the domain in a detached process and wait until it answers."""
-    from domain_setup.policy_paths import load_domain_policies
+    from domain_setup.policies import load_domain_policies
 
     if not 1024 <= config.port <= 65535:
         raise DomainError(f"port {config.port} is outside 1024-65535")

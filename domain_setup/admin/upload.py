@@ -9,12 +9,12 @@ stays in the domain: researchers evaluate on it through an approved request.
 from __future__ import annotations
 
 import contextlib
-import io
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from common import syft_compat
 from common.errors import DataError, DomainError
 from datasets.xray import XRaySplit, generate, load_source, make_card
 from datasets.xray.card import card_markdown
@@ -123,22 +123,22 @@ def upload(session, spec: str, name: str, *, size: int = 64, n: int = 3000, seed
            replace: bool = False, show_progress: bool = True,
            partition: tuple[int, int] | None = None,
            label_skew: float | None = None) -> UploadReport:
-    """Validate `spec`, then upload it as dataset `name` (refusing an existing name)."""
+    """Upload `spec` as dataset `name`: an existing name is refused before anything is
+    loaded, then the source is loaded and validated, then sent."""
     validate_dataset_name(name)
-    dataset, card, n_bytes = build_dataset(name, spec, size=size, n=n, seed=seed,
-                                           partition=partition, label_skew=label_skew)
     client = session.client()
     existing = find_dataset(client, name)
     if existing is not None and not replace:
         raise DomainError(f"dataset {name!r} already exists; use --replace to replace it")
+    dataset, card, n_bytes = build_dataset(name, spec, size=size, n=n, seed=seed,
+                                           partition=partition, label_skew=label_skew)
     started = time.perf_counter()
     if existing is not None:
         client.api.services.dataset.delete(uid=existing.id)
-    quiet = contextlib.redirect_stdout(io.StringIO()) if not show_progress else contextlib.nullcontext()
-    with quiet:
+    with syft_compat.muted() if not show_progress else contextlib.nullcontext():
         result = client.upload_dataset(dataset)
-    if type(result).__name__ == "SyftError":
-        raise DomainError(f"upload refused: {result.message}")
+    if syft_compat.is_syft_error(result):
+        raise DomainError(f"upload refused: {syft_compat.error_text(result)}")
     seconds = time.perf_counter() - started
     session.audit("dataset.upload", target=name, source=spec.split(":", 1)[0],
                   replaced=str(existing is not None), bytes=str(n_bytes))

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from common.errors import PneumoSyftError, TokenError
+from domain_setup.roles import ROLES
 from common.secure_files import (
     ensure_private_dir,
     read_json,
@@ -36,7 +37,6 @@ from common.secure_files import (
 )
 
 ALGORITHMS = ("EdDSA", "RS256", "HS256")
-ROLES = ("data_scientist", "data_owner", "admin")
 REQUIRED_CLAIMS = ("iss", "aud", "sub", "role", "iat", "nbf", "exp", "jti")
 DEFAULT_TTL_SECONDS = 8 * 3600
 MAX_TTL_SECONDS = 30 * 24 * 3600

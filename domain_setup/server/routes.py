@@ -1,6 +1,9 @@
 """PneumoSyft's own HTTP routes on the domain (under /pneumosyft, behind the gate).
 
-    GET  /pneumosyft/info                 domain name, id, aggregation public key
+    GET  /pneumosyft/info                 domain name, id, aggregation public key (or null)
+    GET  /pneumosyft/policies             the policy snapshot in force (read_audit)
+    POST /pneumosyft/policies/reload      validate the policy files, put them in force
+                                          (change_settings)
     GET  /pneumosyft/tokens               list issued tokens        (issue_tokens)
     POST /pneumosyft/tokens               issue a token             (issue_tokens)
     POST /pneumosyft/tokens/{jti}/revoke  revoke a token            (revoke_tokens)
@@ -18,50 +21,99 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from common.errors import PneumoSyftError
-from domain_setup.audit import parse_since
-from domain_setup.tokens import ROLES as VALID_ROLES
-from domain_setup.tokens import parse_ttl
+from domain_setup.roles import ROLES, role_below
+from domain_setup.server.audit import parse_since
+from domain_setup.server.tokens import parse_ttl
 
 
 def _error(status: int, reason: str) -> JSONResponse:
     return JSONResponse({"error": reason}, status_code=status)
 
 
+class RouteRefusal(Exception):
+    """A /pneumosyft request the caller's role may not make: status and one-line reason."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def install_refusal_handler(app: Any) -> None:
+    """Answer a RouteRefusal with the gate's JSON shape: ``{"error": reason}``."""
+    async def refused(_request: Request, exc: RouteRefusal) -> JSONResponse:
+        return _error(exc.status, exc.reason)
+    app.add_exception_handler(RouteRefusal, refused)
+
+
+async def _json_object(request: Request) -> dict:
+    """The request's JSON body, which must be an object (TypeError otherwise)."""
+    body = await request.json()
+    if not isinstance(body, dict):
+        raise TypeError("body is not a JSON object")
+    return body
+
+
+def _token_request(body: dict) -> tuple[str, int, str]:
+    """Email, lifetime (seconds) and asked role ('' for the account's) of a token request."""
+    return str(body["email"]), parse_ttl(str(body.get("ttl", "8h"))), str(body.get("role") or "")
+
+
+def _audit_entry(body: dict) -> dict:
+    """An admin action to record, every field cut to a bounded length."""
+    details = {str(k)[:50]: str(v)[:500] for k, v in dict(body.get("details", {})).items()}
+    return {**details, "action": str(body["action"])[:100],
+            "target": str(body.get("target", ""))[:200],
+            "outcome": str(body.get("outcome", "ok"))[:50]}
+
+
 def make_domain_router(state: Any, config: Any, worker: Any, gate: Any) -> APIRouter:
     """Routes for tokens, audit and domain info; each checks the caller's permission."""
     router = APIRouter()
 
-    def caller(request: Request, action: str) -> Any:
+    def caller(request: Request, action: str, what: str) -> Any:
+        """The caller's account if its role may `action`; else RouteRefusal 403 (audited)."""
         claims = request.state.claims
         account = gate.accounts.by_email(claims["sub"])
         if account is None or not gate.permissions.role_may(account.role, action):
             role = account.role if account else "unknown"
             gate.audit.record(claims["sub"], action, outcome="refused", reason=f"role {role}")
-            return None
+            raise RouteRefusal(403, f"your role may not {what}")
         return account
 
     @router.get("/info")
     def info() -> dict:
-        from domain_setup.aggregation_key import public_key_text
+        from domain_setup.aggregation_key import published_public_key_text
 
         return {"name": config.name, "id": str(worker.id),
-                "aggregation_public_key": public_key_text(state)}
+                "aggregation_public_key": published_public_key_text(state)}
+
+    @router.get("/policies")
+    def policies_in_force(request: Request) -> Any:
+        caller(request, "read_audit", "read the policy snapshot")
+        return {"policies": gate.policies.current.describe()}
+
+    @router.post("/policies/reload")
+    def reload_policies(request: Request) -> Any:
+        account = caller(request, "change_settings", "reload the policies")
+        try:
+            snapshot = gate.policies.reload()
+        except PneumoSyftError as exc:
+            gate.audit.record(account.email, "policies.reload", outcome="refused",
+                              reason=str(exc))
+            return _error(400, str(exc))
+        gate.audit.record(account.email, "policies.reload", target=snapshot.digest[:16])
+        return {"policies": snapshot.describe()}
 
     @router.get("/tokens")
     def list_tokens(request: Request) -> Any:
-        if caller(request, "issue_tokens") is None:
-            return _error(403, "your role may not list tokens")
+        caller(request, "issue_tokens", "list tokens")
         return {"tokens": gate.authority.list_tokens()}
 
     @router.post("/tokens")
     async def issue_token(request: Request) -> Any:
-        account = caller(request, "issue_tokens")
-        if account is None:
-            return _error(403, "your role may not issue tokens")
+        account = caller(request, "issue_tokens", "issue tokens")
         try:
-            body = await request.json()
-            email = str(body["email"])
-            ttl = parse_ttl(str(body.get("ttl", "8h")))
+            email, ttl, asked_role = _token_request(await _json_object(request))
         except (ValueError, KeyError, TypeError):
             return _error(400, "body must be JSON with 'email' and optionally 'role' and 'ttl'")
         except PneumoSyftError as exc:
@@ -69,10 +121,10 @@ def make_domain_router(state: Any, config: Any, worker: Any, gate: Any) -> APIRo
         subject = gate.accounts.by_email(email)
         if subject is None:
             return _error(404, f"no account for {email}; create it first (accounts apply)")
-        role = str(body.get("role") or subject.role)
-        if role not in VALID_ROLES:
-            return _error(400, f"unknown role {role!r}; one of {', '.join(VALID_ROLES)}")
-        if role != subject.role and not _role_below(role, subject.role):
+        role = asked_role or subject.role
+        if role not in ROLES:
+            return _error(400, f"unknown role {role!r}; one of {', '.join(ROLES)}")
+        if role != subject.role and not role_below(role, subject.role):
             return _error(400, f"{email} is a {subject.role}; a token cannot carry a higher role")
         token, claims = gate.authority.issue(subject.email, role, ttl_seconds=ttl)
         gate.audit.record(account.email, "token.issue", target=claims["jti"],
@@ -81,9 +133,7 @@ def make_domain_router(state: Any, config: Any, worker: Any, gate: Any) -> APIRo
 
     @router.post("/tokens/{jti}/revoke")
     async def revoke_token(jti: str, request: Request) -> Any:
-        account = caller(request, "revoke_tokens")
-        if account is None:
-            return _error(403, "your role may not revoke tokens")
+        account = caller(request, "revoke_tokens", "revoke tokens")
         try:
             body = await request.json() if await request.body() else {}
             record = gate.authority.revoke(jti, reason=str(body.get("reason", "")))
@@ -97,8 +147,7 @@ def make_domain_router(state: Any, config: Any, worker: Any, gate: Any) -> APIRo
     @router.get("/audit")
     def read_audit(request: Request, since: str | None = None, actor: str | None = None,
                    action: str | None = None, limit: int | None = None) -> Any:
-        if caller(request, "read_audit") is None:
-            return _error(403, "your role may not read the audit log")
+        caller(request, "read_audit", "read the audit log")
         try:
             since_dt = parse_since(since) if since else None
         except PneumoSyftError as exc:
@@ -108,22 +157,13 @@ def make_domain_router(state: Any, config: Any, worker: Any, gate: Any) -> APIRo
 
     @router.post("/audit")
     async def record_audit(request: Request) -> Any:
-        account = caller(request, "read_audit")
-        if account is None:
-            return _error(403, "your role may not write the audit log")
+        account = caller(request, "read_audit", "write the audit log")
         try:
-            body = await request.json()
-            action = str(body["action"])[:100]
-            target = str(body.get("target", ""))[:200]
-            outcome = str(body.get("outcome", "ok"))[:50]
-            details = {str(k)[:50]: str(v)[:500] for k, v in dict(body.get("details", {})).items()}
+            entry = _audit_entry(await _json_object(request))
         except (ValueError, KeyError, TypeError):
             return _error(400, "body must be JSON with 'action' (and 'target', 'outcome', 'details')")
-        gate.audit.record(account.email, action, target=target, outcome=outcome, **details)
+        gate.audit.record(account.email, entry.pop("action"), **entry)
         return {"recorded": True}
 
     return router
 
-
-def _role_below(role: str, other: str) -> bool:
-    return VALID_ROLES.index(role) < VALID_ROLES.index(other)

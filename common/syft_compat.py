@@ -1,0 +1,290 @@
+"""Every syft 0.9.5 internal that PneumoSyft touches, behind one named function each.
+
+syft's public surface (``sy.Dataset``, ``sy.syft_function``, clients) is used
+where it is; everything else — private modules, stashes, class checks, the
+patches' targets, muting syft's chatter — goes through this module, so that an
+upgrade breaks here, loudly and by name, rather than somewhere downstream.
+Each function declares the syft names it relies on with ``@requires``;
+``missing_names()`` resolves every one of them against the installed syft:
+
+    >>> missing_names()          # [] on syft 0.9.5
+    []
+
+The hospital's server and the tests call it (``tests/test_syft_compat.py``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+import threading
+from typing import Any, Callable, Iterator
+
+_REQUIRED: dict[str, tuple[str, ...]] = {}
+
+
+def requires(*names: str) -> Callable:
+    """Declare the syft names (``module:attr.attr``) a compat function relies on."""
+    def register(func: Callable) -> Callable:
+        _REQUIRED[func.__name__] = names
+        return func
+    return register
+
+
+def resolve(name: str) -> Any:
+    """The object named ``module:attr.attr`` (AttributeError/ImportError when absent)."""
+    module_name, _, attrs = name.partition(":")
+    value: Any = importlib.import_module(module_name)
+    for attr in filter(None, attrs.split(".")):
+        fields = getattr(value, "model_fields", None) or {}  # pydantic fields of syft objects
+        value = fields[attr] if attr in fields and not hasattr(value, attr) else getattr(value, attr)
+    return value
+
+
+def missing_names(required: dict[str, tuple[str, ...]] | None = None) -> list[str]:
+    """One line per syft name a compat function expects and the installed syft lacks."""
+    problems = []
+    for function, names in (required or _REQUIRED).items():
+        for name in names:
+            try:
+                resolve(name)
+            except (ImportError, AttributeError):
+                problems.append(f"syft_compat.{function} expects {name}, "
+                                "which the installed syft does not have")
+    return problems
+
+
+# --------------------------------------------------------------------------- types
+
+@requires("syft.service.response:SyftError")
+def is_syft_error(value: Any) -> bool:
+    """Is `value` a SyftError (syft returns these instead of raising, in places)?"""
+    return isinstance(value, resolve("syft.service.response:SyftError"))
+
+
+def error_text(value: Any) -> str:
+    """The message of a SyftError or of an exception syft raised, on one line."""
+    message = str(getattr(value, "public_message", None) or getattr(value, "message", None)
+                  or value).strip()
+    return message.splitlines()[0] if message else type(value).__name__
+
+
+@requires("syft.service.code.user_code:UserCode")
+def is_user_code(value: Any) -> bool:
+    return isinstance(value, resolve("syft.service.code.user_code:UserCode"))
+
+
+@requires("syft.service.request.request:Request")
+def is_request(value: Any) -> bool:
+    return isinstance(value, resolve("syft.service.request.request:Request"))
+
+
+@requires("syft.service.policy.policy:Constant")
+def is_constant(rule: Any) -> bool:
+    """Is an input-policy rule a constant (a value in the request, not an asset)?"""
+    return isinstance(rule, resolve("syft.service.policy.policy:Constant"))
+
+
+@requires("syft.types.uid:UID")
+def to_uid(text: str) -> Any:
+    return resolve("syft.types.uid:UID")(text)
+
+
+@requires("syft.types.uid:UID")
+def uids_in(values: list) -> list[str]:
+    """The syft UIDs among `values`, as text."""
+    uid_type = resolve("syft.types.uid:UID")
+    return [str(v) for v in values if isinstance(v, uid_type)]
+
+
+# --------------------------------------------------------------------------- user code
+
+@requires("syft.service.code.user_code:UserCode.input_policy_init_kwargs")
+def input_policy_rules(code: Any) -> dict:
+    """{kwarg: rule} of a UserCode (or anything with ``input_policy_init_kwargs``),
+    merged over servers; a rule is an asset UID, ``Matches(val=UID)`` or a Constant."""
+    rules: dict = {}
+    for per_server in (getattr(code, "input_policy_init_kwargs", None) or {}).values():
+        if isinstance(per_server, dict):
+            rules.update(per_server)
+    return rules
+
+
+def rule_value(rule: Any) -> Any:
+    """The UID or constant value an input-policy rule holds."""
+    return getattr(rule, "val", rule)
+
+
+def asset_ids_in_call(message: Any) -> set[str]:
+    """Ids of the objects a code submission binds (any argument with input-policy kwargs)."""
+    ids: set[str] = set()
+    for value in list(message.args) + list(message.kwargs.values()):
+        ids.update(str(rule_value(rule)) for rule in input_policy_rules(value).values())
+    return ids
+
+
+def nested_codes(code: Any) -> dict:
+    """The other syft functions a UserCode launches (approving it approves them)."""
+    return getattr(code, "nested_codes", None) or {}
+
+
+# --------------------------------------------------------------------------- server side
+
+@requires("syft.serde.deserialize:_deserialize", "syft.client.api:SignedSyftAPICall")
+def signed_api_call(body: bytes) -> Any | None:
+    """The SignedSyftAPICall in an /api/v2/api_call body, or None when it is not one."""
+    try:
+        call = resolve("syft.serde.deserialize:_deserialize")(body, from_bytes=True)
+    except Exception:  # any malformed body
+        return None
+    return call if isinstance(call, resolve("syft.client.api:SignedSyftAPICall")) else None
+
+
+@requires("syft.server.credentials:SyftVerifyKey.from_string")
+def verify_key_from_string(text: str) -> Any:
+    return resolve("syft.server.credentials:SyftVerifyKey").from_string(text)
+
+
+@requires("syft.service.user.user_stash:UserStash.get_by_email")
+def user_by_email(worker: Any, email: str) -> Any | None:
+    """The syft user with this email, read with the server's own credentials."""
+    try:
+        return worker.services.user.stash.get_by_email(worker.verify_key, email).unwrap()
+    except Exception:  # syft raises NotFoundException subclasses
+        return None
+
+
+@requires("syft.service.user.user_stash:UserStash.get_by_verify_key")
+def user_by_verify_key(worker: Any, verify_key: Any) -> Any | None:
+    try:
+        return worker.services.user.stash.get_by_verify_key(worker.verify_key, verify_key).unwrap()
+    except Exception:
+        return None
+
+
+@requires("syft.service.dataset.dataset_stash:DatasetStash")
+def all_datasets(worker: Any) -> list:
+    """Every dataset of the server, read with the server's own credentials."""
+    return list(worker.services.dataset.stash.get_all(worker.verify_key).unwrap())
+
+
+@requires("syft.service.user.user_roles:ServiceRole")
+def service_role(role: str) -> Any:
+    """syft's ServiceRole for one of our role names (data_scientist, data_owner, admin)."""
+    return resolve("syft.service.user.user_roles:ServiceRole")[role.upper()]
+
+
+def role_of(user: Any) -> str:
+    """Our role name of a syft user ('guest' for roles we do not grant)."""
+    name = str(getattr(user.role, "name", "")).lower()
+    return name if name in ("data_scientist", "data_owner", "admin") else "guest"
+
+
+@requires("syft.server.datasite:Datasite", "syft.server.credentials:SyftSigningKey",
+          "syft.store.blob_storage.on_disk:OnDiskBlobStorageConfig",
+          "syft.store.blob_storage.on_disk:OnDiskBlobStorageClientConfig",
+          "syft.store.db.sqlite:SQLiteDBConfig", "syft.store.db.postgres:PostgresDBConfig")
+def build_datasite(*, name: str, server_id: str, signing_key_hex: str, sqlite_dir: Any,
+                   postgres: dict | None, blob_dir: Any, root_email: str, root_name: str,
+                   root_password: str) -> Any:
+    """A syft Datasite with a fixed identity, its database and an on-disk blob store."""
+    from nacl.signing import SigningKey
+
+    if postgres:
+        db_config = resolve("syft.store.db.postgres:PostgresDBConfig")(**postgres)
+    else:
+        db_config = resolve("syft.store.db.sqlite:SQLiteDBConfig")(filename="domain.sqlite",
+                                                                  path=sqlite_dir)
+    blob_module = "syft.store.blob_storage.on_disk"
+    blob_config = resolve(f"{blob_module}:OnDiskBlobStorageConfig")(
+        client_config=resolve(f"{blob_module}:OnDiskBlobStorageClientConfig")(
+            base_directory=blob_dir),
+        min_blob_size=0)
+    signing_key = resolve("syft.server.credentials:SyftSigningKey")(
+        signing_key=SigningKey(bytes.fromhex(signing_key_hex)))
+    return resolve("syft.server.datasite:Datasite")(
+        name=name, id=to_uid(server_id), signing_key=signing_key, db_config=db_config,
+        blob_storage_config=blob_config, root_email=root_email, root_username=root_name,
+        root_password=root_password, deployment_type="remote", reset=False, dev_mode=False,
+        in_memory_workers=True, n_consumers=0, create_producer=False)
+
+
+@requires("syft.server.routes:make_routes")
+def syft_routes(worker: Any) -> Any:
+    """syft's own HTTP routes (login, api, api_call, ...) for `worker`."""
+    return resolve("syft.server.routes:make_routes")(worker=worker)
+
+
+def replace(target: str, replacement: Callable) -> Callable:
+    """Replace the syft function named ``module:attr`` with `replacement`; returns the original.
+
+    Used by the server's patches only; each patch lists its targets with ``@requires``."""
+    module_name, _, attr = target.partition(":")
+    module = importlib.import_module(module_name)
+    original = getattr(module, attr)
+    setattr(module, attr, replacement)
+    return original
+
+
+# --------------------------------------------------------------------------- client side
+
+class _ThreadMutingStdout:
+    """sys.stdout stand-in that drops writes from threads inside `muted()`."""
+
+    def __init__(self, stream: Any):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return len(text) if _muting.depth else self.stream.write(text)
+
+    def flush(self) -> None:
+        if not _muting.depth:
+            self.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+
+class _Muting(threading.local):
+    depth = 0
+
+
+_muting = _Muting()
+_install_lock = threading.Lock()
+
+
+def _muted_display(original: Callable) -> Callable:
+    def display(*objects: Any, **kwargs: Any) -> Any:
+        return None if _muting.depth else original(*objects, **kwargs)
+    display.mutes_syft = True  # type: ignore[attr-defined]
+    return display
+
+
+@requires("syft.service.code.user_code:display")
+def _install_muting() -> None:
+    with _install_lock:
+        if not isinstance(sys.stdout, _ThreadMutingStdout):
+            sys.stdout = _ThreadMutingStdout(sys.stdout)
+        user_code = importlib.import_module("syft.service.code.user_code")
+        if not getattr(user_code.display, "mutes_syft", False):
+            user_code.display = _muted_display(user_code.display)
+
+
+@contextlib.contextmanager
+def muted() -> Iterator[None]:
+    """Silence syft's prints and IPython displays made by this thread, and only this one.
+
+    Other threads keep printing: stdout is wrapped once by a stream that drops only
+    the writes of threads inside `muted()`, so overlapping uses from several threads
+    never restore each other's streams.
+
+        with muted():
+            client.code.request_code_execution(function, reason="...")
+    """
+    _install_muting()
+    _muting.depth += 1
+    try:
+        yield
+    finally:
+        _muting.depth -= 1
