@@ -79,6 +79,7 @@ def connect_client(url: str, *, token: str, email: str, password: str,
         raise DomainError("a token is required: ask the hospital admin for one")
     check_reachable(url, token)
     connection = HTTPConnection(url=url, headers=auth_headers(token))
+    syft_compat.carry_token_to(url, token)
     with syft_compat.muted() if quiet else contextlib.nullcontext():
         guest = connection.get_client_type().unwrap()(connection=connection)
         try:

@@ -229,6 +229,34 @@ def replace(target: str, replacement: Callable) -> Callable:
 
 # --------------------------------------------------------------------------- client side
 
+_tokens_by_url: dict[str, str] = {}
+
+
+@requires("syft.service.network.server_peer:route_to_connection",
+          "syft.client.client:HTTPConnection")
+def carry_token_to(url: str, token: str) -> None:
+    """Connections this process's syft builds from routes to `url` (a project's leader
+    route, say) carry `token` too, as the connection the client logged in with does."""
+    _tokens_by_url[url.rstrip("/")] = token
+    module = importlib.import_module("syft.service.network.server_peer")
+    if getattr(module.route_to_connection, "carries_tokens", False):
+        return
+    original = module.route_to_connection
+    http_connection = resolve("syft.client.client:HTTPConnection")
+
+    def route_to_connection(route: Any, context: Any = None) -> Any:
+        connection = original(route=route, context=context)
+        if isinstance(connection, http_connection):
+            token_for_route = _tokens_by_url.get(str(connection.url).rstrip("/"))
+            if token_for_route:
+                connection.headers = {**(connection.headers or {}),
+                                      "Authorization": f"Bearer {token_for_route}"}
+        return connection
+
+    route_to_connection.carries_tokens = True  # type: ignore[attr-defined]
+    module.route_to_connection = route_to_connection
+
+
 class _ThreadMutingStdout:
     """sys.stdout stand-in that drops writes from threads inside `muted()`."""
 

@@ -92,7 +92,7 @@ def serve(state: StateDir) -> None:
         sys.path.insert(0, str(PROJECT_ROOT))
     from domain_setup.server import syft_patches
 
-    syft_patches.apply_all()
+    syft_patches.apply_all(config.host, config.port)
     worker = build_worker(state, config)
     # syft logs exceptions raised by approved code at ERROR; the hospital admin needs
     # them in the domain log (the researcher only sees "contact the Server Admin")

@@ -14,6 +14,11 @@ the mock inputs are not even loaded.
 treats `bytes` and `str` as sequences and visits them one element at a time, so
 a 13 MB blob read or a result holding sealed shares cost seconds of pure Python
 looping. Neither can hold a syft object; the walk now steps over them.
+
+`reach_self_in_process`: syft's project service checks a project's leader route
+by connecting to it from the server, over HTTP, with no token: the gate refuses
+that, and PySyft's tutorial route `sy.Project(...).send()` failed. Routes to the
+server itself now go in process; routes elsewhere are refused.
 """
 
 from __future__ import annotations
@@ -86,7 +91,40 @@ def skip_byte_walks() -> None:
     syft_compat.replace(f"syft.service.service:{_ATTACH}", attach_attribute_to_syft_object)
 
 
-def apply_all() -> None:
+_ROUTES = "syft.service.network.routes"
+_LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
+
+
+@requires(f"{_ROUTES}:route_to_connection", f"{_ROUTES}:HTTPServerRoute",
+          "syft.client.client:PythonConnection", "syft.types.errors:SyftException")
+def reach_self_in_process(host: str, port: int) -> None:
+    """Routes the server itself follows (a project's leader route, which syft pings to
+    check it) reach this very server in process, never over HTTP: an HTTP call back to
+    our own URL carries no token and the gate would refuse it. A route to anywhere else
+    is refused, so that researcher-supplied routes cannot make the server call out."""
+    original = syft_compat.resolve(f"{_ROUTES}:route_to_connection")
+    if getattr(original, "reaches_self", False):
+        return
+    http_route = syft_compat.resolve(f"{_ROUTES}:HTTPServerRoute")
+    python_connection = syft_compat.resolve("syft.client.client:PythonConnection")
+    syft_exception = syft_compat.resolve("syft.types.errors:SyftException")
+    own_hosts = _LOOPBACK_NAMES | {host} if host in _LOOPBACK_NAMES else {host}
+
+    def route_to_connection(route: Any, context: Any = None) -> Any:
+        server = getattr(context, "server", None)
+        if server is None or not isinstance(route, http_route):
+            return original(route, context)
+        if str(route.host_or_ip) in own_hosts and int(route.port) == int(port):
+            return python_connection(server=server)
+        raise syft_exception(public_message=(
+            f"this domain does not connect out to {route.host_or_ip}:{route.port}; "
+            "routes must point at the domain itself"))
+
+    route_to_connection.reaches_self = True  # type: ignore[attr-defined]
+    syft_compat.replace(f"{_ROUTES}:route_to_connection", route_to_connection)
+
+
+def apply_all(host: str, port: int) -> None:
     """Every patch in this module; the hospital's server calls this once at start.
 
     Refuses (DomainError) when the installed syft lacks a name any compat function or
@@ -98,3 +136,4 @@ def apply_all() -> None:
         raise DomainError("; ".join(problems))
     skip_mock_reexecution()
     skip_byte_walks()
+    reach_self_in_process(host, port)

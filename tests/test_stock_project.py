@@ -1,0 +1,44 @@
+"""PySyft's own tutorial route, `sy.Project(...).send()`, works through the gate with a stock
+syft 0.9.5 client, and the domain never calls out to a route a researcher supplies."""
+
+from __future__ import annotations
+
+import pytest
+
+from common import syft_compat
+
+pytestmark = pytest.mark.domain
+
+
+def _count_rows(images):
+    return {"n": len(images)}
+
+
+def test_stock_client_sends_a_project_with_a_code_request(hospital, ada):
+    import syft as sy
+
+    train = ada.datasets["xray"].assets["train_images"]
+    function = sy.syft_function_single_use(images=train)(_count_rows)
+    with syft_compat.muted():
+        project = sy.Project(name="pneumonia study", description="count the images",
+                             members=[ada])
+        project.create_code_request(function, ada)
+        sent = project.send()
+    assert not syft_compat.is_syft_error(sent), sent
+    assert sent.name == "pneumonia study"
+    requests = [r for r in hospital.admin.requests() if r.function == "_count_rows"]
+    assert requests and requests[-1].requester == "ada@pneumosyft-research.org"
+
+
+def test_a_route_elsewhere_is_refused_not_followed(hospital, ada):
+    import syft as sy
+    from syft.service.network.routes import HTTPServerRoute
+
+    with syft_compat.muted():
+        project = sy.Project(name="detour", description="route to another host",
+                             members=[ada])
+        project.leader_server_route = HTTPServerRoute(host_or_ip="127.0.0.1", port=9,
+                                                      protocol="http")
+        with pytest.raises(Exception) as refused:  # what send() calls, with the route kept
+            ada.api.services.project.create_project(project=project)
+    assert "does not connect out to 127.0.0.1:9" in syft_compat.error_text(refused.value)
