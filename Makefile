@@ -4,9 +4,16 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.requirements-installed
 
-.PHONY: install demo demo-federated test lab bench clean
+.PHONY: install system demo demo-federated test lab bench clean
 
-install: $(STAMP)
+install: system $(STAMP)
+
+# The sandbox that runs researcher code is bubblewrap (Debian package; libseccomp is
+# part of the base system). Installed once, as root; elsewhere it says what to run.
+system:
+	@command -v bwrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap; \
+	  else echo "install bubblewrap first: sudo apt-get install bubblewrap" >&2; exit 1; fi; }
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

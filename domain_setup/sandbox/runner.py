@@ -1,0 +1,324 @@
+"""``Sandbox``: run one researcher function in a fresh bwrap sandbox, get plain data back.
+
+Each run gets its own cgroup (memory and process limits), its own bwrap (fresh
+mount, pid, network, IPC, UTS and cgroup namespaces, seccomp stage 1), and its own
+interpreter that installs seccomp stage 2 before running the researcher's code.
+Nothing survives a run: the cgroup is emptied with SIGKILL and removed before
+``run`` returns or raises. Runs from several threads at once are fine.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from . import io_pump, plain_data, protocol, seccomp_policy
+from .bwrap import SETPRIV, Interpreter, command as bwrap_command
+from .cgroups import CgroupHost, RunCgroup
+from .errors import (PlainDataError, PlanError, PlanFailed, PlanOutOfMemory, PlanTimeout,
+                     ResultRefused, SandboxCrashed, SandboxError, SandboxUnavailable)
+from .limits import SandboxLimits
+
+# Joins the run cgroup(s), then becomes bwrap (whose children inherit the cgroups).
+LAUNCH_SCRIPT = """while [ "$1" != -- ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; done
+shift
+exec "$@"
+"""
+FIRST_FREE_FD = 10
+CHILD_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class SandboxRun:
+    """A successful run. Times are seconds from launch: ``start_seconds`` until the
+    runner's main started, ``ready_seconds`` until the researcher's code started
+    (after numpy/torch imports); ``seconds`` is the whole run."""
+
+    result: Any
+    stdout: str
+    stderr: str
+    seconds: float
+    start_seconds: float | None
+    ready_seconds: float | None
+    peak_memory_mb: float | None
+
+
+@dataclass(frozen=True)
+class _Environment:
+    bwrap: str
+    cgroups: CgroupHost
+    interpreter: Interpreter
+    sandbox_bpf: bytes
+    plan_bpf: str
+    seccomp_syscall: int
+
+
+@dataclass
+class _Outcome:
+    exchange: io_pump.Exchange
+    returncode: int
+    started: float
+    timed_out: bool
+    oom: bool
+    seconds: float
+    peak_bytes: int | None
+
+
+def _high_fd(fd: int) -> int:
+    """Move ``fd`` to a number >= 10 (close-on-exec), so fds 3-9 are free in the child."""
+    high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, FIRST_FREE_FD)
+    os.close(fd)
+    return high
+
+
+def _memfd(data: bytes) -> int:
+    fd = os.memfd_create("sandbox-seccomp", os.MFD_CLOEXEC)
+    protocol.write_all(fd, data)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+class Sandbox:
+    """Runs researcher functions under ``limits`` in a bubblewrap sandbox.
+
+    ``vetted_packages`` are directories (e.g. the project's ``common``) bound read-only
+    at ``/opt/pneumosyft/<name>`` and importable inside; ``python`` is the interpreter
+    run inside (its prefixes are bound read-only); ``torch_threads`` is passed to
+    ``torch.set_num_threads``. ``bwrap`` and ``cgroup_parent`` (a cgroup path under
+    which run cgroups are made; default: this process's cgroup) are for unusual hosts.
+    """
+
+    def __init__(self, limits: SandboxLimits | None = None, *, vetted_packages: Sequence[Path] = (),
+                 python: str = sys.executable, torch_threads: int | None = None,
+                 bwrap: str = "bwrap", cgroup_parent: str | None = None) -> None:
+        self.limits = limits if limits is not None else SandboxLimits()
+        if not isinstance(self.limits, SandboxLimits):
+            raise SandboxError(f"limits must be SandboxLimits, got {type(limits).__name__}")
+        if torch_threads is not None and (type(torch_threads) is not int or torch_threads < 1):
+            raise SandboxError(f"torch_threads must be a positive integer, got {torch_threads!r}")
+        self.vetted_packages = [self._vetted(Path(p)) for p in vetted_packages]
+        names = [os.path.basename(p) for p in self.vetted_packages]
+        if len(set(names)) != len(names):
+            raise SandboxError(f"vetted packages with the same name: {names}")
+        self.python = python
+        self.torch_threads = torch_threads
+        self.bwrap = bwrap
+        self.cgroup_parent = cgroup_parent
+        self._lock = threading.Lock()
+        self._env: _Environment | None = None
+
+    @staticmethod
+    def _vetted(path: Path) -> str:
+        real = os.path.realpath(path)
+        name = os.path.basename(real)
+        if not os.path.isdir(real):
+            raise SandboxError(f"vetted package {path} is not a directory")
+        if not name.isidentifier() or name == protocol.HELPER_PACKAGE:
+            raise SandboxError(f"vetted package {path} has an unusable name {name!r}")
+        return real
+
+    # --- set-up ------------------------------------------------------------------
+
+    def _environment(self) -> _Environment:
+        with self._lock:
+            if self._env is None:
+                self._env = self._discover()
+            return self._env
+
+    def _discover(self) -> _Environment:
+        found = shutil.which(self.bwrap)
+        if found is None:
+            raise SandboxUnavailable(f"bubblewrap ({self.bwrap}) not found: apt-get install bubblewrap")
+        if not os.access(SETPRIV, os.X_OK):
+            raise SandboxUnavailable(f"{SETPRIV} not found: apt-get install util-linux")
+        if os.geteuid() != 0:
+            raise SandboxUnavailable("the sandbox must be started by root (bwrap runs without a "
+                                     "user namespace and drops to uid 65534 itself)")
+        return _Environment(
+            bwrap=os.path.realpath(found),
+            cgroups=CgroupHost.detect(self.cgroup_parent),
+            interpreter=Interpreter.of(self.python),
+            sandbox_bpf=seccomp_policy.export_bpf(seccomp_policy.sandbox_filter()),
+            plan_bpf=base64.b64encode(seccomp_policy.export_bpf(
+                seccomp_policy.plan_filter())).decode("ascii"),
+            seccomp_syscall=seccomp_policy.seccomp_syscall_number())
+
+    def check_available(self) -> SandboxRun:
+        """Check bwrap, setpriv, cgroups and seccomp, then run a trivial function once.
+
+        Raises ``SandboxUnavailable`` saying what to install or fix; returns the trivial run.
+        """
+        self._environment()
+        try:
+            run = self.run("def ping():\n    return 'pong'\n", "ping", {})
+        except PlanError as exc:
+            raise SandboxUnavailable(f"a trivial sandboxed run failed: {exc}") from None
+        if run.result != "pong":
+            raise SandboxUnavailable(f"a trivial sandboxed run returned {run.result!r}")
+        return run
+
+    # --- running -------------------------------------------------------------------
+
+    def run(self, source: str, function: str, kwargs: Mapping[str, Any]) -> SandboxRun:
+        """Run ``function(**kwargs)`` from the module ``source`` in a fresh sandbox.
+
+        ``kwargs`` is plain data (torch tensors allowed; they arrive as tensors). Raises
+        ``PlanTimeout``, ``PlanOutOfMemory``, ``PlanFailed``, ``ResultRefused`` or
+        ``SandboxCrashed``; nothing of the run is left running afterwards.
+        """
+        if not isinstance(source, str) or not isinstance(function, str) or not function.isidentifier():
+            raise SandboxError("run takes the source (str) and a function name (identifier)")
+        if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
+            raise SandboxError("kwargs must be a mapping with str keys")
+        env = self._environment()
+        request = protocol.request_parts(
+            {"source": source, "function": function, "limits": self.limits.to_dict(),
+             "torch_threads": self.torch_threads, "plan_filter": env.plan_bpf,
+             "seccomp_syscall": env.seccomp_syscall},
+            plain_data.encode_parts(dict(kwargs), allow_tensors=True, name="kwargs"))
+        cgroup = env.cgroups.create(memory_bytes=self.limits.memory_bytes,
+                                    max_processes=self.limits.max_processes)
+        try:
+            outcome = self._launch(env, cgroup, request)
+        finally:
+            cgroup.kill()
+            cgroup.remove()
+        return self._interpret(outcome)
+
+    def _launch(self, env: _Environment, cgroup: RunCgroup,
+                request: list[protocol.Chunk]) -> _Outcome:
+        result_read, result_write = os.pipe()
+        result_write = _high_fd(result_write)
+        seccomp_fd = _high_fd(_memfd(env.sandbox_bpf))
+        argv = ["/bin/sh", "-c", LAUNCH_SCRIPT, "sh", *map(str, cgroup.dirs), "--",
+                *bwrap_command(interpreter=env.interpreter, vetted_packages=self.vetted_packages,
+                               tmpfs_bytes=self.limits.tmpfs_bytes, seccomp_fd=seccomp_fd,
+                               result_fd=result_write, bwrap=env.bwrap)]
+        started = time.monotonic()
+        deadline = started + self.limits.timeout_seconds
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, bufsize=0, env={"PATH": CHILD_PATH},
+                                    pass_fds=(result_write, seccomp_fd), start_new_session=True)
+        except OSError as exc:
+            os.close(result_read)
+            raise SandboxUnavailable(f"cannot start the sandbox: {exc}") from None
+        finally:
+            os.close(result_write)
+            os.close(seccomp_fd)
+        timed_out = False
+        try:
+            exchange = io_pump.exchange(
+                stdin=proc.stdin, stdout=proc.stdout, stderr=proc.stderr, result_fd=result_read,
+                request=request, deadline=deadline, max_log_bytes=self.limits.max_log_bytes,
+                max_result_bytes=self.limits.max_output_bytes)
+            timed_out = exchange.timed_out
+            if timed_out or exchange.frames.violation:
+                self._stop(proc, cgroup)
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+        finally:
+            self._stop(proc, cgroup)
+            proc.wait()
+            os.close(result_read)
+            for stream in (proc.stdout, proc.stderr):
+                stream.close()
+        exchange.finish_feeding()
+        return _Outcome(exchange, proc.returncode, started, timed_out, cgroup.oom_killed(),
+                        time.monotonic() - started, cgroup.peak_memory_bytes())
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen, cgroup: RunCgroup) -> None:
+        cgroup.kill()
+        if proc.returncode is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    # --- results ---------------------------------------------------------------------
+
+    def _interpret(self, outcome: _Outcome) -> SandboxRun:
+        exchange, limits = outcome.exchange, self.limits
+        logs = {"stdout": exchange.stdout.text(), "stderr": exchange.stderr.text()}
+        if outcome.timed_out:
+            raise PlanTimeout(f"plan exceeded its {limits.timeout_seconds:g} s wall-clock limit "
+                              f"and was killed", **logs)
+        if outcome.oom:
+            raise PlanOutOfMemory(f"plan exceeded its {limits.memory_mb} MB memory limit and "
+                                  f"was killed", **logs)
+        if exchange.frames.violation:
+            raise ResultRefused(f"result refused: {exchange.frames.violation}", **logs)
+        timing: dict[str, float] = {}
+        final = []
+        for kind, payload in exchange.frames.frames:
+            if kind == protocol.TIMING:
+                report = self._report(payload, logs)
+                if isinstance(report.get("t"), float):
+                    timing[str(report.get("event"))] = report["t"] - outcome.started
+            else:
+                final.append((kind, payload))
+        if len(final) > 1:
+            raise ResultRefused("result refused: more than one result on the result channel", **logs)
+        if not final:
+            raise self._crash(outcome, logs)
+        kind, payload = final[0]
+        if kind == protocol.ERROR:
+            raise self._error(self._report(payload, logs), logs)
+        try:
+            value = plain_data.decode(payload, max_bytes=limits.max_output_bytes)
+        except PlainDataError as exc:
+            raise ResultRefused(f"result refused: {exc}", **logs) from None
+        peak = outcome.peak_bytes / 2**20 if outcome.peak_bytes is not None else None
+        return SandboxRun(value, logs["stdout"], logs["stderr"], outcome.seconds,
+                          timing.get("main"), timing.get("ready"), peak)
+
+    @staticmethod
+    def _report(payload: bytearray, logs: dict[str, str]) -> dict[str, Any]:
+        try:
+            report = json.loads(payload.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            report = None
+        if not isinstance(report, dict):
+            raise ResultRefused("result refused: malformed report on the result channel", **logs)
+        return report
+
+    def _error(self, report: dict[str, Any], logs: dict[str, str]) -> PlanError:
+        stage, kind, message, trace = (str(report.get(key, ""))[:10_000]
+                                       for key in ("stage", "type", "message", "traceback"))
+        if stage == "plan" and kind == "MemoryError":
+            return PlanOutOfMemory(f"plan ran out of memory (MemoryError: {message})", **logs)
+        if stage == "plan":
+            return PlanFailed(f"plan raised {kind}: {message}", exc_type=kind, exc_message=message,
+                              traceback=trace, **logs)
+        if stage == "result":
+            return ResultRefused(f"result refused: {message}", **logs)
+        return SandboxCrashed(f"sandbox setup failed: {kind}: {message}", **logs)
+
+    def _crash(self, outcome: _Outcome, logs: dict[str, str]) -> PlanError:
+        code = outcome.returncode
+        if code == 128 + signal.SIGXCPU:
+            return PlanTimeout(f"plan exceeded its {self.limits.cpu_seconds} s CPU-time limit "
+                               f"and was killed", **logs)
+        last = (logs["stderr"].strip().splitlines() or [""])[-1][:300]
+        try:
+            what = f"was killed by {signal.Signals(-code if code < 0 else code - 128).name}"
+        except ValueError:
+            what = f"exited with status {code}"
+        if code in (-signal.SIGKILL, 128 + signal.SIGKILL):
+            what += f" (is SIGXCPU ignored? the {self.limits.cpu_seconds} s CPU limit then kills)"
+        return SandboxCrashed(f"sandbox {what} without a result" + (f": {last}" if last else ""),
+                              **logs)
