@@ -79,7 +79,6 @@ def connect_client(url: str, *, token: str, email: str, password: str,
         raise DomainError("a token is required: ask the hospital admin for one")
     check_reachable(url, token)
     connection = HTTPConnection(url=url, headers=auth_headers(token))
-    syft_compat.carry_token_to(url, token)
     with syft_compat.muted() if quiet else contextlib.nullcontext():
         guest = connection.get_client_type().unwrap()(connection=connection)
         try:
@@ -87,4 +86,5 @@ def connect_client(url: str, *, token: str, email: str, password: str,
         except Exception:
             raise DomainError(f"login refused for {email}: "
                               f"{_login_refusal(url, token, email, password)}") from None
+    syft_compat.carry_token_to(url, token, client.credentials.verify_key)
     return client

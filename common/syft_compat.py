@@ -163,6 +163,22 @@ def user_by_verify_key(worker: Any, verify_key: Any) -> Any | None:
         return None
 
 
+def email_of(worker: Any, verify_key: Any) -> str:
+    """The email of the user with this verify key ('unknown' when there is none)."""
+    user = user_by_verify_key(worker, verify_key)
+    return user.email if user is not None else "unknown"
+
+
+@requires("syft.service.request.request_stash:RequestStash")
+def request_exists(worker: Any, request_id: str) -> bool:
+    """Is there a request with this id (32 hex digits) on the server?"""
+    try:
+        worker.services.request.stash.get_by_uid(worker.verify_key, to_uid(request_id)).unwrap()
+    except Exception:  # NotFound, or not a UID
+        return False
+    return True
+
+
 @requires("syft.service.dataset.dataset_stash:DatasetStash")
 def all_datasets(worker: Any) -> list:
     """Every dataset of the server, read with the server's own credentials."""
@@ -230,31 +246,49 @@ def replace(target: str, replacement: Callable) -> Callable:
 # --------------------------------------------------------------------------- client side
 
 _tokens_by_url: dict[str, str] = {}
+_tokens_by_account: dict[tuple[str, str], str] = {}
 
 
 @requires("syft.service.network.server_peer:route_to_connection",
+          "syft.service.network.server_peer:ServerPeer.client_with_key",
           "syft.client.client:HTTPConnection")
-def carry_token_to(url: str, token: str) -> None:
+def carry_token_to(url: str, token: str, verify_key: Any) -> None:
     """Connections this process's syft builds from routes to `url` (a project's leader
-    route, say) carry `token` too, as the connection the client logged in with does."""
-    _tokens_by_url[url.rstrip("/")] = token
+    route, say) carry a token too: the one of the account they act for, as the
+    connection that account logged in with does."""
+    url = url.rstrip("/")
+    _tokens_by_url[url] = token
+    _tokens_by_account[(url, str(verify_key))] = token
     module = importlib.import_module("syft.service.network.server_peer")
     if getattr(module.route_to_connection, "carries_tokens", False):
         return
-    original = module.route_to_connection
+    original_route = module.route_to_connection
+    original_client = module.ServerPeer.client_with_key
     http_connection = resolve("syft.client.client:HTTPConnection")
 
     def route_to_connection(route: Any, context: Any = None) -> Any:
-        connection = original(route=route, context=context)
-        if isinstance(connection, http_connection):
-            token_for_route = _tokens_by_url.get(str(connection.url).rstrip("/"))
-            if token_for_route:
-                connection.headers = {**(connection.headers or {}),
-                                      "Authorization": f"Bearer {token_for_route}"}
+        connection = original_route(route=route, context=context)
+        token_for_url = (_tokens_by_url.get(str(connection.url).rstrip("/"))
+                         if isinstance(connection, http_connection) else None)
+        if token_for_url:  # enough for the metadata request that picks the client type
+            connection.headers = {**(connection.headers or {}),
+                                  "Authorization": f"Bearer {token_for_url}"}
         return connection
+
+    def client_with_key(self: Any, credentials: Any) -> Any:
+        client = original_client(self, credentials)
+        connection = getattr(client, "connection", None)
+        if isinstance(connection, http_connection):
+            token_for_account = _tokens_by_account.get(
+                (str(connection.url).rstrip("/"), str(credentials.verify_key)))
+            if token_for_account:
+                connection.headers = {**(connection.headers or {}),
+                                      "Authorization": f"Bearer {token_for_account}"}
+        return client
 
     route_to_connection.carries_tokens = True  # type: ignore[attr-defined]
     module.route_to_connection = route_to_connection
+    module.ServerPeer.client_with_key = client_with_key
 
 
 class _ThreadMutingStdout:

@@ -96,6 +96,19 @@ class LivePolicies:
         return self._current.groups_of(email)
 
 
+def sandbox_limits(approval: ApprovalRules, config_extra: dict) -> Any:
+    """The limits of every sandboxed run: approval.yaml's ``sandbox:`` section, then this
+    domain's `start --plan-timeout SECONDS --plan-memory-mb MB` on top."""
+    from domain_setup.sandbox import SandboxLimits
+
+    values = dict(approval.sandbox)
+    if config_extra.get("plan_timeout_seconds"):
+        values["timeout_seconds"] = float(config_extra["plan_timeout_seconds"])
+    if config_extra.get("plan_memory_mb"):
+        values["memory_mb"] = int(config_extra["plan_memory_mb"])
+    return SandboxLimits.from_mapping(values)
+
+
 def policies_dir(config: Any) -> Path:
     """The domain's policy folder: `--policies DIR` at first start, else ./policies."""
     return Path(config.extra.get("policies_dir") or PROJECT_POLICIES)

@@ -135,6 +135,7 @@ def _positive(value: int) -> str | None:
 EMAIL = Scalar(str, email_problem)
 TEXT = Scalar(str, _non_empty)
 POSITIVE_INT = Scalar(int, _positive)
+POSITIVE_NUMBER = Scalar(float, lambda v: None if v > 0 else f"must be above 0, got {v}")
 DOTTED_NAME = _pattern(_DOTTED_RE, "dotted Python name")
 IDENTIFIER = _pattern(_IDENT_RE, "Python identifier")
 
@@ -371,15 +372,20 @@ class PermissionRules:
     roles: dict[str, frozenset[str]]
     datasets: dict[str, DatasetAccess]
     allow_signup: bool = False
+    syft_paths: dict[str, frozenset[str]] = field(default_factory=dict)  # "*": every path
 
 
 _ACTION_LIST = names_list(choice(ACTIONS, "action"), what="action")
+ANY_SYFT_PATH = "*"
+_SYFT_PATH_LIST = names_list(Scalar(str, lambda v: None if v == ANY_SYFT_PATH or _DOTTED_RE.match(v)
+                                    else f"{v!r} is not a syft service path"), what="path")
 PERMISSIONS_SCHEMA = Struct(
     required={"roles": Struct(required={role: _ACTION_LIST for role in ROLES}),
               "datasets": DictOf(Struct(optional={
                   "users": ListOf(EMAIL, unique=str.lower, unique_what="user"),
                   "groups": names_list(what="group"),
-                  "roles": names_list(choice(ROLES, "role"), what="role")}), key=TEXT)},
+                  "roles": names_list(choice(ROLES, "role"), what="role")}), key=TEXT),
+              "syft_paths": Struct(required={role: _SYFT_PATH_LIST for role in ROLES})},
     optional={"allow_signup": Scalar(bool)},
 )
 
@@ -393,7 +399,8 @@ def load_permissions(path: str | Path) -> PermissionRules:
                             roles=frozenset(rule.get("roles", ())))
         for name, rule in data["datasets"].items()}
     return PermissionRules(roles={r: frozenset(a) for r, a in data["roles"].items()},
-                           datasets=datasets, allow_signup=data.get("allow_signup", False))
+                           datasets=datasets, allow_signup=data.get("allow_signup", False),
+                           syft_paths={r: frozenset(p) for r, p in data["syft_paths"].items()})
 
 
 # ---------------------------------------------------------------------------
@@ -418,6 +425,9 @@ class ApprovalRules:
     data_arguments: int
     safe_calls: frozenset[str]
     safe_attributes: frozenset[str]
+    sandbox: dict  # limits of every run of submitted code (domain_setup.sandbox.SandboxLimits)
+    min_samples: int  # images a vetted train or evaluate release covers at least
+    custom_max_result_bytes: int  # what custom code may return, encoded
 
     @property
     def max_epochs(self) -> int:
@@ -448,6 +458,11 @@ def _min_above_max_problem(limits: dict) -> str | None:
     return None
 
 
+SANDBOX_LIMIT_KEYS = ("timeout_seconds", "memory_mb", "cpu_seconds", "max_file_mb",
+                      "max_processes", "max_open_files", "tmpfs_mb", "max_output_mb",
+                      "max_log_kb")  # the fields of domain_setup.sandbox.SandboxLimits
+DEFAULT_MIN_SAMPLES = 20
+DEFAULT_CUSTOM_MAX_RESULT_KB = 1024
 _DOTTED_LIST = names_list(DOTTED_NAME, what="name")
 _IDENT_LIST = names_list(IDENTIFIER, what="name")
 APPROVAL_SCHEMA = Struct(required={
@@ -461,6 +476,11 @@ APPROVAL_SCHEMA = Struct(required={
                                 "declassifying_calls": _DOTTED_LIST,
                                 "data_arguments": POSITIVE_INT},
                       optional={"safe_calls": _IDENT_LIST, "safe_attributes": _IDENT_LIST}),
+}, optional={
+    "sandbox": Struct(optional={key: POSITIVE_NUMBER if key == "timeout_seconds" else POSITIVE_INT
+                                for key in SANDBOX_LIMIT_KEYS}),
+    "releases": Struct(optional={"min_samples": POSITIVE_INT,
+                                 "custom_max_result_kb": POSITIVE_INT}),
 })
 
 
@@ -484,4 +504,8 @@ def load_approval_rules(path: str | Path) -> ApprovalRules:
         data_arguments=returns["data_arguments"],
         safe_calls=frozenset(returns.get("safe_calls", ())),
         safe_attributes=frozenset(returns.get("safe_attributes", ())),
+        sandbox=dict(data.get("sandbox", {})),
+        min_samples=data.get("releases", {}).get("min_samples", DEFAULT_MIN_SAMPLES),
+        custom_max_result_bytes=1024 * data.get("releases", {}).get(
+            "custom_max_result_kb", DEFAULT_CUSTOM_MAX_RESULT_KB),
     )

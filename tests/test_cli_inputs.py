@@ -39,6 +39,16 @@ def test_every_command_has_help(command):
     assert result.returncode == 0 and "usage: python -m domain_setup" in result.stdout
 
 
+def test_start_refuses_without_the_sandbox_and_says_how_to_install_it(tmp_path):
+    """No bubblewrap on the server's PATH: the domain does not come up at all."""
+    result = subprocess.run(
+        [sys.executable, "-m", "domain_setup", "start", "--name", "No Sandbox", "--port",
+         str(free_port()), "--state-dir", str(tmp_path / "state")], cwd=PROJECT_ROOT,
+        capture_output=True, text=True, timeout=300, env={"PATH": str(tmp_path)})
+    _one_line_error(result, "the sandbox for researcher code is unavailable: bubblewrap "
+                            "(bwrap) not found: apt-get install bubblewrap")
+
+
 def test_malformed_policy_file_stops_start_and_writes_nothing(tmp_path):
     policies = tmp_path / "policies"
     shutil.copytree(PROJECT_ROOT / "policies", policies)

@@ -296,6 +296,21 @@ def test_every_route_but_health_needs_a_token(hospital, method, path):
                    reason="missing token")
 
 
+@pytest.mark.parametrize("method,path", [
+    ("POST", "/api/v2/reset_password"), ("POST", "/api/v2/forgot_password"),
+    ("GET", "/api/v2/stream/abc/def/"), ("PUT", "/api/v2/stream/abc/def/"),
+    ("GET", "/docs"), ("GET", "/no-such-route"),
+])
+def test_routes_outside_the_allowlist_are_refused_even_with_a_valid_token(hospital, method, path):
+    token, _ = hospital.admin.issue_token(ADMIN, ttl="10m")
+    since = utc_now_text()
+    response = requests.request(method, f"{hospital.url}{path}", timeout=TIMEOUT,
+                                headers=bearer(token), json={"email": ADMIN})
+    assert_refused(response, 403, f"{path} is not served by this domain")
+    assert_audited(hospital, since, actor=ADMIN, target=path, status=403,
+                   reason=f"{path} is not served by this domain")
+
+
 def test_health_is_open_without_a_token(hospital):
     response = requests.get(f"{hospital.url}/health", timeout=TIMEOUT)
     assert (response.status_code, response.json()) == (200, {"status": "ok"})

@@ -47,6 +47,10 @@ datasets:
   xray:
     users: [Grace@Lung-Imaging-Lab.ac.uk]
     groups: [study]
+syft_paths:
+  data_scientist: [dataset.get_all, code.call]
+  data_owner: [dataset.get_all, request.apply]
+  admin: ["*"]
 """
 
 
@@ -233,6 +237,13 @@ def test_role_may(permissions):
     assert not permissions.role_may("guest", "list_datasets")
     with pytest.raises(ValueError):
         permissions.role_may("admin", "fly")
+
+
+def test_syft_paths_are_denied_unless_listed(permissions):
+    assert permissions.role_may_call("data_scientist", "code.call")
+    assert not permissions.role_may_call("data_scientist", "request.apply")
+    assert not permissions.role_may_call("guest", "dataset.get_all")
+    assert permissions.role_may_call("admin", "anything.at_all")  # "*"
 
 
 def test_signup_needs_the_file_to_allow_it(tmp_path, permissions):

@@ -35,7 +35,8 @@ def cmd_start(args: argparse.Namespace, state: StateDir) -> int:
 
     config = lifecycle.resolve_config(
         state, name=args.name, port=args.port, host=args.host, db_url=args.db_url,
-        policies=args.policies, admin_email=args.admin_email, jwt_algorithm=args.jwt_algorithm)
+        policies=args.policies, admin_email=args.admin_email, jwt_algorithm=args.jwt_algorithm,
+        plan_timeout=args.plan_timeout, plan_memory_mb=args.plan_memory_mb)
     if args.foreground:
         from domain_setup.server.app import serve
 
@@ -124,12 +125,13 @@ def _print_summary(summary: Any, *, with_code: bool) -> None:
         print(f"input     {kwarg} <- {name}")
     for kwarg, value in summary.constants.items():
         print(f"constant  {kwarg} = {value}")
-    if summary.verdict_ok:
-        print("verdict   complies with the approval rules")
-    else:
-        print("verdict   VIOLATES the approval rules:")
-        for reason in summary.verdict_reasons:
-            print(f"  - {reason}")
+    verdict = summary.verdict
+    print(f"verdict   {verdict.headline}" + ("" if verdict.kind == "vetted" else
+                                             "; approve only with --override --reason"))
+    for reason in verdict.reasons + [f"linter: {note}" for note in verdict.notes]:
+        print(f"  - {reason}")
+    print(f"sandbox   {summary.limits}")
+    print(f"returns   {summary.returns}")
     if with_code:
         print("code:")
         for number, line in enumerate(summary.code.splitlines(), 1):
@@ -210,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-email", help="the root admin's email (first start)")
     p.add_argument("--jwt-algorithm", choices=["EdDSA", "RS256", "HS256"],
                    help="token signing algorithm (first start; default EdDSA)")
+    p.add_argument("--plan-timeout", type=float, metavar="SECONDS",
+                   help="wall-clock limit of each sandboxed run (default: approval.yaml's)")
+    p.add_argument("--plan-memory-mb", type=int, metavar="MB",
+                   help="memory limit of each sandboxed run (default: approval.yaml's)")
     p.add_argument("--foreground", action="store_true", help="run in this process")
     add("stop", cmd_stop, "stop the running domain")
     p = add("status", cmd_status, "is the domain running and answering? (exit 3 when not)")

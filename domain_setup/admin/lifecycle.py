@@ -78,8 +78,26 @@ def _check_database(db_url: str) -> None:
 
 def resolve_config(state: StateDir, *, name: str | None, port: int | None, host: str | None,
                    db_url: str | None, policies: str | None, admin_email: str | None,
-                   jwt_algorithm: str | None) -> DomainConfig:
+                   jwt_algorithm: str | None, plan_timeout: float | None = None,
+                   plan_memory_mb: int | None = None) -> DomainConfig:
     """Merge command-line options with what the state directory remembers."""
+    config = _resolve_identity(state, name=name, port=port, host=host, db_url=db_url,
+                               policies=policies, admin_email=admin_email,
+                               jwt_algorithm=jwt_algorithm)
+    if plan_timeout is not None:
+        if not 0 < plan_timeout <= 86400:
+            raise DomainError(f"--plan-timeout {plan_timeout} must be between 0 and 86400 s")
+        config.extra["plan_timeout_seconds"] = float(plan_timeout)
+    if plan_memory_mb is not None:
+        if not 256 <= plan_memory_mb <= 1 << 20:
+            raise DomainError(f"--plan-memory-mb {plan_memory_mb} must be at least 256")
+        config.extra["plan_memory_mb"] = int(plan_memory_mb)
+    return config
+
+
+def _resolve_identity(state: StateDir, *, name: str | None, port: int | None, host: str | None,
+                      db_url: str | None, policies: str | None, admin_email: str | None,
+                      jwt_algorithm: str | None) -> DomainConfig:
     if state.exists():
         config = state.load_config()
         if name and name != config.name:
@@ -118,9 +136,10 @@ def start(state: StateDir, config: DomainConfig, *, progress=print) -> DomainCon
     _check_port_free(config.host, config.port)
     state.create_dirs()
     state.save_config(config)
+    state.load_or_create_admin_password()  # here, so that no secret is in the server's env
     started = time.time()
     log = open(state.log_path, "ab")
-    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    env = dict(server_environment(), PYTHONPATH=str(PROJECT_ROOT))
     child = subprocess.Popen([sys.executable, "-m", "domain_setup.server", str(state.root)],
                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                              cwd=PROJECT_ROOT, env=env, start_new_session=True)
@@ -136,6 +155,14 @@ def start(state: StateDir, config: DomainConfig, *, progress=print) -> DomainCon
     child.terminate()
     raise DomainError(f"the domain did not answer within {START_TIMEOUT_SECONDS} s; "
                       f"see {state.log_path}")
+
+
+def server_environment() -> dict[str, str]:
+    """This process's environment without the secrets it may carry (account passwords)."""
+    from domain_setup.state import ADMIN_PASSWORD_ENV
+
+    return {key: value for key, value in os.environ.items()
+            if key != ADMIN_PASSWORD_ENV and not key.startswith("PNEUMOSYFT_PASSWORD_")}
 
 
 def _connection_written_since(state: StateDir, since: float) -> bool:

@@ -1,9 +1,10 @@
 """`review`: the admin reads researchers' requests and approves or denies them.
 
-Each request's code is checked against ``approval.yaml`` (static analysis, no
-execution) and its constants (epochs, model, ...) against the same rules. A
-violating request can only be approved with ``override=True`` and a reason, which
-goes to the audit log.
+Each request gets the domain's verdict (`domain_setup.verdicts`): a vetted plan of
+the catalogue that fits its schema, custom code (with the linter's findings as
+notes), or a violation. Anything but a vetted plan is approved only with
+``override=True`` and a reason: the override is registered with the domain, which
+checks it when the approval arrives and audits both with the code's hash.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from common import syft_compat
 from common.errors import DomainError
 from common.syft_requests import get_request, request_status
-from domain_setup.code_rules import check_code, check_config
+from domain_setup.verdicts import Verdict, code_bindings, judge_code
 
 _UID_RE = re.compile(r"^[0-9a-f]{8,32}$")
 
@@ -34,6 +35,9 @@ class RequestSummary:
     constants: dict = field(default_factory=dict)
     verdict_ok: bool = True
     verdict_reasons: list = field(default_factory=list)
+    verdict: Verdict | None = None
+    limits: str = ""  # the sandbox limits its run will have
+    returns: str = ""  # the output contract its result must meet
 
 
 def normalise_request_id(text: str) -> str:
@@ -47,28 +51,15 @@ def normalise_request_id(text: str) -> str:
 def summarise(request: Any, approval_rules: Any, asset_names: dict[str, str]) -> RequestSummary:
     """Requester, code, inputs and the approval verdict of a syft request."""
     code = request.code
-    inputs, constants = {}, {}
-    for kwarg, rule in syft_compat.input_policy_rules(code).items():
-        value = syft_compat.rule_value(rule)
-        if syft_compat.is_constant(rule):
-            constants[kwarg] = value
-        else:
-            inputs[kwarg] = asset_names.get(str(value), f"object {value}")
-    # every parameter bound to a dataset is private, whatever the researcher named it
-    verdict = check_code(code.raw_code, approval_rules, input_shapes={k: () for k in inputs})
-    reasons = list(verdict.reasons)
-    if syft_compat.nested_codes(code):
-        # approving applies every nested function too, and only this one is checked above
-        reasons.append("calls other syft functions (nested code), which the rules do not check")
-    config = constants.get("config")
-    if isinstance(config, dict):
-        reasons += check_config(config, approval_rules)
+    inputs, constants = code_bindings(code, asset_names)
+    verdict = judge_code(code, asset_names, approval_rules)
     return RequestSummary(
         id=str(request.id.no_dash), requester=request.requesting_user_email or "?",
         function=code.service_func_name, status=request_status(request),
         created=str(request.request_time)[:19], code=code.raw_code, inputs=inputs,
         constants={k: _describe_constant(v) for k, v in constants.items()},
-        verdict_ok=not reasons, verdict_reasons=reasons)
+        verdict_ok=not verdict.needs_override, verdict_reasons=verdict.all_reasons(),
+        verdict=verdict)
 
 
 def _describe_constant(value: Any) -> Any:
@@ -120,32 +111,46 @@ class Reviewer:
         return matches[0]
 
     def show(self, request_id: str) -> RequestSummary:
-        return summarise(self.find(request_id), self.rules, self._asset_names())
+        """One request with its verdict, the sandbox limits and the output contract."""
+        summary = summarise(self.find(request_id), self.rules, self._asset_names())
+        summary.limits = self._limits().describe()
+        summary.returns = (f"the {summary.verdict.plan} output contract (exact keys, the "
+                           "model's weight names, shapes and dtypes, finite values)"
+                           if summary.verdict.plan else
+                           "plain data only (arrays, numbers, strings; lists, tuples, dicts) "
+                           f"up to {self.rules.custom_max_result_bytes // 1024} KB encoded")
+        return summary
+
+    def _limits(self) -> Any:
+        from domain_setup.policies import sandbox_limits
+
+        return sandbox_limits(self.rules, self.session.state.load_config().extra)
 
     def approve(self, request_id: str, *, override: bool = False, reason: str = "") -> RequestSummary:
         request = self.find(request_id)
         summary = summarise(request, self.rules, self._asset_names())
         if summary.status != "pending":
             raise DomainError(f"request {summary.id} is {summary.status}, not pending")
-        if not summary.verdict_ok and not override:
-            raise DomainError(f"request {summary.id} violates the approval rules "
+        verdict = summary.verdict
+        if verdict.needs_override and not override:
+            what = ("is custom code: needs an admin's review" if verdict.kind == "custom"
+                    else "violates the approval rules")
+            raise DomainError(f"request {summary.id} {what} "
                               f"({'; '.join(summary.verdict_reasons)}); "
                               "approve anyway only with --override --reason TEXT")
         if override and not reason.strip():
             raise DomainError("--override needs --reason TEXT")
+        if override:  # the domain checks the override when the approval arrives
+            self.session.request("POST", f"/pneumosyft/requests/{summary.id}/override",
+                                 json={"reason": reason})
         # request.apply, not request.approve: approve() re-fetches the server metadata and
-        # the code and prints to stdout; its one check that matters here, refusing nested
-        # code, is a rule violation in summarise()
+        # the code and prints to stdout. The domain audits the approval with the code hash.
         try:
             result = self.client.api.services.request.apply(uid=request.id)
         except Exception as exc:  # syft raises SyftException subclasses with a public message
             raise DomainError(f"approval failed: {syft_compat.error_text(exc)}") from None
         if syft_compat.is_syft_error(result):
             raise DomainError(f"approval failed: {syft_compat.error_text(result)}")
-        self.session.audit("request.override" if not summary.verdict_ok else "request.approve",
-                           target=summary.id, requester=summary.requester,
-                           function=summary.function, reason=reason,
-                           violations="; ".join(summary.verdict_reasons))
         summary.status = "approved"
         return summary
 
@@ -163,18 +168,23 @@ class Reviewer:
         return summary
 
     def auto(self, *, approve_compliant: bool = False) -> list[tuple[RequestSummary, str]]:
-        """Deny pending requests that violate the rules; optionally approve the others."""
+        """Deny violating pending requests (and custom code the linter finds fault with);
+        optionally approve the vetted plans that comply. Other custom code is never
+        decided automatically: it stays pending for an admin."""
         done = []
         for summary in self.list():
             if summary.status != "pending":
                 continue
-            if not summary.verdict_ok:
+            kind = summary.verdict.kind
+            if kind == "violating" or (kind == "custom" and summary.verdict.notes):
                 self.deny(summary.id, reason="violates approval rules: "
                           + "; ".join(summary.verdict_reasons))
                 done.append((summary, "denied"))
+            elif kind == "custom":
+                done.append((summary, "left pending (custom code: needs an admin's review)"))
             elif approve_compliant:
                 self.approve(summary.id)
                 done.append((summary, "approved"))
             else:
-                done.append((summary, "left pending (compliant)"))
+                done.append((summary, "left pending (vetted plan, complies)"))
         return done

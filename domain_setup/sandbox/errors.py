@@ -13,7 +13,8 @@ uses the plain-data errors.
         ├── PlanOutOfMemory    memory limit (cgroup OOM kill or MemoryError)
         ├── PlanFailed         the researcher's code raised
         ├── ResultRefused      result not plain data, too large or malformed
-        └── SandboxCrashed     the sandbox died without reporting anything
+        ├── SandboxCrashed     the sandbox died without reporting anything
+        └── ContractViolation  a plain-data result that breaks its plan's output contract
 """
 
 from __future__ import annotations
@@ -76,3 +77,11 @@ class ResultRefused(PlanError):
 
 class SandboxCrashed(PlanError):
     """The sandbox exited without a result or an error report."""
+
+
+class ContractViolation(PlanError):
+    """A result that is plain data but breaks its plan's output contract; it is withheld.
+
+    The message is one line naming the offending path, e.g.
+    ``history.loss[2] is not finite (nan)``.
+    """

@@ -47,9 +47,10 @@ def build_worker(state: StateDir, config: DomainConfig) -> Any:
         root_password=state.load_or_create_admin_password())
 
 
-def build_app(state: StateDir, config: DomainConfig, worker: Any) -> Any:
+def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: Any,
+              audit: Any, overrides: Any) -> Any:
     """The FastAPI app: syft's routes under /api/v2, ours under /pneumosyft, the gate in front
-    of every route (``app.state.gate``)."""
+    of every route (``app.state.gate``), all deciding on the same policy snapshot."""
     from fastapi import APIRouter, FastAPI
 
     from domain_setup.server.cli_credentials import write_connection
@@ -68,8 +69,9 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any) -> Any:
     syft_router = APIRouter()
     syft_router.include_router(syft_compat.syft_routes(worker))
     app.include_router(syft_router, prefix="/api/v2")
-    gate = TokenGate.for_domain(state, config, worker)
-    app.include_router(make_domain_router(state, config, worker, gate), prefix="/pneumosyft")
+    gate = TokenGate.for_domain(state, config, worker, policies=policies, audit=audit)
+    app.include_router(make_domain_router(state, config, worker, gate, overrides),
+                       prefix="/pneumosyft")
     install_refusal_handler(app)
 
     @app.get("/health")
@@ -82,6 +84,40 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any) -> Any:
     return app
 
 
+class SandboxPool:
+    """One `Sandbox` per set of limits (its set-up, the seccomp filters, is reused)."""
+
+    def __init__(self, torch_threads: int | None):
+        self.torch_threads = torch_threads
+        self._by_limits: dict = {}
+
+    def __call__(self, limits: Any) -> Any:
+        from domain_setup.sandbox import Sandbox
+
+        if limits not in self._by_limits:
+            self._by_limits[limits] = Sandbox(limits, vetted_packages=[PROJECT_ROOT / "common"],
+                                              torch_threads=self.torch_threads)
+        return self._by_limits[limits]
+
+    def check(self, limits: Any) -> None:
+        """Refuse to start (DomainError) when the sandbox cannot be created here."""
+        from domain_setup.sandbox import SandboxError
+
+        try:
+            self(limits).check_available()
+        except SandboxError as exc:
+            raise DomainError(f"the sandbox for researcher code is unavailable: {exc} "
+                              "(the domain never runs submitted code without it)") from None
+
+
+def plan_executor(config: DomainConfig, policies: Any, audit: Any, sandboxes: SandboxPool) -> Any:
+    """The sandbox dispatch with this domain's `--plan-timeout` / `--plan-memory-mb`."""
+    from domain_setup.server.execution import PlanExecutor
+
+    return PlanExecutor(policies=policies, config_extra=dict(config.extra),
+                        sandbox_factory=sandboxes, audit=audit, worker=None)
+
+
 def serve(state: StateDir) -> None:
     """Run the domain in the foreground until SIGTERM/SIGINT."""
     import uvicorn
@@ -90,14 +126,25 @@ def serve(state: StateDir) -> None:
     if str(PROJECT_ROOT) not in sys.path:
         # approved training plans import the hospital's vetted modules (common.*)
         sys.path.insert(0, str(PROJECT_ROOT))
-    from domain_setup.server import syft_patches
+    from domain_setup.policies import LivePolicies, load_domain_policies
+    from domain_setup.server import approval_guard, syft_patches
+    from domain_setup.server.audit import AuditLog
 
-    syft_patches.apply_all(config.host, config.port)
+    policies = LivePolicies(load_domain_policies(config))
+    audit = AuditLog(state.root)
+    sandboxes = SandboxPool(torch_threads=int(os.environ.get("OMP_NUM_THREADS") or 0) or None)
+    executor = plan_executor(config, policies, audit, sandboxes)
+    sandboxes.check(executor.limits())  # no sandbox, no domain: nothing runs in this process
     worker = build_worker(state, config)
-    # syft logs exceptions raised by approved code at ERROR; the hospital admin needs
-    # them in the domain log (the researcher only sees "contact the Server Admin")
-    logging.getLogger("syft.service.code.user_code").setLevel(logging.ERROR)
-    app = build_app(state, config, worker)
+    executor.worker = worker
+    syft_patches.apply_all(config.host, config.port, executor)
+    overrides = approval_guard.Overrides()
+    approval_guard.bind_verdicts(worker, policies, overrides, audit)
+    # the sandbox dispatch logs what failed inside a plan; the hospital admin needs it in
+    # the domain log (the researcher only gets one line without values from inside)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("pneumosyft.execution").setLevel(logging.INFO)
+    app = build_app(state, config, worker, policies=policies, audit=audit, overrides=overrides)
     state.pid_path.write_text(str(os.getpid()))
     try:
         uvicorn.run(app, host=config.host, port=config.port, log_level="warning",

@@ -24,13 +24,16 @@ import anyio
 
 from common.errors import PneumoSyftError, TokenError
 from common import syft_compat
-from domain_setup.policies import LivePolicies, load_domain_policies
+from domain_setup.policies import LivePolicies
 from domain_setup.roles import role_at_least
 from domain_setup.server.audit import AuditLog
 from domain_setup.server.permissions import ENABLE_SIGNUP, Permissions, action_for_path
 from domain_setup.server.tokens import TokenAuthority, bearer_token
 
 OPEN_PATHS = frozenset({"/health"})
+# syft's HTTP routes a valid token may reach besides login, api and api_call; the
+# password-reset, sign-up and peer stream routes are refused (default deny)
+OPEN_SYFT_ROUTES = frozenset({"/api/v2/", "/api/v2/metadata", "/api/v2/metadata_capnp"})
 MAX_BODY_BYTES = 1 << 30
 SUBMIT_PATHS = frozenset({"code.request_code_execution", "code.submit", "request.submit",
                           "project.create_project", "project.add_event"})
@@ -115,13 +118,13 @@ class TokenGate:
         return self.policies.current.permissions
 
     @classmethod
-    def for_domain(cls, state: Any, config: Any, worker: Any) -> "TokenGate":
-        policies = LivePolicies(load_domain_policies(config))
+    def for_domain(cls, state: Any, config: Any, worker: Any, *, policies: LivePolicies,
+                   audit: AuditLog) -> "TokenGate":
         authority = TokenAuthority.load_or_create(
             state.root, issuer=config.name, audience=str(worker.id), algorithm=config.jwt_algorithm
         )
         accounts = AccountDirectory(worker, policies.groups_of)
-        return cls(authority, AuditLog(state.root), policies, accounts)
+        return cls(authority, audit, policies, accounts)
 
     def wrap(self, app: Any) -> "TokenGate":
         self._app = app
@@ -175,7 +178,10 @@ class TokenGate:
             return self._authorize_api_call(claims, body or b"")
         if path == "/api/v2/api":
             self._check_api_schema_request(claims, scope.get("query_string", b""))
-        return None
+            return None
+        if path in OPEN_SYFT_ROUTES or path.startswith("/pneumosyft/"):
+            return None  # the /pneumosyft routes check the caller's permission themselves
+        raise Refusal(403, f"{path} is not served by this domain")
 
     def _account_for_token(self, claims: dict) -> Account:
         account = self.accounts.by_email(claims["sub"])
@@ -207,6 +213,9 @@ class TokenGate:
         syft_path = str(message.path)
         if signer is None or signer.email.lower() != token_account.email.lower():
             raise Refusal(403, "API call is signed by another account than the token's subject")
+        if not self.permissions.role_may_call(signer.role, syft_path):
+            raise Refusal(403, f"role {signer.role} may not call {syft_path} "
+                               "(not in its syft_paths in permissions.yaml)")
         action = ENABLE_SIGNUP if _enables_signup(syft_path, message) else action_for_path(syft_path)
         if action is not None and not self.permissions.role_may(signer.role, action):
             raise Refusal(403, f"role {signer.role} may not {action} ({syft_path})")

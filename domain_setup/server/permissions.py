@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from domain_setup.policy_files import ACTIONS, ANY_DATASET, PermissionRules, load_permissions
+from domain_setup.policy_files import (ACTIONS, ANY_DATASET, ANY_SYFT_PATH, PermissionRules,
+                                      load_permissions)
 from domain_setup.roles import role_at_least
 ENABLE_SIGNUP = "enable_signup"  # derived action: change_settings and allow_signup: true
 
@@ -99,6 +100,11 @@ class Permissions:
         if action not in ACTIONS:
             raise ValueError(f"unknown action {action!r}")
         return action in self.rules.roles.get(role, frozenset())
+
+    def role_may_call(self, role: str, syft_path: str) -> bool:
+        """Is `syft_path` in the role's `syft_paths` of permissions.yaml? (default deny)"""
+        allowed = self.rules.syft_paths.get(role, frozenset())
+        return ANY_SYFT_PATH in allowed or syft_path in allowed
 
     def may_use_dataset(self, email: str, groups: tuple[str, ...] | list[str], role: str,
                         dataset_name: str) -> bool:

@@ -4,6 +4,8 @@
     GET  /pneumosyft/policies             the policy snapshot in force (read_audit)
     POST /pneumosyft/policies/reload      validate the policy files, put them in force
                                           (change_settings)
+    POST /pneumosyft/requests/{id}/override  allow the next approval of custom or violating
+                                          code, with a reason (approve_requests)
     GET  /pneumosyft/tokens               list issued tokens        (issue_tokens)
     POST /pneumosyft/tokens               issue a token             (issue_tokens)
     POST /pneumosyft/tokens/{jti}/revoke  revoke a token            (revoke_tokens)
@@ -15,15 +17,21 @@ The admin CLI talks to these, as a remote admin would.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from common.errors import PneumoSyftError
+from common import syft_compat
 from domain_setup.roles import ROLES, role_below
+from domain_setup.server.approval_guard import OVERRIDE_TTL_SECONDS
 from domain_setup.server.audit import parse_since
 from domain_setup.server.tokens import parse_ttl
+
+
+_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 
 
 def _error(status: int, reason: str) -> JSONResponse:
@@ -66,7 +74,8 @@ def _audit_entry(body: dict) -> dict:
             "outcome": str(body.get("outcome", "ok"))[:50]}
 
 
-def make_domain_router(state: Any, config: Any, worker: Any, gate: Any) -> APIRouter:
+def make_domain_router(state: Any, config: Any, worker: Any, gate: Any,
+                       overrides: Any) -> APIRouter:
     """Routes for tokens, audit and domain info; each checks the caller's permission."""
     router = APIRouter()
 
@@ -103,6 +112,21 @@ def make_domain_router(state: Any, config: Any, worker: Any, gate: Any) -> APIRo
             return _error(400, str(exc))
         gate.audit.record(account.email, "policies.reload", target=snapshot.digest[:16])
         return {"policies": snapshot.describe()}
+
+    @router.post("/requests/{request_id}/override")
+    async def register_override(request_id: str, request: Request) -> Any:
+        account = caller(request, "approve_requests", "approve requests")
+        try:
+            reason = str((await _json_object(request))["reason"]).strip()[:500]
+        except (ValueError, KeyError, TypeError):
+            return _error(400, "body must be JSON with 'reason'")
+        wanted = request_id.strip().lower().replace("-", "")
+        if not reason:
+            return _error(400, "an override needs a reason")
+        if not _REQUEST_ID.fullmatch(wanted) or not syft_compat.request_exists(worker, wanted):
+            return _error(404, f"no request with id {request_id[:64]!r}")
+        overrides.register(wanted, account.email, reason)
+        return {"override": {"request": wanted, "expires_in_seconds": OVERRIDE_TTL_SECONDS}}
 
     @router.get("/tokens")
     def list_tokens(request: Request) -> Any:

@@ -1,6 +1,7 @@
 """Narrow changes to syft 0.9.5 behaviour on the hospital's own server process.
 
-`skip_mock_reexecution`: after running approved code on the private data, syft
+`run_private_pass_with`: syft runs approved code with ``exec`` in this process; the
+private run goes to the sandbox dispatch instead. And after running approved code on the private data, syft
 0.9.5 runs it a second time on the mocks to build the mock half of a "twin"
 result (`ActionService._user_code_execute`). For a training plan that doubles
 the time of every approved request, and code that depends on a private value
@@ -24,7 +25,7 @@ server itself now go in process; routes elsewhere are refused.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from common import syft_compat
 from common.syft_compat import requires
@@ -39,8 +40,10 @@ _ACTION_SERVICE = "syft.service.action.action_service"
 
 @requires(f"{_ACTION_SERVICE}:filter_twin_kwargs", f"{_ACTION_SERVICE}:execute_byte_code",
           f"{_ACTION_SERVICE}:TwinMode.MOCK", "syft.service.code.user_code:UserCodeExecutionOutput")
-def skip_mock_reexecution() -> None:
-    """Make syft skip the mock re-run of approved code (idempotent)."""
+def run_private_pass_with(executor: Callable) -> None:
+    """Make syft skip the mock re-run of approved code, and hand the private run to
+    `executor(code_item, kwargs, context, output_type)` instead of its own ``exec``
+    (the sandbox dispatch, `domain_setup.server.execution`). Idempotent."""
     global _applied
     if _applied:
         return
@@ -60,12 +63,11 @@ def skip_mock_reexecution() -> None:
             _state.skip_next = False
             return output_type(user_code_id=code_item.id, stdout="", stderr="",
                                result=MOCK_RESULT_NOTE, errored=False)
-        return original_execute(code_item, kwargs, context)
+        return executor(code_item, kwargs, context, output_type)
 
     original_filter = syft_compat.replace(f"{_ACTION_SERVICE}:filter_twin_kwargs",
                                           filter_twin_kwargs)
-    original_execute = syft_compat.replace(f"{_ACTION_SERVICE}:execute_byte_code",
-                                           execute_byte_code)
+    syft_compat.replace(f"{_ACTION_SERVICE}:execute_byte_code", execute_byte_code)
     _applied = True
 
 
@@ -124,7 +126,7 @@ def reach_self_in_process(host: str, port: int) -> None:
     syft_compat.replace(f"{_ROUTES}:route_to_connection", route_to_connection)
 
 
-def apply_all(host: str, port: int) -> None:
+def apply_all(host: str, port: int, executor: Callable) -> None:
     """Every patch in this module; the hospital's server calls this once at start.
 
     Refuses (DomainError) when the installed syft lacks a name any compat function or
@@ -134,6 +136,6 @@ def apply_all(host: str, port: int) -> None:
     problems = syft_compat.missing_names()
     if problems:
         raise DomainError("; ".join(problems))
-    skip_mock_reexecution()
+    run_private_pass_with(executor)
     skip_byte_walks()
     reach_self_in_process(host, port)

@@ -1,0 +1,375 @@
+"""Output contracts: what each kind of plan may return, checked before syft stores it.
+
+A sandboxed run returns plain data; that alone says nothing about its *shape*. A
+catalogue plan (``common/vetted_plans.py``) has a fixed output, and anything else
+it returns (an extra key, an array of the wrong shape, a NaN, an n_samples that
+lies) is withheld. Custom code may return any plain data up to a size bound.
+
+    from domain_setup.sandbox import ContractContext, ContractViolation, check_result
+
+    context = ContractContext(model="small_cnn", epochs=3, n_samples=len(images))
+    try:
+        check_result("train", run.result, context)
+    except ContractViolation as exc:      # one line, naming the path:
+        print(exc)                        # history.loss[2] is not finite (nan)
+
+Every violation is a ``ContractViolation`` (a ``PlanError``) whose message names the
+offending path: ``result`` is the whole result, its keys are named bare
+(``weights``, ``metrics.roc.fpr[3]``) and state-dict names in brackets
+(``weights['features.0.weight']``). A context lacking a value the kind needs, or an
+unknown kind, is a programming error: ``ValueError``.
+
+``common`` (torch, PyNaCl) is imported only when a contract needs a model or a seal,
+so importing the sandbox package stays light.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Collection, Mapping
+
+import numpy as np
+
+from .errors import ContractViolation, PlainDataError
+from .plain_data import encode_parts
+
+KINDS = ("train", "evaluate", "secure_train", "aggregate", "custom")
+
+# An aggregator's partial sum is one party's share of a state dict: 8 bytes per value
+# plus a header. resnet18's share is about 89 MB (11.2M values), so a 64 MiB bound
+# would withhold a legitimate resnet18 sum; 128 MiB leaves room for it and no more.
+MAX_PARTIAL_SUM_BYTES = 128 << 20
+_SHOWN_NAMES = 8  # names listed in a message before "..."
+_LISTED_KEYS = 5  # a dict with at most this many keys is described by all of them
+
+
+@dataclass(frozen=True)
+class ContractContext:
+    """What the server knows about a run, against which its result is checked."""
+
+    model: str | None = None          # the config's model (train, evaluate, secure_train)
+    epochs: int | None = None         # the config's epochs
+    n_samples: int | None = None      # number of images the plan was given
+    n_parties: int | None = None      # secure_train: number of aggregator keys
+    n_ciphertexts: int | None = None  # aggregate: number of sealed shares given
+    max_custom_bytes: int = 1 << 20   # custom code: bound on the encoded result
+
+    def __post_init__(self) -> None:
+        if self.model is not None and not isinstance(self.model, str):
+            raise ValueError(f"context.model must be a str or None, got {self.model!r}")
+        for field in fields(self):
+            value = getattr(self, field.name)
+            if field.name == "model" or value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"context.{field.name} must be a non-negative int, "
+                                 f"got {value!r}")
+
+
+def check_result(kind: str, result: Any, context: ContractContext) -> None:
+    """Raise ``ContractViolation`` unless `result` keeps the output contract of `kind`
+    (one of ``KINDS``) given what `context` says about the run; return None if it does."""
+    check = _CHECKS.get(kind) if isinstance(kind, str) else None
+    if check is None:
+        raise ValueError(f"unknown result kind {kind!r}; one of {', '.join(KINDS)}")
+    if not isinstance(context, ContractContext):
+        raise ValueError(f"context must be a ContractContext, got {type(context).__name__}")
+    check(result, context)
+
+
+# --------------------------------------------------------------------------- one per kind
+
+def _check_train(result: Any, context: ContractContext) -> None:
+    """The weights of exactly the model's state dict, a per-epoch history, n_samples."""
+    _need(context, "train", "model", "epochs", "n_samples")
+    result = _exact_keys("result", result, ("weights", "history", "n_samples"))
+    _weights("weights", result["weights"], context.model)
+    _history("history", result["history"], context.epochs)
+    _exact_int("n_samples", result["n_samples"], context.n_samples, "images")
+
+
+def _check_evaluate(result: Any, context: ContractContext) -> None:
+    """Aggregate metrics only: accuracy, auc, confusion matrix, ROC curve, n_samples."""
+    from common.training import ROC_THRESHOLDS
+
+    _need(context, "evaluate", "n_samples")
+    metrics = _exact_keys("result", result, ("metrics",))["metrics"]
+    metrics = _exact_keys("metrics", metrics, ("accuracy", "auc", "confusion_matrix", "roc",
+                                                "n_samples"))
+    _exact_int("metrics.n_samples", metrics["n_samples"], context.n_samples, "images")
+    (tn, fp), (fn, tp) = _confusion_matrix("metrics.confusion_matrix",
+                                           metrics["confusion_matrix"], context.n_samples)
+    _float("metrics.accuracy", metrics["accuracy"], 0.0, 1.0)
+    if context.n_samples and metrics["accuracy"] != (tn + tp) / context.n_samples:
+        raise _violation(f"metrics.accuracy is {metrics['accuracy']}; the confusion matrix "
+                         f"gives {(tn + tp) / context.n_samples}")
+    if metrics["auc"] is not None:
+        _float("metrics.auc", metrics["auc"], 0.0, 1.0)
+    roc = _exact_keys("metrics.roc", metrics["roc"], ("fpr", "tpr"))
+    for name in ("fpr", "tpr"):
+        rates = _finite_floats(f"metrics.roc.{name}", roc[name], len(ROC_THRESHOLDS), 0.0, 1.0)
+        if np.any(np.diff(rates) > 0):  # thresholds ascend, so rates cannot rise
+            raise _violation(f"metrics.roc.{name} rises with the threshold; a ROC rate "
+                             f"cannot")
+
+
+def _check_secure_train(result: Any, context: ContractContext) -> None:
+    """One sealed share per aggregator key, each exactly a share's length, plus the
+    history and n_samples of train."""
+    _need(context, "secure_train", "model", "epochs", "n_samples", "n_parties")
+    result = _exact_keys("result", result, ("sealed_shares", "n_samples", "history"))
+    lengths = _sealed_share_lengths(context.model, context.n_parties)
+    shares = _sized_list("sealed_shares", result["sealed_shares"], len(lengths), "items",
+                         ", one per aggregator key")
+    for party, (sealed, length) in enumerate(zip(shares, lengths)):
+        path = f"sealed_shares[{party}]"
+        _bytes(path, sealed)
+        if len(sealed) != length:
+            raise _violation(f"{path} is {len(sealed)} bytes; a sealed share of the "
+                             f"{context.model} model for party {party} is {length} bytes")
+    _history("history", result["history"], context.epochs)
+    _exact_int("n_samples", result["n_samples"], context.n_samples, "images")
+
+
+def _check_aggregate(result: Any, context: ContractContext) -> None:
+    """A partial sum in the share wire format (never pickle) and the number of shares
+    added. With ``context.model`` / ``n_parties`` it must also be a share of that model
+    among that many parties."""
+    _need(context, "aggregate", "n_ciphertexts")
+    result = _exact_keys("result", result, ("partial_sum", "n_shares"))
+    _partial_sum("partial_sum", result["partial_sum"], context)
+    _exact_int("n_shares", result["n_shares"], context.n_ciphertexts, "sealed shares")
+
+
+def _check_custom(result: Any, context: ContractContext) -> None:
+    """Any plain data whose encoding is at most ``context.max_custom_bytes``."""
+    try:
+        parts = encode_parts(result)
+    except PlainDataError as exc:  # names the path, e.g. "result['t'] is a torch tensor; ..."
+        raise _violation(str(exc)) from None
+    size = sum(part.nbytes if isinstance(part, memoryview) else len(part) for part in parts)
+    if size > context.max_custom_bytes:
+        raise _violation(f"result encodes to {size} bytes; custom results are limited to "
+                         f"{context.max_custom_bytes} bytes")
+
+
+_CHECKS: dict[str, Callable[[Any, ContractContext], None]] = {
+    "train": _check_train, "evaluate": _check_evaluate, "secure_train": _check_secure_train,
+    "aggregate": _check_aggregate, "custom": _check_custom}
+assert tuple(_CHECKS) == KINDS
+
+
+# --------------------------------------------------------------------------- shared parts
+
+def _violation(message: str) -> ContractViolation:
+    return ContractViolation(" ".join(message.split()))  # always one line
+
+
+def _need(context: ContractContext, kind: str, *names: str) -> None:
+    """ValueError (the caller's mistake, not the plan's) if the context lacks a value."""
+    missing = [name for name in names if getattr(context, name) is None]
+    if missing:
+        raise ValueError(f"checking a {kind} result needs "
+                         f"{', '.join('context.' + name for name in missing)}")
+
+
+def _a(value: Any) -> str:
+    """'a list', 'an int', 'a bool (True)', 'None': what a value is, for a message."""
+    if value is None:
+        return "None"
+    name = type(value).__name__
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    return f"{article} {name} ({value})" if isinstance(value, bool) else f"{article} {name}"
+
+
+def _name(key: Any) -> str:
+    return key if isinstance(key, str) and key.isidentifier() else repr(key)
+
+
+def _names(keys: Collection[Any]) -> str:
+    shown = [_name(key) for key in list(keys)[:_SHOWN_NAMES]]
+    more = len(keys) - len(shown)
+    return ", ".join(shown) + (f", ... ({more} more)" if more > 0 else "")
+
+
+def _exact_keys(path: str, value: Any, keys: Collection[str]) -> Mapping[str, Any]:
+    """`value` must be a dict with exactly `keys`; returns it."""
+    expected = sorted(keys)
+    if not isinstance(value, dict):
+        raise _violation(f"{path} is {_a(value)}; expected a dict with keys {_names(expected)}")
+    if len(value) == len(expected) and all(key in value for key in expected):
+        return value
+    if len(expected) <= _LISTED_KEYS:
+        present = [key for key in expected if key in value]
+        extra = sorted((key for key in value if key not in keys), key=str)
+        raise _violation(f"{path} has keys {_names(present + extra) if value else 'none'}; "
+                         f"expected {_names(expected)}")
+    # a state dict: list what is missing and what is not expected, not every name
+    missing = [key for key in expected if key not in value]
+    extra = sorted((key for key in value if key not in keys), key=str)
+    problems = ([f"is missing {_names(missing)}"] if missing else []) + \
+               ([f"has unexpected {_names(extra)}"] if extra else [])
+    raise _violation(f"{path} {' and '.join(problems)}")
+
+
+def _exact_int(path: str, value: Any, expected: int, given: str) -> None:
+    """An int (not a bool) equal to what the plan was given."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _violation(f"{path} is {_a(value)}; expected an int")
+    if value != expected:
+        raise _violation(f"{path} is {value}; the plan was given {expected} {given}")
+
+
+def _float(path: str, value: Any, low: float = -math.inf, high: float = math.inf) -> float:
+    """A finite Python float within [low, high]."""
+    if type(value) is not float:
+        raise _violation(f"{path} is {_a(value)}; expected a float")
+    if not math.isfinite(value):
+        raise _violation(f"{path} is not finite ({value})")
+    if not low <= value <= high:
+        bound = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+        raise _violation(f"{path} is {value}; expected a value {bound}")
+    return value
+
+
+def _sized_list(path: str, value: Any, n: int, noun: str, why: str = "") -> list:
+    """A list of exactly `n` items."""
+    if not isinstance(value, list):
+        raise _violation(f"{path} is {_a(value)}; expected a list of {n} {noun}")
+    if len(value) != n:
+        raise _violation(f"{path} has {len(value)} {noun}; expected {n}{why}")
+    return value
+
+
+def _finite_floats(path: str, values: Any, n: int, low: float = -math.inf,
+                   high: float = math.inf) -> list[float]:
+    """A list of exactly `n` finite Python floats within [low, high] (short lists only)."""
+    values = _sized_list(path, values, n, "values")
+    for index, value in enumerate(values):
+        _float(f"{path}[{index}]", value, low, high)
+    return values
+
+
+def _history(path: str, value: Any, epochs: int) -> None:
+    """Per-epoch training loss (>= 0) and accuracy (in [0, 1])."""
+    history = _exact_keys(path, value, ("loss", "accuracy"))
+    _finite_floats(f"{path}.loss", history["loss"], epochs, 0.0)
+    _finite_floats(f"{path}.accuracy", history["accuracy"], epochs, 0.0, 1.0)
+
+
+def _bytes(path: str, value: Any) -> bytes:
+    if type(value) is not bytes:
+        raise _violation(f"{path} is {_a(value)}; expected bytes")
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def _model_shapes(model: str) -> dict[str, tuple[int, ...]]:
+    """State-dict names and shapes of `model` (buffers included), in state-dict order."""
+    from common.models import build_model
+
+    return {name: tuple(value.shape) for name, value in build_model(model).state_dict().items()}
+
+
+def _shape(path: str, shape: tuple[int, ...], model: str, name: str) -> None:
+    expected = _model_shapes(model)[name]
+    if tuple(shape) != expected:
+        raise _violation(f"{path} has shape {tuple(shape)}; the {model} model has {expected}")
+
+
+def _weights(path: str, value: Any, model: str) -> None:
+    """Exactly the model's state dict as finite float32 numpy arrays."""
+    weights = _exact_keys(path, value, _model_shapes(model))
+    for name in _model_shapes(model):
+        item, item_path = weights[name], f"{path}[{name!r}]"
+        if not isinstance(item, np.ndarray):
+            raise _violation(f"{item_path} is {_a(item)}; expected a float32 numpy array")
+        _shape(item_path, item.shape, model, name)
+        if item.dtype != np.float32:
+            raise _violation(f"{item_path} has dtype {item.dtype}; expected float32")
+        if not np.isfinite(item).all():
+            nan = int(np.isnan(item).sum())
+            raise _violation(f"{item_path} is not finite ({nan} NaN, "
+                             f"{int(np.isinf(item).sum())} inf of {item.size} values)")
+
+
+def _confusion_matrix(path: str, value: Any, n_samples: int) -> list[list[int]]:
+    """[[tn, fp], [fn, tp]]: non-negative ints that add up to the number of images."""
+    rows = _sized_list(path, value, 2, "rows")
+    for i, row in enumerate(rows):
+        for j, count in enumerate(_sized_list(f"{path}[{i}]", row, 2, "counts")):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                shown = count if isinstance(count, int) and not isinstance(count, bool) \
+                    else _a(count)
+                raise _violation(f"{path}[{i}][{j}] is {shown}; expected a non-negative int")
+    total = sum(map(sum, rows))
+    if total != n_samples:
+        raise _violation(f"{path} sums to {total}; the plan was given {n_samples} images")
+    return rows
+
+
+@functools.lru_cache(maxsize=None)
+def _sealed_share_lengths(model: str, n_parties: int) -> tuple[int, ...]:
+    """The exact byte length of party i's sealed share of `model`, for each i.
+
+    Computed with the project's own functions: a zero float32 state dict (what
+    ``weights_to_numpy`` gives, times n_samples) shared with ``share_state_dict``,
+    serialised with ``wire.dumps`` and sealed to a throwaway key.
+
+    The lengths may differ by party index: the wire header is JSON holding
+    ``"party": i``, so its length grows with the digits of i, and the header is
+    space-padded to a multiple of 8 bytes, which may or may not absorb the extra
+    digit. Everything else in it (n_parties, frac_bits, names, shapes, dtypes) is the
+    same for every party, the payload is 8 bytes per value, and a sealed box adds a
+    constant overhead. So one length is computed per digit count of the index, from a
+    share relabelled as that party: exact for every index, without holding n shares
+    of the model at once (n may be up to 512).
+    """
+    from common import wire
+    from common.sealing import generate_keypair, seal
+    from common.secret_sharing import SharedStateDict, share_state_dict
+
+    if n_parties < 1:
+        raise ValueError(f"context.n_parties must be at least 1, got {n_parties}")
+    zeros = {name: np.zeros(shape, np.float32) for name, shape in _model_shapes(model).items()}
+    (share,) = share_state_dict(zeros, 1)
+    _, public_key = generate_keypair()
+    by_digits: dict[int, int] = {}
+    for party in range(n_parties):
+        if len(str(party)) not in by_digits:
+            relabelled = SharedStateDict(party, n_parties, share.frac_bits, share.tensors)
+            by_digits[len(str(party))] = len(seal(wire.dumps(relabelled), public_key))
+    return tuple(by_digits[len(str(party))] for party in range(n_parties))
+
+
+def _partial_sum(path: str, value: Any, context: ContractContext) -> None:
+    """Bounded bytes that ``common.wire`` parses as one party's sum of uint64 shares."""
+    from common import wire
+    from common.errors import SharingError
+    from common.secret_sharing import FRAC_BITS
+
+    data = _bytes(path, value)
+    if len(data) > MAX_PARTIAL_SUM_BYTES:
+        raise _violation(f"{path} is {len(data)} bytes; at most {MAX_PARTIAL_SUM_BYTES} "
+                         f"are allowed")
+    try:
+        shared = wire.loads(data)
+    except (SharingError, ValueError, TypeError, RecursionError) as exc:
+        raise _violation(f"{path} is not share data ({exc})") from None
+    if not shared.tensors:
+        raise _violation(f"{path} holds no tensors")
+    if shared.frac_bits != FRAC_BITS:
+        raise _violation(f"{path} has {shared.frac_bits} fractional bits; shares have "
+                         f"{FRAC_BITS}")
+    for name, tensor in shared.tensors.items():
+        if tensor.data.dtype != np.uint64:
+            raise _violation(f"{path}[{name!r}] holds {tensor.data.dtype} words, not uint64")
+    if context.n_parties is not None and shared.n_parties != context.n_parties:
+        raise _violation(f"{path} is a share among {shared.n_parties} parties; expected "
+                         f"{context.n_parties}")
+    if context.model is not None:
+        _exact_keys(path, shared.tensors, _model_shapes(context.model))
+        for name, tensor in shared.tensors.items():
+            _shape(f"{path}[{name!r}]", tensor.shape, context.model, name)

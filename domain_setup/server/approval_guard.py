@@ -1,0 +1,101 @@
+"""The verdict binds every client: the domain refuses an approval that needs an override
+and lacks one, whoever sends it (the CLI, a stock syft client, a web page).
+
+An admin or data owner registers an override for one request with a reason
+(``POST /pneumosyft/requests/{id}/override``, what ``review approve --override
+--reason`` does); it is good for that request's next approval within ten minutes.
+syft's ``Request.apply`` is wrapped: it computes the verdict on the server with
+the policy snapshot in force, refuses custom or violating code without an
+override (audited as ``request.approve`` refused), and audits every approval with
+the code's hash (``request.approve``, or ``request.override`` with the reason).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from common import syft_compat
+from common.syft_compat import requires
+from domain_setup.verdicts import judge_code
+
+OVERRIDE_TTL_SECONDS = 600
+_REQUEST = "syft.service.request.request:Request"
+
+
+@dataclass(frozen=True)
+class Override:
+    """An admin's permission to approve one request despite its verdict."""
+
+    request_id: str
+    approver: str
+    reason: str
+    expires: float
+
+
+class Overrides:
+    """Pending overrides by request id (in memory: a restart asks for them again)."""
+
+    def __init__(self) -> None:
+        self._by_request: dict[str, Override] = {}
+        self._lock = threading.Lock()
+
+    def register(self, request_id: str, approver: str, reason: str) -> Override:
+        override = Override(request_id, approver, reason, time.time() + OVERRIDE_TTL_SECONDS)
+        with self._lock:
+            self._by_request[request_id] = override
+        return override
+
+    def take(self, request_id: str) -> Override | None:
+        """The request's live override, used up by this call."""
+        with self._lock:
+            override = self._by_request.pop(request_id, None)
+        return override if override and override.expires > time.time() else None
+
+
+def asset_names(worker: Any) -> dict[str, str]:
+    """{asset action id: "dataset/asset"} of every dataset on the server."""
+    return {str(asset.action_id): f"{dataset.name}/{asset.name}"
+            for dataset in syft_compat.all_datasets(worker) for asset in dataset.asset_list}
+
+
+@requires(f"{_REQUEST}.apply", f"{_REQUEST}.get_user_code", "syft.types.errors:SyftException")
+def bind_verdicts(worker: Any, policies: Any, overrides: Overrides, audit: Any) -> None:
+    """Wrap syft's Request.apply so that every approval passes the verdict (idempotent)."""
+    request_type = syft_compat.resolve(_REQUEST)
+    original = request_type.apply
+    if getattr(original, "binds_verdicts", False):
+        return
+    syft_exception = syft_compat.resolve("syft.types.errors:SyftException")
+
+    def apply(self: Any, context: Any) -> Any:
+        code = self.get_user_code(context).unwrap()
+        if code is None:  # not a code request (worker pools, ...): syft's own checks
+            return original(self, context)
+        request_id = str(self.id.no_dash)
+        approver = syft_compat.email_of(worker, context.credentials)
+        verdict = judge_code(code, asset_names(worker), policies.current.approval)
+        override = overrides.take(request_id) if verdict.needs_override else None
+        details = {"requester": self.requesting_user_email or "?",
+                   "function": code.service_func_name, "plan": verdict.plan or "custom",
+                   "code_sha256": verdict.code_sha256}
+        if verdict.needs_override and override is None:
+            audit.record(approver, "request.approve", target=request_id, outcome="refused",
+                         reason=verdict.headline, **details)
+            raise syft_exception(public_message=(
+                f"request {request_id}: {verdict.headline}; the domain approves it only "
+                f"with an override and a reason: python -m domain_setup review approve "
+                f"{request_id} --override --reason TEXT"))
+        result = original(self, context)
+        if override is not None:
+            audit.record(approver, "request.override", target=request_id, reason=override.reason,
+                         violations="; ".join(verdict.all_reasons()), **details)
+        else:
+            audit.record(approver, "request.approve", target=request_id, **details)
+        return result
+
+    apply.binds_verdicts = True  # type: ignore[attr-defined]
+    request_type.apply = apply
+

@@ -1,0 +1,127 @@
+"""Approved code runs in the sandbox, never in the server: the dispatch syft's runs go to.
+
+syft 0.9.5 runs an approved function with ``exec`` inside the server process
+(``execute_byte_code``). The server replaces that with `PlanExecutor`: the
+private inputs become plain data, the function runs in a fresh sandbox
+(`domain_setup.sandbox`) under the limits of ``approval.yaml`` (``sandbox:``, with
+``start --plan-timeout/--plan-memory-mb`` on top), and its result is checked
+against the output contract of its kind (a catalogue plan's, or the plain-data
+bound of custom code) before syft stores anything. A result that breaks the
+contract is withheld. Every execution is audited with the code's hash, its kind,
+its outcome and its cost.
+
+What the researcher sees of a failure is one line without any value from inside:
+the plan's exception type (custom code) or its message (vetted plans, whose
+messages are the hospital's own), a timeout, an out-of-memory kill, or why the
+result was withheld. The admin reads the rest in the domain log.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+import numpy as np
+
+from common import syft_compat
+from domain_setup.catalogue import code_sha256, identify
+from domain_setup.policies import sandbox_limits
+from domain_setup.sandbox import (ContractContext, ContractViolation, PlanError, PlanFailed,
+                                  ResultRefused, Sandbox, SandboxLimits, check_result)
+
+log = logging.getLogger("pneumosyft.execution")
+RELEASE_KINDS = ("train", "evaluate", "secure_train")
+
+
+class Withheld(Exception):
+    """A run whose result the researcher does not get, with the one line she sees."""
+
+
+class PlanExecutor:
+    """What syft calls instead of ``execute_byte_code`` for the private run."""
+
+    def __init__(self, *, policies: Any, config_extra: dict, sandbox_factory:
+                 Callable[[SandboxLimits], Sandbox], audit: Any, worker: Any):
+        self.policies = policies
+        self.config_extra = config_extra
+        self.sandbox_factory = sandbox_factory
+        self.audit = audit
+        self.worker = worker
+
+    def limits(self) -> SandboxLimits:
+        """The sandbox limits in force: approval.yaml's, then this domain's overrides."""
+        return sandbox_limits(self.policies.current.approval, self.config_extra)
+
+    def __call__(self, code_item: Any, kwargs: dict, context: Any, output_type: type) -> Any:
+        plan = identify(code_item.raw_code)
+        kind = plan.name if plan else "custom"
+        requester = syft_compat.email_of(self.worker, context.credentials)
+        details = {"requester": requester, "function": code_item.service_func_name,
+                   "plan": kind, "code_sha256": code_sha256(code_item.raw_code)}
+        try:
+            inputs = {name: _plain(name, value) for name, value in kwargs.items()}
+            contract = self._contract_context(kind, inputs)
+            run = self.sandbox_factory(self.limits()).run(
+                code_item.parsed_code, code_item.unique_func_name, inputs)
+            check_result(kind, run.result, contract)
+        except (Withheld, PlanError) as exc:
+            message = _researcher_message(kind, exc)
+            log.error("run of %s (%s) for %s failed: %s\n%s", code_item.service_func_name,
+                      kind, requester, exc, getattr(exc, "traceback", "") or "")
+            self.audit.record(requester, "execution", target=str(code_item.id.no_dash),
+                              outcome=_outcome(exc), reason=message, **details)
+            return output_type(user_code_id=code_item.id, stdout="", stderr="", result=None,
+                               errored=True, safe_error_message=message)
+        self.audit.record(requester, "execution", target=str(code_item.id.no_dash), **details,
+                          seconds=f"{run.seconds:.2f}", start_seconds=f"{run.start_seconds:.3f}",
+                          ready_seconds=f"{run.ready_seconds:.3f}",
+                          peak_memory_mb=f"{run.peak_memory_mb or 0:.0f}")
+        return output_type(user_code_id=code_item.id, stdout="", stderr="", result=run.result,
+                           errored=False)
+
+    def _contract_context(self, kind: str, inputs: dict) -> ContractContext:
+        rules = self.policies.current.approval
+        if kind == "custom":
+            return ContractContext(max_custom_bytes=rules.custom_max_result_bytes)
+        if kind == "aggregate":
+            shares = inputs.get("sealed_shares")
+            ciphertexts = shares.get("ciphertexts") if isinstance(shares, dict) else None
+            if not isinstance(ciphertexts, list):
+                raise Withheld("sealed_shares must be {'ciphertexts': [bytes, ...]}")
+            return ContractContext(n_ciphertexts=len(ciphertexts))
+        config = inputs.get("config") or {}
+        n_samples = len(inputs["images"])
+        if n_samples < rules.min_samples:
+            raise Withheld(f"a {kind} release needs at least {rules.min_samples} images; "
+                           f"this split has {n_samples}")
+        keys = (inputs.get("aggregator_keys") or {}).get("public_keys")
+        return ContractContext(model=config.get("model"), epochs=config.get("epochs"),
+                               n_samples=n_samples,
+                               n_parties=len(keys) if isinstance(keys, list) else None)
+
+
+def _plain(name: str, value: Any) -> Any:
+    """An input as plain data for the sandbox (ActionObjects unwrapped)."""
+    data = getattr(value, "syft_action_data", value)
+    if syft_compat.is_syft_error(data):
+        raise Withheld(f"input {name} could not be read")
+    if isinstance(data, np.ndarray) and data.dtype == object:
+        raise Withheld(f"input {name} is an object array, not plain data")
+    return data
+
+
+def _researcher_message(kind: str, exc: Exception) -> str:
+    if isinstance(exc, PlanFailed):
+        detail = (f"{exc.exc_type}: {exc.exc_message}" if kind != "custom"
+                  else f"{exc.exc_type} (the hospital admin has the details)")
+        return f"the plan failed inside the sandbox: {detail}"
+    if isinstance(exc, ContractViolation):
+        return f"result withheld: it breaks the {kind} output contract: {exc}"
+    return f"result withheld: {exc}"
+
+
+def _outcome(exc: Exception) -> str:
+    if isinstance(exc, (ContractViolation, ResultRefused, Withheld)):
+        return "withheld"
+    return type(exc).__name__
+

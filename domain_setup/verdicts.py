@@ -1,0 +1,100 @@
+"""The verdict on a code request, the same for the admin's review and for the domain.
+
+A request is one of three kinds:
+
+* ``vetted``: a catalogue plan (`domain_setup.catalogue`) with constants that fit its
+  schema and the approval limits, binding whole assets of the right split. It may
+  be approved without an override (``review auto --approve-compliant`` does).
+* ``custom``: any other code. It always needs an admin's override with a reason;
+  the static linter's findings (`domain_setup.code_rules`) come along as notes.
+* ``violating``: a catalogue plan with bad constants or inputs, or code that
+  launches other syft functions. It too needs an override and a reason.
+
+The domain computes the same verdict when any client approves (`server/approval_guard`),
+so the CLI, a stock syft client and a web page are bound alike.
+
+    verdict = judge(source, inputs={"images": "xray/train_images", ...},
+                    constants={"config": {...}, "initial_weights": {}}, rules=rules)
+    verdict.kind, verdict.needs_override, verdict.headline
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from typing import Any
+
+from common import syft_compat
+from domain_setup.catalogue import code_sha256, constant_problems, identify, input_problems
+from domain_setup.code_rules import check_code, check_config
+from domain_setup.policy_files import ApprovalRules
+
+CUSTOM_CODE = "custom code: needs an admin's review"
+NESTED_CODE = "calls other syft functions (nested code), which the rules do not check"
+
+
+@dataclass
+class Verdict:
+    """What the domain thinks of a request's code, with every reason."""
+
+    kind: str  # "vetted", "custom" or "violating"
+    plan: str | None
+    code_sha256: str
+    reasons: list[str] = field(default_factory=list)  # what blocks approval
+    notes: list[str] = field(default_factory=list)  # the linter's findings on custom code
+
+    @property
+    def needs_override(self) -> bool:
+        return self.kind != "vetted"
+
+    @property
+    def headline(self) -> str:
+        if self.kind == "vetted":
+            return f"vetted plan {self.plan!r}: complies with the approval rules"
+        if self.kind == "custom":
+            return CUSTOM_CODE
+        what = f"plan {self.plan!r}" if self.plan else "code"
+        return f"{what} VIOLATES the approval rules"
+
+    def all_reasons(self) -> list[str]:
+        """Every reason and note, one per line, for the admin."""
+        lead = [CUSTOM_CODE] if self.kind == "custom" else []
+        return lead + self.reasons + [f"linter: {note}" for note in self.notes]
+
+
+def code_bindings(code: Any, asset_names: dict[str, str]) -> tuple[dict, dict]:
+    """(inputs, constants) of a syft UserCode: inputs as "dataset/asset" names (or
+    "object ID" for an object that is no dataset's asset), constants as values."""
+    inputs, constants = {}, {}
+    for kwarg, rule in syft_compat.input_policy_rules(code).items():
+        value = syft_compat.rule_value(rule)
+        if syft_compat.is_constant(rule):
+            constants[kwarg] = value
+        else:
+            inputs[kwarg] = asset_names.get(str(value), f"object {value}")
+    return inputs, constants
+
+
+def judge_code(code: Any, asset_names: dict[str, str], rules: ApprovalRules) -> Verdict:
+    """The verdict on a syft UserCode (what the review and the domain's guard both call)."""
+    inputs, constants = code_bindings(code, asset_names)
+    return judge(code.raw_code, inputs=inputs, constants=constants, rules=rules,
+                 nested=bool(syft_compat.nested_codes(code)))
+
+
+def judge(source: str, *, inputs: dict[str, str], constants: dict, rules: ApprovalRules,
+          nested: bool = False) -> Verdict:
+    """The verdict on `source` with its inputs ({kwarg: "dataset/asset" or "object ID"})
+    and constants, under `rules`."""
+    plan = identify(source)
+    reasons = [NESTED_CODE] if nested else []
+    config = constants.get(rules.config_parameter)
+    if isinstance(config, dict):
+        reasons += check_config(config, rules)
+    if plan is not None:
+        reasons += input_problems(plan, inputs) + constant_problems(plan, constants)
+        return Verdict("violating" if reasons else "vetted", plan.name, code_sha256(source),
+                       reasons)
+    lint = check_code(source, rules, input_shapes={k: () for k in inputs})
+    return Verdict("violating" if reasons else "custom", None, code_sha256(source), reasons,
+                   list(lint.reasons))

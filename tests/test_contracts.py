@@ -1,0 +1,324 @@
+"""Output contracts (domain_setup/sandbox/contracts.py) against the real vetted plans.
+
+The plans run locally on small synthetic data; their real outputs must pass, and each
+kind of tampering must be refused with one line that names the path.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from common import sealing, wire
+from common.models import build_model
+from common.training import ROC_THRESHOLDS, weights_to_numpy
+from common.vetted_plans import (aggregate_shares_plan, evaluate_xray_plan,
+                                 secure_train_xray_plan, train_xray_plan)
+from datasets.xray import generate
+from domain_setup.sandbox import (KINDS, ContractContext, ContractViolation, PlanError,
+                                  check_result, decode, encode)
+from domain_setup.sandbox.contracts import MAX_PARTIAL_SUM_BYTES
+
+CONFIG = {"model": "small_cnn", "epochs": 1, "lr": 1e-3, "batch_size": 16, "seed": 0}
+N_PARTIES = 3
+
+
+# --------------------------------------------------------------------------- real outputs
+
+@pytest.fixture(scope="module")
+def data():
+    return generate(64, size=28, seed=0)
+
+
+@pytest.fixture(scope="module")
+def trained(data):
+    return train_xray_plan(*data, CONFIG, None)
+
+
+@pytest.fixture(scope="module")
+def evaluated(data, trained):
+    return evaluate_xray_plan(*data, trained["weights"], CONFIG)
+
+
+@pytest.fixture(scope="module")
+def keys():
+    return [sealing.generate_keypair() for _ in range(N_PARTIES)]
+
+
+@pytest.fixture(scope="module")
+def secure_runs(data, keys):
+    """Two hospitals (32 images each) run secure_train for the same three aggregators."""
+    images, labels = data
+    public = {"public_keys": [sealing.key_to_text(pk) for _, pk in keys]}
+    return [secure_train_xray_plan(images[s], labels[s], CONFIG, None, public)
+            for s in (slice(0, 32), slice(32, 64))]
+
+
+@pytest.fixture(scope="module")
+def aggregated(keys, secure_runs):
+    """Aggregator 1 opens and sums the two shares sealed to it."""
+    private = np.frombuffer(keys[1][0], dtype=np.uint8).copy()
+    ciphertexts = [run["sealed_shares"][1] for run in secure_runs]
+    return aggregate_shares_plan(private, {"ciphertexts": ciphertexts})
+
+
+TRAIN = ContractContext(model="small_cnn", epochs=1, n_samples=64)
+EVALUATE = ContractContext(model="small_cnn", n_samples=64)
+SECURE = ContractContext(model="small_cnn", epochs=1, n_samples=32, n_parties=N_PARTIES)
+AGGREGATE = ContractContext(n_ciphertexts=2)
+CUSTOM = ContractContext()
+
+
+def refused(kind: str, result, context: ContractContext) -> str:
+    """The one-line message with which `result` is withheld."""
+    with pytest.raises(ContractViolation) as caught:
+        check_result(kind, result, context)
+    message = str(caught.value)
+    assert "\n" not in message and message
+    return message
+
+
+def changed(result: dict, path: tuple, value=None, *, delete: bool = False) -> dict:
+    """A copy of `result` with the item at `path` replaced (or deleted); dicts along the
+    path are copied, the fixture is untouched."""
+    out = dict(result)
+    if len(path) == 1:
+        if delete:
+            del out[path[0]]
+        else:
+            out[path[0]] = value
+        return out
+    out[path[0]] = changed(result[path[0]], path[1:], value, delete=delete)
+    return out
+
+
+# --------------------------------------------------------------------------- passing
+
+def test_violation_is_a_plan_error_and_kinds_are_listed():
+    assert issubclass(ContractViolation, PlanError)
+    assert KINDS == ("train", "evaluate", "secure_train", "aggregate", "custom")
+
+
+def test_real_outputs_pass_also_after_the_plain_data_round_trip(trained, evaluated, secure_runs,
+                                                                  aggregated):
+    """What the vetted plans really return keeps its contract, both as returned and as
+    the server sees it after the sandbox boundary (decode(encode(...)), read-only arrays)."""
+    cases = [("train", trained, TRAIN), ("evaluate", evaluated, EVALUATE),
+             ("secure_train", secure_runs[0], SECURE), ("secure_train", secure_runs[1], SECURE),
+             ("aggregate", aggregated, AGGREGATE),
+             ("aggregate", aggregated, ContractContext(model="small_cnn", n_parties=N_PARTIES,
+                                                       n_ciphertexts=2)),
+             ("custom", {"mean": 0.5, "hist": np.arange(10), "tag": ("a", b"b", None)}, CUSTOM)]
+    for kind, result, context in cases:
+        check_result(kind, result, context)
+        check_result(kind, decode(encode(result), max_bytes=1 << 26), context)
+
+
+def test_resnet18_weights_with_batchnorm_buffers_pass():
+    """resnet18's state dict has running statistics and num_batches_tracked (float32 in
+    weights_to_numpy); a real 1-epoch run on 32 images at 32 px passes."""
+    images, labels = generate(32, size=32, seed=1)
+    result = train_xray_plan(images, labels, dict(CONFIG, model="resnet18"), None)
+    assert "bn1.num_batches_tracked" in result["weights"]
+    check_result("train", result, ContractContext(model="resnet18", epochs=1, n_samples=32))
+
+
+def test_sealed_share_lengths_are_exact_per_party_index(data):
+    """With 11 aggregators party 10's wire header has a two-digit index, so its length is
+    computed apart from party 0..9's (for small_cnn the header padding absorbs the extra
+    digit); a real run passes and a share one byte short of party 10's length is refused."""
+    keys = [sealing.generate_keypair()[1] for _ in range(11)]
+    images, labels = data[0][:16], data[1][:16]
+    result = secure_train_xray_plan(images, labels, CONFIG, None,
+                                    {"public_keys": [sealing.key_to_text(k) for k in keys]})
+    context = ContractContext(model="small_cnn", epochs=1, n_samples=16, n_parties=11)
+    check_result("secure_train", result, context)
+    shares = list(result["sealed_shares"])
+    length = len(shares[10])
+    shares[10] = shares[10][:-1]
+    assert refused("secure_train", changed(result, ("sealed_shares",), shares), context) == (
+        f"sealed_shares[10] is {length - 1} bytes; a sealed share of the small_cnn model "
+        f"for party 10 is {length} bytes")
+
+
+# --------------------------------------------------------------------------- train
+
+def test_train_keys(trained):
+    assert refused("train", changed(trained, ("history",), delete=True), TRAIN) == \
+        "result has keys n_samples, weights; expected history, n_samples, weights"
+    assert refused("train", changed(trained, ("extra",), 1), TRAIN) == \
+        "result has keys history, n_samples, weights, extra; expected history, n_samples, weights"
+    assert refused("train", [trained], TRAIN) == \
+        "result is a list; expected a dict with keys history, n_samples, weights"
+
+
+def test_train_weights(trained):
+    name = "features.0.weight"
+    wrong_shape = changed(trained, ("weights", name), np.zeros((8, 1, 5, 5), np.float32))
+    assert refused("train", wrong_shape, TRAIN) == \
+        "weights['features.0.weight'] has shape (8, 1, 5, 5); the small_cnn model has (8, 1, 3, 3)"
+    missing = changed(trained, ("weights", "classifier.bias"), delete=True)
+    assert refused("train", missing, TRAIN) == "weights is missing 'classifier.bias'"
+    extra = changed(trained, ("weights", "secret"), np.zeros(3, np.float32))
+    assert refused("train", extra, TRAIN) == "weights has unexpected secret"
+    wide = changed(trained, ("weights", name), trained["weights"][name].astype(np.float64))
+    assert refused("train", wide, TRAIN) == \
+        "weights['features.0.weight'] has dtype float64; expected float32"
+    tensor = changed(trained, ("weights", name), torch.from_numpy(trained["weights"][name]))
+    assert refused("train", tensor, TRAIN) == \
+        "weights['features.0.weight'] is a Tensor; expected a float32 numpy array"
+    for bad, counts in ((math.nan, "1 NaN, 0 inf"), (math.inf, "0 NaN, 1 inf")):
+        poisoned = trained["weights"][name].copy()
+        poisoned[3, 0, 1, 2] = bad
+        assert refused("train", changed(trained, ("weights", name), poisoned), TRAIN) == \
+            f"weights['features.0.weight'] is not finite ({counts} of 72 values)"
+
+
+def test_train_history(trained):
+    loss = trained["history"]["loss"]
+    assert refused("train", changed(trained, ("history", "loss"), loss * 2), TRAIN) == \
+        "history.loss has 2 values; expected 1"
+    assert refused("train", changed(trained, ("history", "loss"), [math.nan]), TRAIN) == \
+        "history.loss[0] is not finite (nan)"
+    three = ContractContext(model="small_cnn", epochs=3, n_samples=64)
+    history = {"loss": [0.7, 0.6, math.nan], "accuracy": [0.5, 0.6, 0.7]}
+    assert refused("train", changed(trained, ("history",), history), three) == \
+        "history.loss[2] is not finite (nan)"
+    assert refused("train", changed(trained, ("history", "accuracy"), [1.5]), TRAIN) == \
+        "history.accuracy[0] is 1.5; expected a value in [0, 1]"
+    assert refused("train", changed(trained, ("history", "loss"), [-0.1]), TRAIN) == \
+        "history.loss[0] is -0.1; expected a value >= 0"
+    assert refused("train", changed(trained, ("history", "loss"), ["0.5"]), TRAIN) == \
+        "history.loss[0] is a str; expected a float"
+
+
+def test_train_n_samples(trained):
+    assert refused("train", changed(trained, ("n_samples",), 63), TRAIN) == \
+        "n_samples is 63; the plan was given 64 images"
+    assert refused("train", changed(trained, ("n_samples",), True), TRAIN) == \
+        "n_samples is a bool (True); expected an int"
+
+
+# --------------------------------------------------------------------------- evaluate
+
+def test_evaluate_metrics(evaluated):
+    metrics = evaluated["metrics"]
+    renamed = {("AUC" if k == "auc" else k): v for k, v in metrics.items()}
+    assert refused("evaluate", {"metrics": renamed}, EVALUATE) == (
+        "metrics has keys accuracy, confusion_matrix, n_samples, roc, AUC; "
+        "expected accuracy, auc, confusion_matrix, n_samples, roc")
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+    short = [[tn, fp], [fn, tp - 1]] if tp else [[tn - 1, fp], [fn, tp]]
+    assert refused("evaluate", changed(evaluated, ("metrics", "confusion_matrix"), short),
+                   EVALUATE) == "metrics.confusion_matrix sums to 63; the plan was given 64 images"
+    negative = [[tn + 1, fp], [fn, -1]] if tp == 0 else [[tn, fp], [fn + tp + 1, -1]]
+    assert refused("evaluate", changed(evaluated, ("metrics", "confusion_matrix"), negative),
+                   EVALUATE) == "metrics.confusion_matrix[1][1] is -1; expected a non-negative int"
+    fpr = metrics["roc"]["fpr"]
+    assert refused("evaluate", changed(evaluated, ("metrics", "roc", "fpr"), fpr[:-1]),
+                   EVALUATE) == f"metrics.roc.fpr has {len(ROC_THRESHOLDS) - 1} values; " \
+                                f"expected {len(ROC_THRESHOLDS)}"
+    assert refused("evaluate", changed(evaluated, ("metrics", "auc"), 1.2), EVALUATE) == \
+        "metrics.auc is 1.2; expected a value in [0, 1]"
+    assert refused("evaluate", changed(evaluated, ("metrics", "n_samples"), 65), EVALUATE) == \
+        "metrics.n_samples is 65; the plan was given 64 images"
+    check_result("evaluate", changed(evaluated, ("metrics", "auc"), None), EVALUATE)
+
+
+def test_evaluate_plausibility(evaluated):
+    """Accuracy must be what the confusion matrix says; ROC rates cannot rise with the
+    threshold (both would otherwise be free room to smuggle bits out)."""
+    metrics = evaluated["metrics"]
+    other = metrics["accuracy"] / 2
+    assert refused("evaluate", changed(evaluated, ("metrics", "accuracy"), other),
+                   EVALUATE).startswith(f"metrics.accuracy is {other}; the confusion matrix gives")
+    tpr = list(metrics["roc"]["tpr"])
+    tpr[-1] = 1.0
+    tpr[-2] = 0.0
+    assert refused("evaluate", changed(evaluated, ("metrics", "roc", "tpr"), tpr), EVALUATE) == \
+        "metrics.roc.tpr rises with the threshold; a ROC rate cannot"
+
+
+# --------------------------------------------------------------------------- secure_train
+
+def test_secure_train_shares(secure_runs):
+    run = secure_runs[0]
+    shares = run["sealed_shares"]
+    assert refused("secure_train", changed(run, ("sealed_shares",), shares[:-1]), SECURE) == \
+        "sealed_shares has 2 items; expected 3, one per aggregator key"
+    truncated = [shares[0], shares[1][:-16], shares[2]]
+    assert refused("secure_train", changed(run, ("sealed_shares",), truncated), SECURE) == (
+        f"sealed_shares[1] is {len(shares[1]) - 16} bytes; a sealed share of the small_cnn "
+        f"model for party 1 is {len(shares[1])} bytes")
+    as_text = [shares[0], shares[1].hex(), shares[2]]
+    assert refused("secure_train", changed(run, ("sealed_shares",), as_text), SECURE) == \
+        "sealed_shares[1] is a str; expected bytes"
+    assert refused("secure_train", changed(run, ("n_samples",), 64), SECURE) == \
+        "n_samples is 64; the plan was given 32 images"
+    assert refused("secure_train", changed(run, ("history", "loss"), [math.inf]), SECURE) == \
+        "history.loss[0] is not finite (inf)"
+
+
+# --------------------------------------------------------------------------- aggregate
+
+def test_aggregate(aggregated):
+    garbage = changed(aggregated, ("partial_sum",), b"\x80\x04\x95 not share data at all")
+    assert refused("aggregate", garbage, AGGREGATE) == \
+        "partial_sum is not share data (not PneumoSyft share data (bad magic bytes))"
+    cut = changed(aggregated, ("partial_sum",), aggregated["partial_sum"][:-8])
+    assert refused("aggregate", cut, AGGREGATE).startswith(
+        "partial_sum is not share data (share data truncated: payload has")
+    arrays = changed(aggregated, ("partial_sum",), wire.dumps_arrays({"s": np.zeros(3, np.uint64)}))
+    assert refused("aggregate", arrays, AGGREGATE) == \
+        "partial_sum is not share data (share data holds 'arrays', expected 'shares')"
+    assert refused("aggregate", changed(aggregated, ("n_shares",), 3), AGGREGATE) == \
+        "n_shares is 3; the plan was given 2 sealed shares"
+    huge = changed(aggregated, ("partial_sum",), bytes(MAX_PARTIAL_SUM_BYTES + 1))
+    assert refused("aggregate", huge, AGGREGATE) == (
+        f"partial_sum is {MAX_PARTIAL_SUM_BYTES + 1} bytes; "
+        f"at most {MAX_PARTIAL_SUM_BYTES} are allowed")
+    wrong_parties = ContractContext(n_parties=2, n_ciphertexts=2)
+    assert refused("aggregate", aggregated, wrong_parties) == \
+        "partial_sum is a share among 3 parties; expected 2"
+    wrong_model = ContractContext(model="resnet18", n_ciphertexts=2)
+    assert refused("aggregate", aggregated, wrong_model).startswith(
+        "partial_sum is missing 'bn1.bias', ")
+
+
+# --------------------------------------------------------------------------- custom
+
+def test_custom():
+    big = {"w": np.zeros(300_000, np.float32)}
+    size = len(encode(big))
+    assert refused("custom", big, CUSTOM) == \
+        f"result encodes to {size} bytes; custom results are limited to {1 << 20} bytes"
+    check_result("custom", big, ContractContext(max_custom_bytes=size))
+    assert refused("custom", {"x": object()}, CUSTOM).startswith(
+        "result['x'] is a builtins.object, not plain data")
+    assert refused("custom", {"t": torch.zeros(2)}, CUSTOM) == \
+        "result['t'] is a torch tensor; return numpy arrays, e.g. tensor.detach().numpy()"
+
+
+# --------------------------------------------------------------------------- misuse
+
+def test_missing_context_and_unknown_kind_are_programming_errors(trained, aggregated):
+    with pytest.raises(ValueError, match=r"needs context\.epochs, context\.n_samples"):
+        check_result("train", trained, ContractContext(model="small_cnn"))
+    with pytest.raises(ValueError, match=r"needs context\.n_ciphertexts"):
+        check_result("aggregate", aggregated, ContractContext())
+    with pytest.raises(ValueError, match="unknown result kind 'fit'"):
+        check_result("fit", trained, TRAIN)
+    with pytest.raises(ValueError, match="non-negative int"):
+        ContractContext(epochs=True)
+
+
+def test_weights_of_a_fresh_resnet18_pass_and_a_missing_buffer_is_named():
+    weights = weights_to_numpy(build_model("resnet18"))
+    context = ContractContext(model="resnet18", epochs=1, n_samples=8)
+    result = {"weights": weights, "history": {"loss": [0.5], "accuracy": [0.5]}, "n_samples": 8}
+    check_result("train", result, context)
+    del weights["layer1.0.bn1.running_var"]
+    assert refused("train", result, context) == "weights is missing 'layer1.0.bn1.running_var'"

@@ -1,0 +1,101 @@
+"""The verdict binds every client: a stock syft 0.9.5 client, following PySyft's tutorial,
+cannot approve custom code without the domain's override, and every approval is audited
+with the code's hash."""
+
+from __future__ import annotations
+
+import pytest
+
+from common import syft_compat
+from common.syft_requests import get_request, request_status
+from conftest import DATA_OWNER
+from domain_setup.admin.accounts import account_password
+from scientist import TrainingPlan
+from scientist.plans import train_xray_plan
+from scientist.submission import split_assets, submit_plan
+
+pytestmark = pytest.mark.domain
+
+
+def first_five_images(images, labels):
+    return {"images": images[:5]}
+
+
+def changed_train_plan(images, labels, config, initial_weights):
+    """Train inside the domain; return the weights and per-epoch loss/accuracy."""
+    from common.training import train
+
+    result = train(images, labels, model=config["model"], epochs=config["epochs"],
+                   lr=config["lr"], batch_size=config["batch_size"], seed=config["seed"],
+                   initial_weights=initial_weights or None)
+    return {"weights": result["weights"], "history": result["history"],
+            "n_samples": len(images)}
+
+
+@pytest.fixture(scope="module")
+def owner(hospital):
+    """The data owner's stock syft client, logged in the way PySyft's tutorials do."""
+    from syft.client.client import HTTPConnection
+
+    token, _ = hospital.admin.issue_token(DATA_OWNER, ttl="1h")
+    connection = HTTPConnection(url=hospital.url, headers={"Authorization": f"Bearer {token}"})
+    with syft_compat.muted():
+        return connection.get_client_type().unwrap()(connection=connection).login(
+            email=DATA_OWNER, password=account_password(hospital.state, DATA_OWNER))
+
+
+def _submit(client, plan, constants=None):
+    train = split_assets(client, "xray", "train")
+    return submit_plan(client, plan, inputs=train, constants=constants or {},
+                       reason="verdict binding test")
+
+
+def test_stock_client_cannot_approve_custom_code_without_the_override(hospital, ada, owner):
+    submission = _submit(ada, first_five_images)
+    with syft_compat.muted():
+        request = get_request(owner, submission.request_id)
+        try:
+            outcome = request.approve()
+        except Exception as exc:  # syft raises or returns a SyftError, by version
+            outcome = exc
+    assert "custom code: needs an admin's review" in syft_compat.error_text(outcome)
+    assert request_status(get_request(owner, submission.request_id)) == "pending"
+    refusals = [e for e in hospital.admin.audit(action="request.approve")
+                if e["target"] == submission.request_id]
+    assert refusals and refusals[-1]["outcome"] == "refused"
+    assert refusals[-1]["actor"] == DATA_OWNER and len(refusals[-1]["code_sha256"]) == 64
+
+
+def test_with_an_override_and_a_reason_the_approval_goes_through_and_is_audited(hospital, ada):
+    submission = _submit(ada, first_five_images)
+    hospital.cli("review", "approve", submission.request_id, "--override", "--reason",
+                 "the ethics board allowed five images")
+    entries = [e for e in hospital.admin.audit(action="request.override")
+               if e["target"] == submission.request_id]
+    assert entries and entries[-1]["reason"] == "the ethics board allowed five images"
+    assert entries[-1]["plan"] == "custom" and len(entries[-1]["code_sha256"]) == 64
+
+
+def test_a_vetted_plan_with_one_changed_line_is_custom_and_auto_leaves_it_pending(hospital, ada):
+    config = {"config": TrainingPlan(epochs=1).config(), "initial_weights": {}}
+    changed = _submit(ada, changed_train_plan, config)
+    vetted = _submit(ada, train_xray_plan, config)
+    shown = hospital.cli("review", "show", changed.request_id)
+    assert "custom code: needs an admin's review" in shown and "sandbox   timeout" in shown
+    outcomes = hospital.cli("review", "auto", "--approve-compliant")
+    assert f"{changed.request_id}  {changed.func_name}  left pending (custom code" in outcomes
+    assert f"{vetted.request_id}  {vetted.func_name}  approved" in outcomes
+    approvals = [e for e in hospital.admin.audit(action="request.approve")
+                 if e["target"] == vetted.request_id]
+    assert approvals[-1]["outcome"] == "ok" and approvals[-1]["plan"] == "train"
+    hospital.cli("review", "deny", changed.request_id, "--reason", "test over")
+
+
+def test_an_override_needs_a_reason_and_a_real_request(hospital):
+    import requests
+
+    token, _ = hospital.admin.issue_token(DATA_OWNER, ttl="1h")
+    url = f"{hospital.url}/pneumosyft/requests/{'0' * 32}/override"
+    headers = {"Authorization": f"Bearer {token}"}
+    assert requests.post(url, json={"reason": "x"}, headers=headers, timeout=10).status_code == 404
+    assert requests.post(url, json={"reason": " "}, headers=headers, timeout=10).status_code == 400
