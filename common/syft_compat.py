@@ -111,6 +111,33 @@ def input_policy_rules(code: Any) -> dict:
     return rules
 
 
+INPUT_POLICY, OUTPUT_POLICY = "MixedInputPolicy", "SingleExecutionExactOutput"
+
+
+@requires("syft.service.policy.policy:MixedInputPolicy",
+          "syft.service.policy.policy:SingleExecutionExactOutput",
+          "syft.service.policy.policy:Constant", "syft.service.policy.policy:Matches")
+def policy_problems(code: Any) -> list[str]:
+    """Why a UserCode's policies are not the two this domain runs (empty: fine): syft's
+    MixedInputPolicy with asset matches and plain constants, SingleExecutionExactOutput;
+    the function name syft calls must be the function's own."""
+    problems = []
+    for what, wanted in (("input", INPUT_POLICY), ("output", OUTPUT_POLICY)):
+        kind = getattr(code, f"{what}_policy_type", None)
+        if not (isinstance(kind, type) and kind is resolve(f"syft.service.policy.policy:{wanted}")):
+            problems.append(f"{what} policy must be {wanted}, got {getattr(kind, '__name__', kind)}")
+    plain = (dict, str, int, float, bool, type(None))
+    for kwarg, rule in input_policy_rules(code).items():
+        if is_constant(rule):
+            if not isinstance(rule_value(rule), plain) or getattr(rule, "klass", None) not in (
+                    None, *plain):
+                problems.append(f"constant {kwarg} must be plain data")
+        elif not isinstance(rule, (resolve("syft.service.policy.policy:Matches"),
+                                   resolve("syft.types.uid:UID"))):
+            problems.append(f"input {kwarg} must be bound to one object ({type(rule).__name__})")
+    return problems
+
+
 def rule_value(rule: Any) -> Any:
     """The UID or constant value an input-policy rule holds."""
     return getattr(rule, "val", rule)
@@ -245,49 +272,42 @@ def replace(target: str, replacement: Callable) -> Callable:
 
 # --------------------------------------------------------------------------- client side
 
-_tokens_by_url: dict[str, str] = {}
 _tokens_by_account: dict[tuple[str, str], str] = {}
 
 
 @requires("syft.service.network.server_peer:route_to_connection",
           "syft.service.network.server_peer:ServerPeer.client_with_key",
-          "syft.client.client:HTTPConnection")
+          "syft.service.network.server_peer:ServerPeer.pick_highest_priority_route",
+          "syft.client.client:HTTPConnection", "syft.types.result:as_result",
+          "syft.types.errors:SyftException")
 def carry_token_to(url: str, token: str, verify_key: Any) -> None:
-    """Connections this process's syft builds from routes to `url` (a project's leader
-    route, say) carry a token too: the one of the account they act for, as the
-    connection that account logged in with does."""
-    url = url.rstrip("/")
-    _tokens_by_url[url] = token
-    _tokens_by_account[(url, str(verify_key))] = token
+    """Clients this process's syft builds from a peer's route (a project's leader, say)
+    carry the token of the account they act for, as the client that account logged in
+    with does."""
+    _tokens_by_account[(url.rstrip("/"), str(verify_key))] = token
     module = importlib.import_module("syft.service.network.server_peer")
-    if getattr(module.route_to_connection, "carries_tokens", False):
+    if getattr(module.ServerPeer.client_with_key, "carries_tokens", False):
         return
-    original_route = module.route_to_connection
-    original_client = module.ServerPeer.client_with_key
     http_connection = resolve("syft.client.client:HTTPConnection")
+    as_result = resolve("syft.types.result:as_result")
 
-    def route_to_connection(route: Any, context: Any = None) -> Any:
-        connection = original_route(route=route, context=context)
-        token_for_url = (_tokens_by_url.get(str(connection.url).rstrip("/"))
-                         if isinstance(connection, http_connection) else None)
-        if token_for_url:  # enough for the metadata request that picks the client type
-            connection.headers = {**(connection.headers or {}),
-                                  "Authorization": f"Bearer {token_for_url}"}
-        return connection
-
+    @as_result(resolve("syft.types.errors:SyftException"))
     def client_with_key(self: Any, credentials: Any) -> Any:
-        client = original_client(self, credentials)
-        connection = getattr(client, "connection", None)
+        # syft's own body, with the account's token on the connection before its first call
+        if not self.server_routes:
+            raise resolve("syft.types.errors:SyftException")(
+                public_message=f"No routes to peer: {self}")
+        connection = module.route_to_connection(route=self.pick_highest_priority_route())
         if isinstance(connection, http_connection):
-            token_for_account = _tokens_by_account.get(
+            account_token = _tokens_by_account.get(
                 (str(connection.url).rstrip("/"), str(credentials.verify_key)))
-            if token_for_account:
+            if account_token:
                 connection.headers = {**(connection.headers or {}),
-                                      "Authorization": f"Bearer {token_for_account}"}
-        return client
+                                      "Authorization": f"Bearer {account_token}"}
+        client_type = connection.get_client_type().unwrap()
+        return client_type(connection=connection, credentials=credentials)
 
-    route_to_connection.carries_tokens = True  # type: ignore[attr-defined]
-    module.route_to_connection = route_to_connection
+    client_with_key.carries_tokens = True  # type: ignore[attr-defined]
     module.ServerPeer.client_with_key = client_with_key
 
 

@@ -56,6 +56,22 @@ def fingerprint(source: str) -> str | None:
     return hashlib.sha256(ast.dump(function, include_attributes=False).encode()).hexdigest()
 
 
+def runnable(source: str) -> tuple[str, str]:
+    """(module source, function name) that the sandbox runs for a submitted function: the
+    submitted source itself with its decorators removed, calling its first function,
+    never syft's generated wrapper (whose call target the client names)."""
+    try:
+        tree = ast.parse(textwrap.dedent(source))
+    except (SyntaxError, ValueError) as exc:
+        raise ValueError(f"the submitted code does not parse: {exc}") from None
+    if not tree.body or not isinstance(tree.body[0], ast.FunctionDef):
+        raise ValueError("the submitted code must start with a function definition")
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            node.decorator_list = []
+    return ast.unparse(tree), tree.body[0].name
+
+
 def code_sha256(source: str) -> str:
     """sha256 of the exact source text (what the audit log records)."""
     return hashlib.sha256(source.encode()).hexdigest()

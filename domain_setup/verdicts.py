@@ -78,8 +78,12 @@ def code_bindings(code: Any, asset_names: dict[str, str]) -> tuple[dict, dict]:
 def judge_code(code: Any, asset_names: dict[str, str], rules: ApprovalRules) -> Verdict:
     """The verdict on a syft UserCode (what the review and the domain's guard both call)."""
     inputs, constants = code_bindings(code, asset_names)
-    return judge(code.raw_code, inputs=inputs, constants=constants, rules=rules,
-                 nested=bool(syft_compat.nested_codes(code)))
+    verdict = judge(code.raw_code, inputs=inputs, constants=constants, rules=rules,
+                    nested=bool(syft_compat.nested_codes(code)))
+    problems = syft_compat.policy_problems(code)
+    if problems:
+        verdict.kind, verdict.reasons = "violating", verdict.reasons + problems
+    return verdict
 
 
 def judge(source: str, *, inputs: dict[str, str], constants: dict, rules: ApprovalRules,

@@ -17,6 +17,8 @@ def _count_rows(images):
 def test_stock_client_sends_a_project_with_a_code_request(hospital, ada):
     import syft as sy
 
+    hospital.admin.syft_client()  # another account's client in this process, as in a notebook
+
     train = ada.datasets["xray"].assets["train_images"]
     function = sy.syft_function_single_use(images=train)(_count_rows)
     with syft_compat.muted():

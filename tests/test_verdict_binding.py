@@ -99,3 +99,48 @@ def test_an_override_needs_a_reason_and_a_real_request(hospital):
     headers = {"Authorization": f"Bearer {token}"}
     assert requests.post(url, json={"reason": "x"}, headers=headers, timeout=10).status_code == 404
     assert requests.post(url, json={"reason": " "}, headers=headers, timeout=10).status_code == 400
+
+
+def test_a_researcher_cannot_submit_a_request_of_her_own_making(hospital, ada):
+    """request.submit would let a request carry any change (permissions on assets, object
+    mutations) that an approval or a denial applies with admin rights: refused at the gate."""
+    from syft.service.request.request import SubmitRequest
+
+    with syft_compat.muted(), pytest.raises(Exception) as refused:
+        ada.api.services.request.submit(request=SubmitRequest(changes=[]))
+    assert "403" in str(refused.value)  # the stock client shows the status only
+    reasons = [e.get("reason", "") for e in hospital.admin.audit(action="auth", since="5m")
+               if e["actor"] == "ada@pneumosyft-research.org"]
+    assert "role data_scientist may not call request.submit (not in its syft_paths in " \
+           "permissions.yaml)" in reasons
+
+
+
+
+def test_custom_policy_code_never_runs_in_the_server(hospital, ada):
+    import syft as sy
+
+    from policy_attack import ExfiltratingPolicy
+
+    train = split_assets(ada, "xray", "train")
+    with syft_compat.muted():
+        function = sy.syft_function(
+            input_policy=sy.MixedInputPolicy(client=ada, images=train["images"]),
+            output_policy=ExfiltratingPolicy())(first_five_images_only)
+        request = ada.code.request_code_execution(function, reason="custom policy")
+    request_id = str(request.id.no_dash)
+    shown = hospital.cli("review", "show", request_id)
+    assert "output policy must be SingleExecutionExactOutput" in shown
+    hospital.cli("review", "approve", request_id, "--override", "--reason", "policy test")
+    with syft_compat.muted(), pytest.raises(Exception) as refused:
+        result = ada.api.services.code.call(uid=request.code_id, images=train["images"])
+        if syft_compat.is_syft_error(result):
+            raise RuntimeError(syft_compat.error_text(result))
+    # syft wraps our refusal ("custom policy classes are not run on this domain") in its own
+    # message; the policy's code, which would return /etc/hostname, never ran
+    assert str(refused.value).startswith("Exception loading code.")
+    assert "stolen" not in str(refused.value)
+
+
+def first_five_images_only(images):
+    return {"images": images[:5]}

@@ -61,19 +61,39 @@ def asset_names(worker: Any) -> dict[str, str]:
             for dataset in syft_compat.all_datasets(worker) for asset in dataset.asset_list}
 
 
-@requires(f"{_REQUEST}.apply", f"{_REQUEST}.get_user_code", "syft.types.errors:SyftException")
+_STATUS_CHANGE = "syft.service.request.request:UserCodeStatusChange"
+
+
+@requires(f"{_REQUEST}.apply", f"{_REQUEST}.undo", f"{_REQUEST}.get_user_code", _STATUS_CHANGE,
+          "syft.types.errors:SyftException")
 def bind_verdicts(worker: Any, policies: Any, overrides: Overrides, audit: Any) -> None:
-    """Wrap syft's Request.apply so that every approval passes the verdict (idempotent)."""
+    """Wrap syft's Request.apply so that every approval passes the verdict, and refuse to
+    apply or undo (deny) a request that is more than one code-status change (idempotent)."""
     request_type = syft_compat.resolve(_REQUEST)
     original = request_type.apply
     if getattr(original, "binds_verdicts", False):
         return
+    original_undo = request_type.undo
     syft_exception = syft_compat.resolve("syft.types.errors:SyftException")
+    status_change = syft_compat.resolve(_STATUS_CHANGE)
+
+    def refuse_bundles(request: Any) -> None:
+        # a request may carry any syft change (object mutations, permissions on assets, peers);
+        # applying or undoing one would write what the requester chose, with admin rights
+        changes = list(request.changes or [])
+        if len(changes) != 1 or not isinstance(changes[0], status_change):
+            raise syft_exception(public_message=(
+                f"request {request.id.no_dash} holds {len(changes)} change(s) of kinds "
+                f"{', '.join(sorted({type(c).__name__ for c in changes})) or 'none'}; this "
+                "domain applies only requests of one code-status change"))
+
+    def undo(self: Any, context: Any) -> Any:
+        refuse_bundles(self)
+        return original_undo(self, context)
 
     def apply(self: Any, context: Any) -> Any:
+        refuse_bundles(self)
         code = self.get_user_code(context).unwrap()
-        if code is None:  # not a code request (worker pools, ...): syft's own checks
-            return original(self, context)
         request_id = str(self.id.no_dash)
         approver = syft_compat.email_of(worker, context.credentials)
         verdict = judge_code(code, asset_names(worker), policies.current.approval)
@@ -98,4 +118,5 @@ def bind_verdicts(worker: Any, policies: Any, overrides: Overrides, audit: Any) 
 
     apply.binds_verdicts = True  # type: ignore[attr-defined]
     request_type.apply = apply
+    request_type.undo = undo
 

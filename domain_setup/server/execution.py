@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 from common import syft_compat
-from domain_setup.catalogue import code_sha256, identify
+from domain_setup.catalogue import code_sha256, identify, runnable
 from domain_setup.policies import sandbox_limits
 from domain_setup.sandbox import (ContractContext, ContractViolation, PlanError, PlanFailed,
                                   ResultRefused, Sandbox, SandboxLimits, check_result)
@@ -61,8 +61,11 @@ class PlanExecutor:
         try:
             inputs = {name: _plain(name, value) for name, value in kwargs.items()}
             contract = self._contract_context(kind, inputs)
-            run = self.sandbox_factory(self.limits()).run(
-                code_item.parsed_code, code_item.unique_func_name, inputs)
+            try:
+                source, function = runnable(code_item.raw_code)
+            except ValueError as exc:
+                raise Withheld(str(exc)) from None
+            run = self.sandbox_factory(self.limits()).run(source, function, inputs)
             check_result(kind, run.result, contract)
         except (Withheld, PlanError) as exc:
             message = _researcher_message(kind, exc)

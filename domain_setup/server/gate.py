@@ -36,7 +36,8 @@ OPEN_PATHS = frozenset({"/health"})
 OPEN_SYFT_ROUTES = frozenset({"/api/v2/", "/api/v2/metadata", "/api/v2/metadata_capnp"})
 MAX_BODY_BYTES = 1 << 30
 SUBMIT_PATHS = frozenset({"code.request_code_execution", "code.submit", "request.submit",
-                          "project.create_project", "project.add_event"})
+                          "project.create_project", "project.add_event",
+                          "project.broadcast_event"})
 # Syft calls issued many times per session that change nothing; audited once per
 # session would be noise, so only refusals of these are recorded.
 QUIET_PATHS = frozenset({"api.get", "metadata", "settings.get", "notifications.get_all_unread",

@@ -65,7 +65,7 @@ _PATHS_BY_ACTION: dict[str, tuple[str, ...]] = {
     "read_others_requests": ("request.get_all_info", "request.filter_all_info"),
     "submit_code": (
         "code.request_code_execution", "code.submit", "request.submit",
-        "project.create_project", "project.add_event",
+        "project.create_project", "project.add_event", "project.broadcast_event",
     ),
 }
 

@@ -83,8 +83,10 @@ def make_domain_router(state: Any, config: Any, worker: Any, gate: Any,
         """The caller's account if its role may `action`; else RouteRefusal 403 (audited)."""
         claims = request.state.claims
         account = gate.accounts.by_email(claims["sub"])
-        if account is None or not gate.permissions.role_may(account.role, action):
-            role = account.role if account else "unknown"
+        role = account.role if account else "unknown"
+        if account is not None and role_below(claims["role"], account.role):
+            role = claims["role"]  # a down-scoped token acts with its own, lower role
+        if account is None or not gate.permissions.role_may(role, action):
             gate.audit.record(claims["sub"], action, outcome="refused", reason=f"role {role}")
             raise RouteRefusal(403, f"your role may not {what}")
         return account

@@ -114,8 +114,10 @@ def reach_self_in_process(host: str, port: int) -> None:
 
     def route_to_connection(route: Any, context: Any = None) -> Any:
         server = getattr(context, "server", None)
-        if server is None or not isinstance(route, http_route):
+        if server is None:
             return original(route, context)
+        if not isinstance(route, http_route):  # a Python route would build a Worker here
+            raise syft_exception(public_message="this domain follows HTTP routes to itself only")
         if str(route.host_or_ip) in own_hosts and int(route.port) == int(port):
             return python_connection(server=server)
         raise syft_exception(public_message=(
@@ -124,6 +126,24 @@ def reach_self_in_process(host: str, port: int) -> None:
 
     route_to_connection.reaches_self = True  # type: ignore[attr-defined]
     syft_compat.replace(f"{_ROUTES}:route_to_connection", route_to_connection)
+
+
+_POLICY = "syft.service.policy.policy"
+
+
+@requires(f"{_POLICY}:execute_policy_code", f"{_POLICY}:load_policy_code",
+          "syft.types.errors:SyftException")
+def refuse_custom_policy_code() -> None:
+    """syft runs the Python of a researcher's custom input or output policy class with
+    ``exec`` in this process (at approval, at every run, at every start). No such code
+    runs here: only syft's built-in policies exist on this domain."""
+    syft_exception = syft_compat.resolve("syft.types.errors:SyftException")
+
+    def execute_policy_code(user_policy: Any) -> Any:
+        raise syft_exception(public_message="custom policy classes are not run on this "
+                             "domain; use MixedInputPolicy and SingleExecutionExactOutput")
+
+    syft_compat.replace(f"{_POLICY}:execute_policy_code", execute_policy_code)
 
 
 def apply_all(host: str, port: int, executor: Callable) -> None:
@@ -137,5 +157,6 @@ def apply_all(host: str, port: int, executor: Callable) -> None:
     if problems:
         raise DomainError("; ".join(problems))
     run_private_pass_with(executor)
+    refuse_custom_policy_code()
     skip_byte_walks()
     reach_self_in_process(host, port)
