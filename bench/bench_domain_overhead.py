@@ -8,7 +8,8 @@ then, for each repetition, times
   (bwrap, interpreter, torch import), the data path in and out, the output contract;
 * plain PyTorch: `common.training.train` on the very same tensors, in a fresh process
   (`bench/plain_train.py`, timed from launch to exit: interpreter, torch import, data in,
-  training, weights out) with the same torch thread count as the sandbox,
+  training, weights out) with the same torch thread count and environment as the sandbox
+  (`python -I -B`, nothing in the environment but the thread count),
 
 and prints both thread counts, the sandbox's start cost per run (from the domain's
 audit log) and the ratio of the best times (goal <= 1.15).
@@ -44,9 +45,12 @@ THREADS = os.cpu_count() or 1  # the domain's sandbox and the baseline alike
 
 def plain_run(data_file: Path, epochs: int) -> dict:
     """One plain training in a fresh process with THREADS torch threads, timed whole."""
-    command = [sys.executable, str(Path(__file__).with_name("plain_train.py")), "--data",
-               str(data_file), "--epochs", str(epochs)]
-    env = dict(os.environ, OMP_NUM_THREADS=str(THREADS), MKL_NUM_THREADS=str(THREADS))
+    command = [sys.executable, "-I", "-B", str(Path(__file__).with_name("plain_train.py")),
+               "--data", str(data_file), "--epochs", str(epochs)]
+    # the sandbox's conditions: an isolated interpreter and an environment holding only the
+    # thread count (with a PATH, importing torch runs gcc and ldconfig through
+    # ctypes.util.find_library: 0.5 s here that the sandbox, with no PATH, never pays)
+    env = {"OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
     started = time.perf_counter()
     out = subprocess.run(command, capture_output=True, text=True, check=True, env=env).stdout
     return dict(json.loads(out.strip().splitlines()[-1]), seconds=time.perf_counter() - started)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, type=Path, help="npz with images and labels")
     parser.add_argument("--epochs", type=int, default=2)
@@ -38,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     result = train(torch.from_numpy(images), torch.from_numpy(labels), **config)
     train_seconds = time.perf_counter() - started
     print(json.dumps({"train_seconds": train_seconds, "torch_threads": torch.get_num_threads(),
-                      "weights": len(result["weights"])}))
-    return 0
+                      "weights": len(result["weights"])}), flush=True)
+    os._exit(0)  # as the sandbox's runner ends: no interpreter teardown (torch's takes ~0.5 s)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

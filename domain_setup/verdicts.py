@@ -62,6 +62,12 @@ class Verdict:
         return lead + self.reasons + [f"linter: {note}" for note in self.notes]
 
 
+def asset_names_of(datasets: Any) -> dict[str, str]:
+    """{asset action id: "dataset/asset"} of syft datasets (read by a client or a server)."""
+    return {str(asset.action_id): f"{dataset.name}/{asset.name}"
+            for dataset in datasets for asset in dataset.asset_list}
+
+
 def code_bindings(code: Any, asset_names: dict[str, str]) -> tuple[dict, dict]:
     """(inputs, constants) of a syft UserCode: inputs as "dataset/asset" names (or
     "object ID" for an object that is no dataset's asset), constants as values."""
@@ -75,9 +81,10 @@ def code_bindings(code: Any, asset_names: dict[str, str]) -> tuple[dict, dict]:
     return inputs, constants
 
 
-def judge_code(code: Any, asset_names: dict[str, str], rules: ApprovalRules) -> Verdict:
-    """The verdict on a syft UserCode (what the review and the domain's guard both call)."""
-    inputs, constants = code_bindings(code, asset_names)
+def judge_code(code: Any, inputs: dict[str, str], constants: dict,
+               rules: ApprovalRules) -> Verdict:
+    """The verdict on a syft UserCode with its `code_bindings` (what the review and the
+    domain's guard both call)."""
     verdict = judge(code.raw_code, inputs=inputs, constants=constants, rules=rules,
                     nested=bool(syft_compat.nested_codes(code)))
     problems = syft_compat.policy_problems(code)

@@ -16,7 +16,7 @@ from typing import Any
 from common import syft_compat
 from common.errors import DomainError
 from common.syft_requests import get_request, request_status
-from domain_setup.verdicts import Verdict, code_bindings, judge_code
+from domain_setup.verdicts import Verdict, asset_names_of, code_bindings, judge_code
 
 _UID_RE = re.compile(r"^[0-9a-f]{8,32}$")
 
@@ -52,7 +52,7 @@ def summarise(request: Any, approval_rules: Any, asset_names: dict[str, str]) ->
     """Requester, code, inputs and the approval verdict of a syft request."""
     code = request.code
     inputs, constants = code_bindings(code, asset_names)
-    verdict = judge_code(code, asset_names, approval_rules)
+    verdict = judge_code(code, inputs, constants, approval_rules)
     return RequestSummary(
         id=str(request.id.no_dash), requester=request.requesting_user_email or "?",
         function=code.service_func_name, status=request_status(request),
@@ -79,11 +79,7 @@ class Reviewer:
         self.client = session.client()
 
     def _asset_names(self) -> dict[str, str]:
-        names = {}
-        for dataset in self.client.datasets.get_all():
-            for asset in dataset.asset_list:
-                names[str(asset.action_id)] = f"{dataset.name}/{asset.name}"
-        return names
+        return asset_names_of(self.client.datasets.get_all())
 
     def _requests(self) -> list:
         return [r for r in self.client.requests.get_all()

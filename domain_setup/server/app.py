@@ -110,12 +110,13 @@ class SandboxPool:
                               "(the domain never runs submitted code without it)") from None
 
 
-def plan_executor(config: DomainConfig, policies: Any, audit: Any, sandboxes: SandboxPool) -> Any:
+def plan_executor(config: DomainConfig, policies: Any, audit: Any, sandboxes: SandboxPool,
+                  worker: Any) -> Any:
     """The sandbox dispatch with this domain's `--plan-timeout` / `--plan-memory-mb`."""
     from domain_setup.server.execution import PlanExecutor
 
     return PlanExecutor(policies=policies, config_extra=dict(config.extra),
-                        sandbox_factory=sandboxes, audit=audit, worker=None)
+                        sandbox_factory=sandboxes, audit=audit, worker=worker)
 
 
 def serve(state: StateDir) -> None:
@@ -126,17 +127,17 @@ def serve(state: StateDir) -> None:
     if str(PROJECT_ROOT) not in sys.path:
         # approved training plans import the hospital's vetted modules (common.*)
         sys.path.insert(0, str(PROJECT_ROOT))
-    from domain_setup.policies import LivePolicies, load_domain_policies
+    from domain_setup.policies import LivePolicies, load_domain_policies, sandbox_limits
     from domain_setup.server import approval_guard, syft_patches
     from domain_setup.server.audit import AuditLog
 
     policies = LivePolicies(load_domain_policies(config))
     audit = AuditLog(state.root)
     sandboxes = SandboxPool(torch_threads=int(os.environ.get("OMP_NUM_THREADS") or 0) or None)
-    executor = plan_executor(config, policies, audit, sandboxes)
-    sandboxes.check(executor.limits())  # no sandbox, no domain: nothing runs in this process
+    # no sandbox, no domain: nothing submitted ever runs in this process
+    sandboxes.check(sandbox_limits(policies.current.approval, config.extra))
     worker = build_worker(state, config)
-    executor.worker = worker
+    executor = plan_executor(config, policies, audit, sandboxes, worker)
     syft_patches.apply_all(config.host, config.port, executor)
     overrides = approval_guard.Overrides()
     approval_guard.bind_verdicts(worker, policies, overrides, audit)

@@ -19,7 +19,7 @@ from typing import Any
 
 from common import syft_compat
 from common.syft_compat import requires
-from domain_setup.verdicts import judge_code
+from domain_setup.verdicts import asset_names_of, code_bindings, judge_code
 
 OVERRIDE_TTL_SECONDS = 600
 _REQUEST = "syft.service.request.request:Request"
@@ -53,12 +53,6 @@ class Overrides:
         with self._lock:
             override = self._by_request.pop(request_id, None)
         return override if override and override.expires > time.time() else None
-
-
-def asset_names(worker: Any) -> dict[str, str]:
-    """{asset action id: "dataset/asset"} of every dataset on the server."""
-    return {str(asset.action_id): f"{dataset.name}/{asset.name}"
-            for dataset in syft_compat.all_datasets(worker) for asset in dataset.asset_list}
 
 
 _STATUS_CHANGE = "syft.service.request.request:UserCodeStatusChange"
@@ -96,7 +90,8 @@ def bind_verdicts(worker: Any, policies: Any, overrides: Overrides, audit: Any) 
         code = self.get_user_code(context).unwrap()
         request_id = str(self.id.no_dash)
         approver = syft_compat.email_of(worker, context.credentials)
-        verdict = judge_code(code, asset_names(worker), policies.current.approval)
+        inputs, constants = code_bindings(code, asset_names_of(syft_compat.all_datasets(worker)))
+        verdict = judge_code(code, inputs, constants, policies.current.approval)
         override = overrides.take(request_id) if verdict.needs_override else None
         details = {"requester": self.requesting_user_email or "?",
                    "function": code.service_func_name, "plan": verdict.plan or "custom",

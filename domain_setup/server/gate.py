@@ -25,6 +25,7 @@ import anyio
 from common.errors import PneumoSyftError, TokenError
 from common import syft_compat
 from domain_setup.policies import LivePolicies
+from domain_setup.verdicts import asset_names_of
 from domain_setup.roles import role_at_least
 from domain_setup.server.audit import AuditLog
 from domain_setup.server.permissions import ENABLE_SIGNUP, Permissions, action_for_path
@@ -83,12 +84,8 @@ class AccountDirectory:
 
     def dataset_names_for_assets(self, action_ids: set[str]) -> set[str]:
         """Names of the datasets holding any of the given asset action ids."""
-        names = set()
-        for dataset in syft_compat.all_datasets(self._worker):
-            for asset in dataset.asset_list:
-                if str(asset.action_id) in action_ids:
-                    names.add(dataset.name)
-        return names
+        names = asset_names_of(syft_compat.all_datasets(self._worker))
+        return {name.split("/")[0] for action_id, name in names.items() if action_id in action_ids}
 
 
 class GateMiddleware:
