@@ -206,6 +206,20 @@ def request_exists(worker: Any, request_id: str) -> bool:
     return True
 
 
+@requires("syft.service.action.action_permissions:ActionObjectREAD",
+          "syft.store.db.stash:ObjectStash.has_permission")
+def can_read_object(worker: Any, object_id: str, verify_key: Any) -> bool:
+    """May the account of `verify_key` read the action object `object_id` (its own upload,
+    say)? syft runs an approved request's inputs with the server's rights, whoever
+    submitted it, so the domain asks this before it approves."""
+    read = resolve("syft.service.action.action_permissions:ActionObjectREAD")
+    try:
+        return bool(worker.services.action.stash.has_permission(
+            read(uid=to_uid(object_id), credentials=verify_key)))
+    except Exception:  # not a UID, or no such object
+        return False
+
+
 @requires("syft.service.dataset.dataset_stash:DatasetStash")
 def all_datasets(worker: Any) -> list:
     """Every dataset of the server, read with the server's own credentials."""

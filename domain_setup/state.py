@@ -6,7 +6,7 @@ Layout (secrets are 0600, the folder itself 0700)::
       domain.json            name, host, port, database URL, admin email (0600)
       identity.json          server id and syft signing key (0600)
       admin_password         the root admin's generated password (0600)
-      connection.json        URL + admin token for the admin CLI (0600)
+      connection.json        URL + admin email for the admin CLI, no token (0600)
       account_passwords.json generated passwords of accounts (0600)
       keys/                  JWT signing key, aggregation (X25519) key
       tokens.json            issued tokens and revocations (.tokens.lock beside it)

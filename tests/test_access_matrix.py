@@ -315,7 +315,7 @@ def matrix(hospital, ada, ada_connection) -> Matrix:
     assert m.grace_result == {"n_samples": len(m.expected_private)}
     with quiet():
         code_id = next(c.id for c in svc(grace, "code.get_all") if c.service_func_name == name)
-        outputs = svc(grace, "output.get_by_user_code_id", user_code_id=code_id)
+        outputs = svc(obs, "output.get_by_user_code_id", user_code_id=code_id)
     m.grace_code_id, m.grace_output_id = code_id, outputs[0].output_id_list[0]
 
     m.users_before, m.datasets_before = set(m.users()), m.dataset_names()

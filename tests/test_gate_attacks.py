@@ -112,9 +112,10 @@ def user_emails(admin_client) -> set[str]:
 # -- fixtures --------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def admin_details(hospital) -> dict:
-    """url, email, token of the admin CLI (connection.json) and the admin's password."""
-    details = read_json(hospital.state.connection_path)
-    return dict(details, password=hospital.state.admin_password())
+    """url, email and session token of the admin CLI, and the admin's password."""
+    session = AdminSession(hospital.state)
+    return {"url": session.url, "email": session.email, "token": session.token,
+            "password": hospital.state.admin_password(), "session": session}
 
 
 @pytest.fixture(scope="module")
@@ -318,7 +319,8 @@ def test_health_is_open_without_a_token(hospital):
 
 # -- 401: tokens of another live domain, revocation across a restart -----------------------
 def test_a_token_of_another_domain_is_refused(hospital, other_domain, admin_details):
-    other_token = read_json(other_domain.state.connection_path)["token"]
+    other_session = AdminSession(other_domain.state)  # its token lives as long as it does
+    other_token = other_session.token
     assert requests.get(f"{other_domain.url}/api/v2/metadata", headers=bearer(other_token),
                         timeout=TIMEOUT).status_code == 200  # valid where it was issued
     since = utc_now_text()
@@ -341,22 +343,30 @@ def test_a_revoked_token_stays_revoked_after_a_restart(other_domain):
     other_domain.cli("token", "revoke", jti, "--reason", "leaked in a notebook")
     assert_refused(requests.get(f"{url}/api/v2/metadata", headers=bearer(token),
                                 timeout=TIMEOUT), 401, "token revoked")
-    old_cli_token = read_json(other_domain.state.connection_path)["token"]
-
     other_domain.stop()
     other_domain.start()
 
     since = utc_now_text()
     assert_refused(requests.get(f"{url}/api/v2/metadata", headers=bearer(token),
                                 timeout=TIMEOUT), 401, "token revoked")
-    # the CLI's admin token of the previous run was replaced (and revoked) at the restart
-    assert_refused(requests.get(f"{url}/pneumosyft/tokens", headers=bearer(old_cli_token),
-                                timeout=TIMEOUT), 401, "token revoked")
-    new_cli_token = read_json(other_domain.state.connection_path)["token"]
-    assert requests.get(f"{url}/pneumosyft/tokens", headers=bearer(new_cli_token),
-                        timeout=TIMEOUT).status_code == 200
     assert_audited(other_domain, since, actor="anonymous", target="/api/v2/metadata",
                    status=401, reason="token revoked")
+
+
+# -- no long-lived admin credential on disk --------------------------------------------------
+def test_connection_json_holds_no_token_and_a_cli_session_token_dies_with_it(hospital):
+    on_disk = read_json(hospital.state.connection_path)
+    assert set(on_disk) == {"url", "email"}, on_disk
+    session = AdminSession(hospital.state)
+    token = session.token
+    claims = TokenAuthority.load(hospital.state.root).verify(token)
+    assert claims["role"] == "admin" and claims["exp"] - claims["iat"] <= 3600
+    assert requests.get(f"{hospital.url}/pneumosyft/tokens", headers=bearer(token),
+                        timeout=TIMEOUT).status_code == 200
+    session.close()
+    assert_refused(requests.get(f"{hospital.url}/pneumosyft/tokens", headers=bearer(token),
+                                timeout=TIMEOUT), 401, "token revoked")
+    assert session.token != token  # a session used again issues itself a new one
 
 
 # -- 403: valid tokens used beyond their account --------------------------------------------

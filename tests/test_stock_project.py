@@ -44,3 +44,29 @@ def test_a_route_elsewhere_is_refused_not_followed(hospital, ada):
         with pytest.raises(Exception) as refused:  # what send() calls, with the route kept
             ada.api.services.project.create_project(project=project)
     assert "does not connect out to 127.0.0.1:9" in syft_compat.error_text(refused.value)
+
+
+def test_a_python_route_is_refused_before_syft_builds_a_worker_from_it(hospital, ada):
+    """A Python route carries worker settings (a signing key, a database file) from which
+    syft would build a Worker inside the server: refused."""
+    from pathlib import Path
+
+    import syft as sy
+    from syft.server.credentials import SyftSigningKey
+    from syft.server.worker_settings import WorkerSettings
+    from syft.service.network.routes import PythonServerRoute
+    from syft.store.db.sqlite import SQLiteDBConfig
+    from syft.types.uid import UID
+    from syft.abstract_server import ServerSideType, ServerType
+
+    settings = WorkerSettings(id=UID(), name="planted", server_type=ServerType.DATASITE,
+                              server_side_type=ServerSideType.HIGH_SIDE,
+                              signing_key=SyftSigningKey.generate(),
+                              db_config=SQLiteDBConfig(filename="planted.db", path=Path("/tmp")))
+    with syft_compat.muted():
+        project = sy.Project(name="python route", description="a worker built in the server",
+                             members=[ada])
+        project.leader_server_route = PythonServerRoute(worker_settings=settings)
+        with pytest.raises(Exception) as refused:
+            ada.api.services.project.create_project(project=project)
+    assert "follows HTTP routes to itself only" in syft_compat.error_text(refused.value)

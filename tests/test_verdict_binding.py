@@ -12,7 +12,7 @@ from conftest import DATA_OWNER
 from domain_setup.admin.accounts import account_password
 from scientist import TrainingPlan
 from scientist.plans import train_xray_plan
-from scientist.submission import split_assets, submit_plan
+from scientist.submission import split_assets, submit_plan, upload_input
 
 pytestmark = pytest.mark.domain
 
@@ -117,6 +117,27 @@ def test_a_researcher_cannot_submit_a_request_of_her_own_making(hospital, ada):
 
 
 
+@pytest.mark.parametrize("path, kwargs", [
+    # reads any account's execution outputs with the server's own credentials
+    ("output.get_by_user_code_id", {"user_code_id": "0" * 32}),
+    # reads an object of any store type by id
+    ("migration._get_object", {"uid": "0" * 32, "object_type": dict}),
+])
+def test_syft_paths_that_read_with_server_rights_are_refused_to_researchers(hospital, ada,
+                                                                            path, kwargs):
+    from syft.types.uid import UID
+
+    service, method = path.split(".")
+    kwargs = {k: UID(v) if k in ("uid", "user_code_id") else v for k, v in kwargs.items()}
+    with syft_compat.muted(), pytest.raises(Exception) as refused:
+        getattr(getattr(ada.api.services, service), method)(**kwargs)
+    assert "403" in str(refused.value)
+    reasons = [e.get("reason", "") for e in hospital.admin.audit(action="auth", since="5m")
+               if e["actor"] == "ada@pneumosyft-research.org"]
+    assert f"role data_scientist may not call {path} (not in its syft_paths in " \
+           "permissions.yaml)" in reasons
+
+
 def test_custom_policy_code_never_runs_in_the_server(hospital, ada):
     import syft as sy
 
@@ -144,3 +165,58 @@ def test_custom_policy_code_never_runs_in_the_server(hospital, ada):
 
 def first_five_images_only(images):
     return {"images": images[:5]}
+
+
+def echo(x):
+    return {"x": x}
+
+
+@pytest.fixture(scope="module")
+def grace(hospital):
+    from conftest import OTHER_RESEARCHER
+    from scientist import connect
+
+    return connect(connection_file=hospital.researcher_file(OTHER_RESEARCHER))
+
+
+def test_another_accounts_object_never_becomes_an_input_even_with_an_override(hospital, ada,
+                                                                             grace):
+    """syft runs an approved request's inputs with the domain's rights: Grace naming Ada's
+    uploaded object would read it. syft accepts the submission; the domain refuses it."""
+    import numpy as np
+
+    adas = upload_input(ada, np.arange(10.0))
+    stolen = submit_plan(grace, echo, inputs={"x": adas}, constants={}, reason="read ada's")
+    with pytest.raises(Exception) as refused:
+        hospital.cli("review", "approve", stolen.request_id, "--override", "--reason", "test")
+    assert "input(s) x are objects that grace@lung-imaging-lab.ac.uk cannot read" \
+        in str(refused.value)
+    refusals = [e for e in hospital.admin.audit(action="request.approve")
+                if e["target"] == stolen.request_id]
+    assert refusals[-1]["outcome"] == "refused" and "another account" in refusals[-1]["reason"]
+    # Ada's own object, with an override, is approved and runs
+    own = submit_plan(ada, echo, inputs={"x": adas}, constants={}, reason="my own object")
+    hospital.cli("review", "approve", own.request_id, "--override", "--reason", "own object")
+    assert "approved" in hospital.cli("review", "show", own.request_id)
+
+
+def test_a_request_of_several_changes_is_neither_approved_nor_denied(hospital, ada, owner):
+    """A request that carries more than one change (made here by the root admin, who may
+    call request.submit) is refused by the domain, whichever client applies it."""
+    from syft.service.request.request import SubmitRequest
+
+    submission = _submit(ada, first_five_images)
+    admin = hospital.admin.syft_client()
+    with syft_compat.muted():
+        change = get_request(admin, submission.request_id).changes[0]
+        bundle = admin.api.services.request.submit(request=SubmitRequest(changes=[change, change]))
+        bundle = get_request(owner, str(bundle.id.no_dash))
+        outcomes = []
+        for act in (bundle.approve, lambda: bundle.deny(reason="no")):
+            try:
+                outcomes.append(syft_compat.error_text(act()))
+            except Exception as exc:  # syft raises or returns a SyftError, by version
+                outcomes.append(syft_compat.error_text(exc))
+    for outcome in outcomes:
+        assert "holds 2 change(s) of kinds UserCodeStatusChange" in outcome, outcome
+    assert request_status(get_request(owner, submission.request_id)) == "pending"

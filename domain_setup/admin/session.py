@@ -1,12 +1,16 @@
 """The admin's session with its domain: URL, admin token and syft admin client.
 
-The server writes ``connection.json`` (0600) at every start with a fresh admin token
-for the CLI (`domain_setup.server.cli_credentials`); `AdminClient` reads it and talks
-to the domain over HTTP like any remote admin would.
+The server writes ``connection.json`` (0600) at every start with the domain's URL and
+the admin's email, never a token. Each session issues itself a short-lived admin token
+with the domain's key (`domain_setup.server.cli_credentials`), renews it before it
+expires, revokes it when the session ends, and talks to the domain over HTTP like any
+remote admin would.
 """
 
 from __future__ import annotations
 
+import time
+import weakref
 from typing import Any
 
 import requests
@@ -14,7 +18,12 @@ import requests
 from common.connection import HTTP_TIMEOUT, auth_headers, connect_client, gate_reason
 from common.errors import DomainError
 from common.secure_files import read_json
+from domain_setup.server.cli_credentials import (CLI_SESSION_TTL_SECONDS, cli_session_token,
+                                                  end_cli_session)
 from domain_setup.state import StateDir
+
+RENEW_BEFORE_SECONDS = 300
+
 
 class AdminSession:
     """What every admin CLI command uses to reach the domain."""
@@ -27,8 +36,26 @@ class AdminSession:
         data = read_json(state.connection_path)
         self.url: str = data["url"]
         self.email: str = data["email"]
-        self.token: str = data["token"]
+        self._token = ""
+        self._renew_at = 0.0
+        self._finalizer: Any = None
         self._client: Any = None
+
+    @property
+    def token(self) -> str:
+        """This session's admin token (issued on first use, renewed before it expires)."""
+        if time.time() >= self._renew_at:
+            self.close()
+            self._token, jti = cli_session_token(self.state, self.email)
+            self._renew_at = time.time() + CLI_SESSION_TTL_SECONDS - RENEW_BEFORE_SECONDS
+            self._finalizer = weakref.finalize(self, _end_quietly, self.state, jti)
+        return self._token
+
+    def close(self) -> None:
+        """Revoke this session's token (a later call issues a new one)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self._finalizer, self._client, self._renew_at = None, None, 0.0
 
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """JSON request to a /pneumosyft route; refusals become one-line errors."""
@@ -43,12 +70,22 @@ class AdminSession:
 
     def client(self) -> Any:
         """The syft client logged in as the root admin (through the gate)."""
+        token = self.token  # renews the token (and drops a client holding the old one)
         if self._client is None:
-            self._client = connect_client(self.url, token=self.token, email=self.email,
+            self._client = connect_client(self.url, token=token, email=self.email,
                                           password=self.state.admin_password())
+            # the session's token dies with the session: the client keeps it alive
+            self._client.pneumosyft_session = self
         return self._client
 
     def audit(self, action: str, target: str = "", outcome: str = "ok", **details: Any) -> None:
         """Append an admin action to the domain's audit log."""
         self.request("POST", "/pneumosyft/audit", json={"action": action, "target": target,
                                                         "outcome": outcome, "details": details})
+
+
+def _end_quietly(state: StateDir, jti: str) -> None:
+    try:
+        end_cli_session(state, jti)
+    except Exception:  # the state directory is gone, or the token already revoked
+        pass

@@ -96,6 +96,14 @@ def bind_verdicts(worker: Any, policies: Any, overrides: Overrides, audit: Any) 
         details = {"requester": self.requesting_user_email or "?",
                    "function": code.service_func_name, "plan": verdict.plan or "custom",
                    "code_sha256": verdict.code_sha256}
+        foreign = foreign_inputs(worker, code, inputs)
+        if foreign:
+            audit.record(approver, "request.approve", target=request_id, outcome="refused",
+                         reason=f"inputs of another account: {', '.join(foreign)}", **details)
+            raise syft_exception(public_message=(
+                f"request {request_id}: input(s) {', '.join(foreign)} are objects that "
+                f"{details['requester']} cannot read; syft would run them with the domain's "
+                "rights, so no approval, not even an override, applies them"))
         if verdict.needs_override and override is None:
             audit.record(approver, "request.approve", target=request_id, outcome="refused",
                          reason=verdict.headline, **details)
@@ -115,3 +123,10 @@ def bind_verdicts(worker: Any, policies: Any, overrides: Overrides, audit: Any) 
     request_type.apply = apply
     request_type.undo = undo
 
+
+def foreign_inputs(worker: Any, code: Any, inputs: dict[str, str]) -> list[str]:
+    """The kwargs of `code` bound to an object (not a dataset's asset) that its submitter
+    may not read: another researcher's upload or result."""
+    return sorted(kwarg for kwarg, bound in inputs.items()
+                  if bound.startswith("object ") and not syft_compat.can_read_object(
+                      worker, bound.split(" ", 1)[1], code.user_verify_key))
