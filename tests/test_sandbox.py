@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -615,12 +616,103 @@ def test_concurrent_runs_from_several_threads(sandbox):
 
 def test_start_cost(sandbox, capsys):
     runs = [run(sandbox, "def main():\n    return None\n") for _ in range(3)]
+    box = warm_sandbox()
+    try:
+        box.prewarm()
+        wait_for_spare(box)
+        warm = run(box, "def main():\n    return None\n")
+    finally:
+        box.close()
     with capsys.disabled():
         for done in runs:
-            print(f"\n[sandbox start cost] launch->runner main {done.start_seconds:.3f} s, "
+            print(f"\n[sandbox start cost] cold: launch->runner main {done.start_seconds:.3f} s, "
                   f"launch->researcher code {done.ready_seconds:.3f} s (numpy+torch imported), "
                   f"whole trivial run {done.seconds:.3f} s, peak {done.peak_memory_mb} MB")
+        print(f"[sandbox start cost] warm spare: hand-over->researcher code "
+              f"{warm.ready_seconds:.3f} s, whole trivial run {warm.seconds:.3f} s")
     assert all(0 < done.start_seconds < done.ready_seconds < done.seconds for done in runs)
+    assert not any(done.warm for done in runs) and warm.warm
+
+
+# --- a warm spare: started ahead, used once ---------------------------------------------
+
+def warm_sandbox(**changes) -> Sandbox:
+    limits = SandboxLimits.from_mapping({**LIMITS.to_dict(), **changes})
+    return Sandbox(limits, vetted_packages=[PROJECT_ROOT / "common"], torch_threads=TORCH_THREADS,
+                   warm=True)
+
+
+def wait_for_spare(box: Sandbox, seconds: float = 30) -> None:
+    def runners() -> list[str]:
+        return [line for line in sandbox_processes()
+                if not line.split()[1].endswith("bwrap") and " -I -B " in line]
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not runners():
+        time.sleep(0.05)
+    assert len(runners()) == 1, sandbox_processes()  # one spare, never more
+    time.sleep(2)  # numpy and torch imported, waiting for its request
+
+
+def test_a_warm_spare_serves_one_run_and_nothing_it_ran_survives():
+    box = warm_sandbox()
+    try:
+        box.prewarm()
+        wait_for_spare(box)
+        planted = run(box, """
+            import builtins, sys, torch
+            def main():
+                torch.nn.modules.module.register_module_forward_hook(lambda m, i, o: o * 0)
+                torch.pwned = builtins.pwned = True
+                open("/tmp/state", "w").write("left behind")
+                return {"ran": True, "modules_before": "__plan__" in sys.modules}
+        """)
+        assert planted.warm and planted.result == {"ran": True, "modules_before": True}
+        wait_for_spare(box)  # the next spare, started when that run ended
+        second = run(box, """
+            import builtins, os, torch
+            def main():
+                return {"hooks": len(torch.nn.modules.module._global_forward_hooks),
+                        "attrs": [hasattr(m, "pwned") for m in (torch, builtins)],
+                        "file": os.path.exists("/tmp/state")}
+        """)
+        assert second.warm and second.result == {"hooks": 0, "attrs": [False, False],
+                                                 "file": False}
+        assert 0 <= second.start_seconds <= second.ready_seconds <= second.seconds
+    finally:
+        box.close()
+    assert sandbox_processes() == []
+
+
+def test_a_warm_run_gets_its_whole_wall_clock_and_is_still_bounded():
+    box = warm_sandbox(timeout_seconds=3, memory_mb=512)
+    try:
+        box.prewarm()
+        wait_for_spare(box)
+        time.sleep(2)  # the spare waited longer than the timeout: the clock had not started
+        assert run(box, "def main():\n    return 'on time'\n").result == "on time"
+        wait_for_spare(box)
+        with pytest.raises(PlanTimeout) as caught:
+            run(box, """
+                def main():
+                    print("looping", flush=True)
+                    while True:
+                        pass
+            """)
+        assert "looping" in caught.value.stdout
+        wait_for_spare(box)
+        with pytest.raises(PlanOutOfMemory) as caught:
+            run(box, """
+                def main():
+                    print("allocating", flush=True)
+                    blocks = []
+                    while True:
+                        blocks.append(bytearray(64 * 1024 * 1024))
+            """)
+        assert "allocating" in caught.value.stdout
+    finally:
+        box.close()
+    assert sandbox_processes() == [] and run_cgroups() == []
 
 
 def test_check_available_fails_clearly_without_bwrap():

@@ -5,6 +5,12 @@ mount, pid, network, IPC, UTS and cgroup namespaces, seccomp stage 1), and its o
 interpreter that installs seccomp stage 2 before running the researcher's code.
 Nothing survives a run: the cgroup is emptied with SIGKILL and removed before
 ``run`` returns or raises. Runs from several threads at once are fine.
+
+With ``warm=True`` the sandbox keeps one spare started ahead: a fresh bwrap whose
+runner has imported numpy and torch and waits for its request. It has seen no
+request, code or data; it serves exactly one run and is killed with it, and the
+next spare starts when that run ends. So a run skips the imports (about a second)
+and still gets a sandbox nobody used before.
 """
 
 from __future__ import annotations
@@ -41,9 +47,10 @@ CHILD_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 
 @dataclass(frozen=True)
 class SandboxRun:
-    """A successful run. Times are seconds from launch: ``start_seconds`` until the
-    runner's main started, ``ready_seconds`` until the researcher's code started
-    (after numpy/torch imports); ``seconds`` is the whole run."""
+    """A successful run. Times are seconds from launch (a cold run) or from the
+    hand-over of the request to a spare (``warm``): ``start_seconds`` until the runner
+    started (cold: its main; warm: it had read the request), ``ready_seconds`` until the
+    researcher's code started (numpy/torch imported); ``seconds`` is the whole run."""
 
     result: Any
     stdout: str
@@ -52,6 +59,7 @@ class SandboxRun:
     start_seconds: float | None
     ready_seconds: float | None
     peak_memory_mb: float | None
+    warm: bool = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,32 @@ class _Environment:
 
 
 @dataclass
+class _Started:
+    """A launched sandbox that has not yet been handed its request."""
+
+    proc: subprocess.Popen
+    cgroup: RunCgroup
+    result_read: int
+    launched: float
+
+    def stop(self) -> None:
+        Sandbox._stop(self.proc, self.cgroup)
+
+    def release(self) -> None:
+        """Kill everything in it and free its cgroup, pipes and fds."""
+        self.stop()
+        self.proc.wait()
+        os.close(self.result_read)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None and not stream.closed:
+                try:
+                    stream.close()
+                except OSError:
+                    pass
+        self.cgroup.remove()
+
+
+@dataclass
 class _Outcome:
     exchange: io_pump.Exchange
     returncode: int
@@ -73,6 +107,7 @@ class _Outcome:
     oom: bool
     seconds: float
     peak_bytes: int | None
+    warm: bool
 
 
 def _high_fd(fd: int) -> int:
@@ -101,7 +136,8 @@ class Sandbox:
 
     def __init__(self, limits: SandboxLimits | None = None, *, vetted_packages: Sequence[Path] = (),
                  python: str = sys.executable, torch_threads: int | None = None,
-                 bwrap: str = "bwrap", cgroup_parent: str | None = None) -> None:
+                 bwrap: str = "bwrap", cgroup_parent: str | None = None,
+                 warm: bool = False) -> None:
         self.limits = limits if limits is not None else SandboxLimits()
         if not isinstance(self.limits, SandboxLimits):
             raise SandboxError(f"limits must be SandboxLimits, got {type(limits).__name__}")
@@ -117,6 +153,11 @@ class Sandbox:
         self.cgroup_parent = cgroup_parent
         self._lock = threading.Lock()
         self._env: _Environment | None = None
+        self.warm = warm
+        self._spare: _Started | None = None
+        self._want_spare = threading.Condition(self._lock)
+        self._closed = False
+        self._warmer: threading.Thread | None = None
 
     @staticmethod
     def _vetted(path: Path) -> str:
@@ -187,17 +228,85 @@ class Sandbox:
              "torch_threads": self.torch_threads, "plan_filter": env.plan_bpf,
              "seccomp_syscall": env.seccomp_syscall},
             plain_data.encode_parts(dict(kwargs), allow_tensors=True, name="kwargs"))
+        spare = self._take_spare()
+        started = spare or self._launch(env)
+        try:
+            outcome = self._exchange(started, request, warm=spare is not None)
+        finally:
+            started.release()
+            self._refill()
+        return self._interpret(outcome)
+
+    # --- the spare -------------------------------------------------------------------
+
+    def prewarm(self) -> None:
+        """Start the spare now (``warm`` sandboxes only) rather than after the first run."""
+        self._refill()
+
+    def close(self) -> None:
+        """Kill the spare and stop making new ones."""
+        with self._lock:
+            self._closed = True
+            spare, self._spare = self._spare, None
+            self._want_spare.notify_all()
+        if spare is not None:
+            spare.release()
+
+    def _take_spare(self) -> _Started | None:
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and spare.proc.poll() is not None:  # died waiting
+            spare.release()
+            return None
+        return spare
+
+    def _refill(self) -> None:
+        if not self.warm:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            if self._warmer is None:
+                # bwrap's --die-with-parent follows the thread that started it: spares are
+                # started by this one long-lived thread, never by a request's thread
+                self._warmer = threading.Thread(target=self._keep_spare, name="sandbox-warmer",
+                                                daemon=True)
+                self._warmer.start()
+            self._want_spare.notify_all()
+
+    def _keep_spare(self) -> None:
+        env = self._environment()
+        while True:
+            with self._lock:
+                while not self._closed and self._spare is not None:
+                    self._want_spare.wait()
+                if self._closed:
+                    return
+            try:
+                spare = self._launch(env)
+            except SandboxError:
+                time.sleep(5)  # a failing host: the next run starts cold and says why
+                continue
+            with self._lock:
+                if not self._closed and self._spare is None:
+                    self._spare, spare = spare, None
+            if spare is not None:
+                spare.release()
+
+    # --- one sandbox -------------------------------------------------------------------
+
+    def _launch(self, env: _Environment) -> _Started:
+        """Start a sandbox (cgroup, bwrap, runner), which imports and waits for its request."""
         cgroup = env.cgroups.create(memory_bytes=self.limits.memory_bytes,
                                     max_processes=self.limits.max_processes)
         try:
-            outcome = self._launch(env, cgroup, request)
-        finally:
+            return self._start_in(env, cgroup)
+        except BaseException:
             cgroup.kill()
             cgroup.remove()
-        return self._interpret(outcome)
+            raise
 
-    def _launch(self, env: _Environment, cgroup: RunCgroup,
-                request: list[protocol.Chunk]) -> _Outcome:
+    def _start_in(self, env: _Environment, cgroup: RunCgroup) -> _Started:
         result_read, result_write = os.pipe()
         result_write = _high_fd(result_write)
         seccomp_fd = _high_fd(_memfd(env.sandbox_bpf))
@@ -205,8 +314,7 @@ class Sandbox:
                 *bwrap_command(interpreter=env.interpreter, vetted_packages=self.vetted_packages,
                                tmpfs_bytes=self.limits.tmpfs_bytes, seccomp_fd=seccomp_fd,
                                result_fd=result_write, bwrap=env.bwrap)]
-        started = time.monotonic()
-        deadline = started + self.limits.timeout_seconds
+        launched = time.monotonic()
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, bufsize=0, env={"PATH": CHILD_PATH},
@@ -217,28 +325,37 @@ class Sandbox:
         finally:
             os.close(result_write)
             os.close(seccomp_fd)
+        return _Started(proc, cgroup, result_read, launched)
+
+    def _exchange(self, started: _Started, request: list[protocol.Chunk], *,
+                  warm: bool) -> _Outcome:
+        """Hand the request to a started sandbox and collect what comes back; the run's
+        clock (and its wall-clock limit) starts here."""
+        proc, cgroup = started.proc, started.cgroup
+        handed = time.monotonic()
+        deadline = handed + self.limits.timeout_seconds
         timed_out = False
         try:
             exchange = io_pump.exchange(
-                stdin=proc.stdin, stdout=proc.stdout, stderr=proc.stderr, result_fd=result_read,
-                request=request, deadline=deadline, max_log_bytes=self.limits.max_log_bytes,
+                stdin=proc.stdin, stdout=proc.stdout, stderr=proc.stderr,
+                result_fd=started.result_read, request=request, deadline=deadline,
+                max_log_bytes=self.limits.max_log_bytes,
                 max_result_bytes=self.limits.max_output_bytes)
             timed_out = exchange.timed_out
             if timed_out or exchange.frames.violation:
-                self._stop(proc, cgroup)
+                started.stop()
             try:
                 proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
             except subprocess.TimeoutExpired:
                 timed_out = True
         finally:
-            self._stop(proc, cgroup)
+            started.stop()
             proc.wait()
-            os.close(result_read)
-            for stream in (proc.stdout, proc.stderr):
-                stream.close()
         exchange.finish_feeding()
-        return _Outcome(exchange, proc.returncode, started, timed_out, cgroup.oom_killed(),
-                        time.monotonic() - started, cgroup.peak_memory_bytes())
+        # a cold run counts from the launch, a warm one from the hand-over
+        origin = handed if warm else started.launched
+        return _Outcome(exchange, proc.returncode, origin, timed_out, cgroup.oom_killed(),
+                        time.monotonic() - origin, cgroup.peak_memory_bytes(), warm)
 
     @staticmethod
     def _stop(proc: subprocess.Popen, cgroup: RunCgroup) -> None:
@@ -283,8 +400,9 @@ class Sandbox:
         except PlainDataError as exc:
             raise ResultRefused(f"result refused: {exc}", **logs) from None
         peak = outcome.peak_bytes / 2**20 if outcome.peak_bytes is not None else None
+        start = timing.get("request" if outcome.warm else "main")
         return SandboxRun(value, logs["stdout"], logs["stderr"], outcome.seconds,
-                          timing.get("main"), timing.get("ready"), peak)
+                          start, timing.get("ready"), peak, outcome.warm)
 
     @staticmethod
     def _report(payload: bytearray, logs: dict[str, str]) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """The program that runs INSIDE the sandbox (``python -I -B runner_main.py FD``).
 
-It reads the request from stdin (see ``protocol``), limits itself (rlimits),
-imports numpy and torch while it is still trusted, installs the strict seccomp
-stage on all its threads, then compiles and runs the researcher's module in a
+It imports numpy and torch while it is still trusted and before any request
+exists (so that a sandbox can be started ahead of its run, warm), then reads the
+request from stdin (see ``protocol``), limits itself (rlimits), installs the
+strict seccomp stage on all its threads, then compiles and runs the researcher's module in a
 fresh namespace and calls ``function(**kwargs)``. The result goes back as plain
 data on fd 3, or an ERROR frame with the exception type, a one-line message and
 a short traceback. The researcher's prints go to the real stdout/stderr. Its one
@@ -62,8 +63,10 @@ def install_filter(program: bytes, syscall_number: int) -> None:
 
 
 def set_rlimits(limits: dict) -> None:
-    """Hard rlimits the researcher's code cannot raise again."""
-    cpu = int(limits["cpu_seconds"])
+    """Hard rlimits the researcher's code cannot raise again (the CPU limit counts from
+    now: the imports before the request are not the plan's)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = int(limits["cpu_seconds"]) + int(usage.ru_utime + usage.ru_stime) + 1
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     for name, value in ((resource.RLIMIT_FSIZE, int(limits["max_file_mb"]) * MB),
                         (resource.RLIMIT_NOFILE, int(limits["max_open_files"])),
@@ -77,8 +80,7 @@ def prepare(header: dict, kwargs_data: bytearray) -> dict:
     os.dup2(devnull, 0)
     os.close(devnull)
     set_rlimits(header["limits"])
-    import numpy  # noqa: F401  (pre-imported while trusted)
-    import torch
+    import torch  # imported already, in main
 
     if header.get("torch_threads"):
         torch.set_num_threads(int(header["torch_threads"]))
@@ -143,7 +145,12 @@ def main() -> None:
     protocol.write_json_frame(out, protocol.TIMING, {"event": "main", "t": STARTED})
     try:
         try:
+            import numpy  # noqa: F401  (imported while trusted, before any request)
+            import torch  # noqa: F401
+
             header, kwargs_data = protocol.read_request(0)
+            protocol.write_json_frame(out, protocol.TIMING,
+                                      {"event": "request", "t": time.monotonic()})
             kwargs = prepare(header, kwargs_data)
             del kwargs_data
         except BaseException as exc:

@@ -9,9 +9,11 @@ the JWT gate in front of every route, and serves it with uvicorn until SIGTERM.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
+import threading
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -85,19 +87,35 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
 
 
 class SandboxPool:
-    """One `Sandbox` per set of limits (its set-up, the seccomp filters, is reused)."""
+    """One `Sandbox` per set of limits (its set-up, the seccomp filters, is reused). The
+    sandbox of the limits asked for last keeps a warm spare (numpy and torch imported,
+    never used by anyone); the others run cold."""
 
     def __init__(self, torch_threads: int | None):
         self.torch_threads = torch_threads
         self._by_limits: dict = {}
+        self._lock = threading.Lock()
+        self._warm_limits: Any = None
+        atexit.register(self.close)
 
     def __call__(self, limits: Any) -> Any:
         from domain_setup.sandbox import Sandbox
 
-        if limits not in self._by_limits:
-            self._by_limits[limits] = Sandbox(limits, vetted_packages=[PROJECT_ROOT / "common"],
-                                              torch_threads=self.torch_threads)
-        return self._by_limits[limits]
+        with self._lock:
+            if self._warm_limits != limits:
+                if self._warm_limits is not None:  # approval.yaml's limits changed
+                    self._by_limits[self._warm_limits].close()
+                self._by_limits[limits] = Sandbox(
+                    limits, vetted_packages=[PROJECT_ROOT / "common"],
+                    torch_threads=self.torch_threads, warm=True)
+                self._warm_limits = limits
+            return self._by_limits[limits]
+
+    def close(self) -> None:
+        """Kill the spares (at exit)."""
+        with self._lock:
+            for sandbox in self._by_limits.values():
+                sandbox.close()
 
     def check(self, limits: Any) -> None:
         """Refuse to start (DomainError) when the sandbox cannot be created here."""
