@@ -1,11 +1,12 @@
 """The baseline of bench_domain_overhead.py: the same training in plain PyTorch, in a fresh
-process, as the sandbox runs it (a new interpreter, numpy and torch imported, the tensors
-read in, `common.training.train`, the weights out).
+process, as the domain's warm sandbox runs it: numpy and torch imported ahead (as in a
+notebook, or a sandbox started before its run), then timed from there: the tensors read
+in, `common.training.train`, the weights out as numpy arrays.
 
     OMP_NUM_THREADS=2 python bench/plain_train.py --data train.npz --epochs 2
 
-Prints one JSON line: the seconds of `train` alone and the torch thread count used. The
-benchmark times the whole process from launch to exit.
+Prints one JSON line: the seconds from data to weights, of `train` alone, of the imports
+(not counted), and the torch thread count used.
 """
 
 from __future__ import annotations
@@ -26,19 +27,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2)
     args = parser.parse_args(argv)
 
+    launched = time.perf_counter()
     import numpy as np
     import torch
 
     from common.training import train
     from common.training_config import default_training_config
 
+    imported = time.perf_counter()
     with np.load(args.data, allow_pickle=False) as data:
         images, labels = data["images"], data["labels"]
     config = dict(default_training_config(), epochs=args.epochs)
     started = time.perf_counter()
     result = train(torch.from_numpy(images), torch.from_numpy(labels), **config)
-    train_seconds = time.perf_counter() - started
-    print(json.dumps({"train_seconds": train_seconds, "torch_threads": torch.get_num_threads(),
+    done = time.perf_counter()
+    print(json.dumps({"seconds": done - imported, "train_seconds": done - started,
+                      "import_seconds": imported - launched,
+                      "torch_threads": torch.get_num_threads(),
                       "weights": len(result["weights"])}), flush=True)
     os._exit(0)  # as the sandbox's runner ends: no interpreter teardown (torch's takes ~0.5 s)
 

@@ -78,6 +78,7 @@ class PlanExecutor:
         self.audit.record(requester, "execution", target=str(code_item.id.no_dash), **details,
                           seconds=f"{run.seconds:.2f}", start_seconds=f"{run.start_seconds:.3f}",
                           ready_seconds=f"{run.ready_seconds:.3f}",
+                          warm="yes" if run.warm else "no",
                           peak_memory_mb=f"{run.peak_memory_mb or 0:.0f}")
         return output_type(user_code_id=code_item.id, stdout="", stderr="", result=run.result,
                            errored=False)
