@@ -364,6 +364,18 @@ class DatasetAccess:
     groups: frozenset[str] = frozenset()
     roles: frozenset[str] = frozenset()
 
+    def matches(self, email: str, groups: tuple[str, ...] | list[str], role: str) -> bool:
+        """Does this rule list the user, one of their groups or their role?"""
+        return (email.lower() in self.users or role in self.roles
+                or any(group in self.groups for group in groups))
+
+    @classmethod
+    def of(cls, rule: dict) -> "DatasetAccess":
+        """From a converted ``users/groups/roles`` mapping of a policy file."""
+        return cls(users=frozenset(u.lower() for u in rule.get("users", ())),
+                   groups=frozenset(rule.get("groups", ())),
+                   roles=frozenset(rule.get("roles", ())))
+
 
 @dataclass(frozen=True)
 class PermissionRules:
@@ -376,15 +388,16 @@ class PermissionRules:
 
 
 _ACTION_LIST = names_list(choice(ACTIONS, "action"), what="action")
+# who a rule is for: the users, groups and roles of a dataset rule (and of a privacy budget)
+WHO_SCHEMA = {"users": ListOf(EMAIL, unique=str.lower, unique_what="user"),
+              "groups": names_list(what="group"),
+              "roles": names_list(choice(ROLES, "role"), what="role")}
 ANY_SYFT_PATH = "*"
 _SYFT_PATH_LIST = names_list(Scalar(str, lambda v: None if v == ANY_SYFT_PATH or _DOTTED_RE.match(v)
                                     else f"{v!r} is not a syft service path"), what="path")
 PERMISSIONS_SCHEMA = Struct(
     required={"roles": Struct(required={role: _ACTION_LIST for role in ROLES}),
-              "datasets": DictOf(Struct(optional={
-                  "users": ListOf(EMAIL, unique=str.lower, unique_what="user"),
-                  "groups": names_list(what="group"),
-                  "roles": names_list(choice(ROLES, "role"), what="role")}), key=TEXT),
+              "datasets": DictOf(Struct(optional=WHO_SCHEMA), key=TEXT),
               "syft_paths": Struct(required={role: _SYFT_PATH_LIST for role in ROLES})},
     optional={"allow_signup": Scalar(bool)},
 )
@@ -393,11 +406,7 @@ PERMISSIONS_SCHEMA = Struct(
 def load_permissions(path: str | Path) -> PermissionRules:
     """The role actions and dataset access rules of permissions.yaml."""
     data = load_policy(path, PERMISSIONS_SCHEMA)
-    datasets = {
-        name: DatasetAccess(users=frozenset(u.lower() for u in rule.get("users", ())),
-                            groups=frozenset(rule.get("groups", ())),
-                            roles=frozenset(rule.get("roles", ())))
-        for name, rule in data["datasets"].items()}
+    datasets = {name: DatasetAccess.of(rule) for name, rule in data["datasets"].items()}
     return PermissionRules(roles={r: frozenset(a) for r, a in data["roles"].items()},
                            datasets=datasets, allow_signup=data.get("allow_signup", False),
                            syft_paths={r: frozenset(p) for r, p in data["syft_paths"].items()})

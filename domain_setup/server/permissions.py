@@ -109,12 +109,6 @@ class Permissions:
     def may_use_dataset(self, email: str, groups: tuple[str, ...] | list[str], role: str,
                         dataset_name: str) -> bool:
         """Does a rule for `dataset_name` or "*" list this user, one of their groups or role?"""
-        wanted = email.lower()
-        for key in (dataset_name, ANY_DATASET):
-            access = self.rules.datasets.get(key)
-            if access is None:
-                continue
-            if (wanted in access.users or role in access.roles
-                    or any(group in access.groups for group in groups)):
-                return True
-        return False
+        return any(access is not None and access.matches(email, groups, role)
+                   for access in (self.rules.datasets.get(dataset_name),
+                                  self.rules.datasets.get(ANY_DATASET)))

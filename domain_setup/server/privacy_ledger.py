@@ -1,0 +1,180 @@
+"""The privacy ledger: every release charged to a (researcher, dataset), and its total ε.
+
+The ledger is one SQLite file in the state directory (0600), written in transactions
+with ``synchronous=FULL``, so that it survives a restart and a ``kill -9`` at any
+point: a charge is there or it is not. A run is charged when it starts, in one
+``BEGIN IMMEDIATE`` transaction that reads what was spent, checks the budget and
+writes the charge, so that two runs approved at once cannot both spend the last of a
+budget; a run whose result is withheld is refunded (nothing was released).
+
+The total is the RDP composition of every charged release (`common.dp_accounting`),
+shown beside the plain sum of their ε, which over-counts.
+
+    ledger = PrivacyLedger(state.root / "privacy.sqlite3")
+    ledger.charge("ada@…", "xray", request_id="…", kind="train", mechanism=m, epsilon=3.0,
+                  delta=1e-5, budget=10.0)
+    ledger.account("ada@…", "xray", delta=1e-5).spent       # 3.0
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from common.dp_accounting import Mechanism, epsilon as composed_epsilon
+from common.errors import PneumoSyftError
+
+LEDGER_FILE = "privacy.sqlite3"
+BUSY_TIMEOUT_SECONDS = 30
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS releases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    email TEXT NOT NULL, dataset TEXT NOT NULL, request_id TEXT NOT NULL,
+    kind TEXT NOT NULL, epsilon REAL NOT NULL, delta REAL NOT NULL,
+    mechanism TEXT NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '',
+    at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS releases_owner ON releases (email, dataset);
+CREATE TABLE IF NOT EXISTS grants (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    email TEXT NOT NULL, dataset TEXT NOT NULL, epsilon REAL NOT NULL,
+    reason TEXT NOT NULL, granted_by TEXT NOT NULL, at REAL NOT NULL);
+"""
+
+
+class BudgetExceeded(PneumoSyftError):
+    """A charge that would take a researcher past their budget on a dataset."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """One charged (or refunded) release."""
+
+    id: int
+    request_id: str
+    kind: str
+    epsilon: float
+    mechanism: Mechanism
+    status: str
+    at: float
+
+
+@dataclass(frozen=True)
+class Account:
+    """What one researcher has spent on one dataset."""
+
+    email: str
+    dataset: str
+    spent: float          # RDP composition of the charged releases at the dataset's δ
+    spent_sum: float      # the plain sum of their ε (an over-count)
+    granted: float        # ε added by `privacy grant`
+    releases: tuple[Release, ...]
+
+    def left(self, budget: float) -> float:
+        """ε left of `budget` (plus grants)."""
+        return max(0.0, budget + self.granted - self.spent)
+
+
+class PrivacyLedger:
+    """The domain's ledger (one SQLite file; safe across threads and processes)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        with self._connection() as db:
+            db.executescript(SCHEMA)
+
+    @classmethod
+    def of_state(cls, state_root: str | os.PathLike) -> "PrivacyLedger":
+        """The ledger of the domain whose state directory is `state_root`."""
+        return cls(Path(state_root) / LEDGER_FILE)
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._connection() as db:
+            db.execute("BEGIN IMMEDIATE")  # one writer at a time, across processes
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # -- writing -------------------------------------------------------------------------
+    def charge(self, email: str, dataset: str, *, request_id: str, kind: str,
+               mechanism: Mechanism, epsilon: float, delta: float, budget: float) -> Release:
+        """Charge one release, or raise BudgetExceeded (nothing written) when the
+        composition of what was spent and this release would pass `budget` plus grants."""
+        with self._transaction() as db:
+            account = self._account(db, email, dataset, delta)
+            after = composed_epsilon([r.mechanism for r in account.releases] + [mechanism], delta)
+            allowed = budget + account.granted
+            if after > allowed + 1e-9:
+                raise BudgetExceeded(
+                    f"{email} has ε {account.left(budget):.2f} left of {allowed:g} on {dataset}; "
+                    f"this {kind} (ε {epsilon:.2f}) would bring the total to {after:.2f}")
+            cursor = db.execute(
+                "INSERT INTO releases (email, dataset, request_id, kind, epsilon, delta, "
+                "mechanism, status, at) VALUES (?, ?, ?, ?, ?, ?, ?, 'charged', ?)",
+                (email.lower(), dataset, request_id, kind, float(epsilon), float(delta),
+                 json.dumps(mechanism.to_dict()), time.time()))
+            return Release(cursor.lastrowid, request_id, kind, float(epsilon), mechanism,
+                           "charged", time.time())
+
+    def refund(self, release_id: int, reason: str) -> None:
+        """Take back a charge whose result was never released."""
+        with self._transaction() as db:
+            db.execute("UPDATE releases SET status = 'refunded', reason = ? WHERE id = ? "
+                       "AND status = 'charged'", (reason[:300], int(release_id)))
+
+    def grant(self, email: str, dataset: str, epsilon: float, *, reason: str,
+              granted_by: str) -> None:
+        """Add `epsilon` to one researcher's budget on `dataset`."""
+        if not (epsilon > 0) or not reason.strip():
+            raise ValueError("a grant needs a positive ε and a reason")
+        with self._transaction() as db:
+            db.execute("INSERT INTO grants (email, dataset, epsilon, reason, granted_by, at) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (email.lower(), dataset, float(epsilon),
+                                                     reason[:300], granted_by, time.time()))
+
+    # -- reading -------------------------------------------------------------------------
+    def account(self, email: str, dataset: str, *, delta: float) -> Account:
+        """What `email` has spent on `dataset`, composed at `delta`."""
+        with self._connection() as db:
+            return self._account(db, email, dataset, delta)
+
+    def owners(self) -> list[tuple[str, str]]:
+        """Every (email, dataset) with a release or a grant."""
+        with self._connection() as db:
+            rows = db.execute("SELECT email, dataset FROM releases UNION "
+                              "SELECT email, dataset FROM grants ORDER BY 1, 2").fetchall()
+        return [(email, dataset) for email, dataset in rows]
+
+    def _account(self, db: sqlite3.Connection, email: str, dataset: str,
+                 delta: float) -> Account:
+        rows = db.execute("SELECT id, request_id, kind, epsilon, mechanism, status, at "
+                          "FROM releases WHERE email = ? AND dataset = ? ORDER BY id",
+                          (email.lower(), dataset)).fetchall()
+        releases = tuple(Release(i, rid, kind, eps, Mechanism(**json.loads(m)), status, at)
+                         for i, rid, kind, eps, m, status, at in rows)
+        charged = [r for r in releases if r.status == "charged"]
+        (granted,) = db.execute("SELECT COALESCE(SUM(epsilon), 0) FROM grants WHERE email = ? "
+                                "AND dataset = ?", (email.lower(), dataset)).fetchone()
+        return Account(email.lower(), dataset, composed_epsilon([r.mechanism for r in charged],
+                                                                delta),
+                       sum(r.epsilon for r in charged), float(granted), releases)
