@@ -220,6 +220,19 @@ def can_read_object(worker: Any, object_id: str, verify_key: Any) -> bool:
         return False
 
 
+@requires("syft.service.request.request:Request.code_id",
+          "syft.service.code.user_code_stash:UserCodeStash")
+def request_code(worker: Any, request_id: str) -> Any | None:
+    """The UserCode of the request `request_id` (32 hex digits), or None."""
+    try:
+        request = worker.services.request.stash.get_by_uid(worker.verify_key,
+                                                           to_uid(request_id)).unwrap()
+        return worker.services.user_code.stash.get_by_uid(worker.verify_key,
+                                                          request.code_id).unwrap()
+    except Exception:  # no such request, or not a code request
+        return None
+
+
 @requires("syft.service.dataset.dataset_stash:DatasetStash")
 def all_datasets(worker: Any) -> list:
     """Every dataset of the server, read with the server's own credentials."""

@@ -139,7 +139,7 @@ def train(images: Any, labels: Any, *, model: str = "small_cnn", epochs: int = 3
             "n_samples": int(len(x)), "model": model}
 
 
-def _scores(x: torch.Tensor, weights: dict[str, np.ndarray], model: str) -> np.ndarray:
+def pneumonia_scores(x: torch.Tensor, weights: dict[str, np.ndarray], model: str) -> np.ndarray:
     """Pneumonia probability per prepared image (kept inside: never released as such)."""
     module = _model(model, x.shape[-1], weights).eval()
     with torch.no_grad():
@@ -176,4 +176,4 @@ def evaluate(images: Any, labels: Any, weights: dict[str, np.ndarray], *,
     """Evaluate `weights` on images/labels; only aggregate, plain-Python metrics:
     accuracy, auc, confusion_matrix, roc {"fpr", "tpr"} (at ROC_THRESHOLDS), n_samples."""
     x, y = prepare(images, labels)
-    return binary_metrics(_scores(x, weights, model), y.numpy())
+    return binary_metrics(pneumonia_scores(x, weights, model), y.numpy())

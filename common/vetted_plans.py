@@ -55,3 +55,26 @@ def aggregate_shares_plan(aggregation_key, sealed_shares):
     private_key = np.asarray(aggregation_key).astype(np.uint8).tobytes()
     total = open_and_sum(sealed_shares["ciphertexts"], private_key)
     return {"partial_sum": dumps(total), "n_shares": len(sealed_shares["ciphertexts"])}
+
+
+def train_private_xray_plan(images, labels, config, initial_weights, privacy):
+    """Train with DP-SGD; the domain sets privacy's delta and noise multiplier for the
+    epsilon the researcher asked for; return the weights, history and epsilon spent."""
+    from common.dp_training import train_private
+
+    result = train_private(images, labels, noise_multiplier=privacy["noise_multiplier"],
+                           max_grad_norm=privacy["max_grad_norm"], delta=privacy["delta"],
+                           model=config["model"], epochs=config["epochs"], lr=config["lr"],
+                           batch_size=config["batch_size"], seed=config["seed"],
+                           initial_weights=initial_weights or None)
+    return {"weights": result["weights"], "history": result["history"],
+            "n_samples": result["n_samples"],
+            "privacy": {"epsilon": result["epsilon"], "delta": result["delta"]}}
+
+
+def evaluate_private_xray_plan(images, labels, weights, config, privacy):
+    """Count the held-out images by label and score bin; the domain adds the noise for
+    the epsilon the researcher asked for and releases only metrics of the noisy counts."""
+    from common.dp_metrics import evaluate_histogram
+
+    return evaluate_histogram(images, labels, weights, model=config["model"])

@@ -86,6 +86,12 @@ CATALOGUE: tuple[VettedPlan, ...] = (
     VettedPlan("secure_train", vetted_plans.secure_train_xray_plan,
                {"images": "train_images", "labels": "train_labels"},
                ("config", "initial_weights", "aggregator_keys")),
+    VettedPlan("train_private", vetted_plans.train_private_xray_plan,
+               {"images": "train_images", "labels": "train_labels"},
+               ("config", "initial_weights", "privacy")),
+    VettedPlan("evaluate_private", vetted_plans.evaluate_private_xray_plan,
+               {"images": "test_images", "labels": "test_labels"},
+               ("weights", "config", "privacy")),
     VettedPlan("aggregate", vetted_plans.aggregate_shares_plan,
                {"aggregation_key": AGGREGATION_KEY_ASSET, "sealed_shares": RESEARCHER_OBJECT},
                ()),
@@ -140,6 +146,28 @@ def constant_problems(plan: VettedPlan, constants: dict[str, Any]) -> list[str]:
         problems += _weights_problems("weights", constants["weights"], model)
     if "aggregator_keys" in constants:
         problems += _aggregator_keys_problems(constants["aggregator_keys"])
+    if "privacy" in constants:
+        problems += _privacy_request_problems(plan.name, constants["privacy"])
+    return problems
+
+
+PRIVACY_REQUEST_KEYS = {"train_private": ("target_epsilon", "max_grad_norm"),
+                        "evaluate_private": ("target_epsilon",)}
+MAX_GRAD_NORM = 100.0
+
+
+def _privacy_request_problems(plan_name: str, privacy: Any) -> list[str]:
+    """The researcher asks for an ε (and a clipping norm); δ and the noise are the domain's."""
+    keys = PRIVACY_REQUEST_KEYS[plan_name]
+    if not isinstance(privacy, dict) or set(privacy) != set(keys):
+        return [f"privacy must be {{{', '.join(repr(k) + ': number' for k in keys)}}} "
+                "(delta and the noise are set by the domain)"]
+    problems = []
+    for key, high in (("target_epsilon", 100.0), ("max_grad_norm", MAX_GRAD_NORM)):
+        value = privacy.get(key, 1.0)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not 0 < value <= high:
+            problems.append(f"privacy.{key} must be a number above 0 and at most {high:g}")
     return problems
 
 

@@ -1,7 +1,8 @@
 """The policy files a domain enforces, as one validated snapshot.
 
-A domain loads ``permissions.yaml``, ``approval.yaml`` and ``accounts.yaml``
-from its policy folder once, at start (a malformed file stops the start with
+A domain loads ``permissions.yaml``, ``approval.yaml``, ``accounts.yaml`` and
+``privacy.yaml`` (optional: without it no dataset has privacy rules, and DP plans are
+refused) from its policy folder once, at start (a malformed file stops the start with
 ``file:line: reason``), into a `DomainPolicies` snapshot with a digest of the
 files' bytes. Edited files take effect only on ``python -m domain_setup policies
 reload``, which validates them and swaps the snapshot atomically: the gate and
@@ -24,10 +25,11 @@ from typing import Any
 
 from domain_setup import PROJECT_ROOT
 from domain_setup.policy_files import ApprovalRules, load_accounts, load_approval_rules
+from domain_setup.privacy_policy import PrivacyRules, load_privacy_rules
 from domain_setup.server.permissions import Permissions
 
 PROJECT_POLICIES = PROJECT_ROOT / "policies"
-POLICY_FILES = ("permissions.yaml", "approval.yaml", "accounts.yaml")
+POLICY_FILES = ("permissions.yaml", "approval.yaml", "accounts.yaml", "privacy.yaml")
 
 
 def policy_digest(directory: Path) -> str:
@@ -43,13 +45,14 @@ def policy_digest(directory: Path) -> str:
 
 @dataclass(frozen=True)
 class DomainPolicies:
-    """The three policy files of a domain, parsed and validated, and their digest."""
+    """The policy files of a domain, parsed and validated, and their digest."""
 
     directory: Path
     permissions: Permissions
     approval: ApprovalRules
     accounts: list
     digest: str
+    privacy: PrivacyRules = field(default_factory=lambda: PrivacyRules({}))
     loaded_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -60,7 +63,9 @@ class DomainPolicies:
                    permissions=Permissions.from_file(directory / "permissions.yaml"),
                    approval=load_approval_rules(directory / "approval.yaml"),
                    accounts=load_accounts(directory / "accounts.yaml"),
-                   digest=digest)
+                   digest=digest,
+                   privacy=(load_privacy_rules(directory / "privacy.yaml")
+                            if (directory / "privacy.yaml").exists() else PrivacyRules({})))
 
     def groups_of(self, email: str) -> tuple[str, ...]:
         """The accounts.yaml groups of `email` (none for an unknown email)."""

@@ -82,12 +82,13 @@ def code_bindings(code: Any, asset_names: dict[str, str]) -> tuple[dict, dict]:
 
 
 def judge_code(code: Any, inputs: dict[str, str], constants: dict,
-               rules: ApprovalRules) -> Verdict:
+               rules: ApprovalRules, privacy_problems: list[str] | tuple = ()) -> Verdict:
     """The verdict on a syft UserCode with its `code_bindings` (what the review and the
-    domain's guard both call)."""
+    domain's guard both call); `privacy_problems` are the domain's privacy quote's
+    (`server/privacy_quote`): over budget, over the per-request ε, DP required."""
     verdict = judge(code.raw_code, inputs=inputs, constants=constants, rules=rules,
                     nested=bool(syft_compat.nested_codes(code)))
-    problems = syft_compat.policy_problems(code)
+    problems = syft_compat.policy_problems(code) + list(privacy_problems)
     if problems:
         verdict.kind, verdict.reasons = "violating", verdict.reasons + problems
     return verdict

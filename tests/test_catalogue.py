@@ -59,7 +59,7 @@ def test_inputs_must_bind_whole_assets_of_the_right_split():
 
 
 def test_constants_are_checked_against_the_schema():
-    train, evaluate, secure, _aggregate = CATALOGUE
+    train, evaluate, secure = CATALOGUE[:3]
     assert constant_problems(train, {"config": {"epochs": 2}, "initial_weights": {}}) == [
         "config lacks batch_size, lr, model, seed"]
     too_many = dict(default_training_config(), epochs=500)
@@ -82,3 +82,24 @@ def test_constants_are_checked_against_the_schema():
     assert judge(inspect.getsource(evaluate_xray_plan), inputs=TRAIN_INPUTS,
                  constants={"weights": weights, "config": default_training_config()},
                  rules=RULES).kind == "violating"
+
+
+def test_a_dp_plan_asks_for_an_epsilon_and_never_sets_delta_or_noise():
+    by_name = {plan.name: plan for plan in CATALOGUE}
+    train, evaluate = by_name["train_private"], by_name["evaluate_private"]
+    good = {"config": default_training_config(), "initial_weights": {},
+            "privacy": {"target_epsilon": 3.0, "max_grad_norm": 1.0}}
+    assert constant_problems(train, good) == []
+    for privacy in ({"target_epsilon": 3.0, "max_grad_norm": 1.0, "delta": 0.5},
+                    {"target_epsilon": 3.0, "max_grad_norm": 1.0, "noise_multiplier": 0.0},
+                    {"target_epsilon": 3.0}):
+        assert constant_problems(train, {**good, "privacy": privacy}) == [
+            "privacy must be {'target_epsilon': number, 'max_grad_norm': number} "
+            "(delta and the noise are set by the domain)"]
+    assert constant_problems(train, {**good, "privacy": {"target_epsilon": -1,
+                                                         "max_grad_norm": 1.0}}) == [
+        "privacy.target_epsilon must be a number above 0 and at most 100"]
+    weights = weights_to_numpy(build_model("small_cnn"))
+    assert constant_problems(evaluate, {"weights": weights, "config": default_training_config(),
+                                        "privacy": {"target_epsilon": 1.0}}) == []
+

@@ -99,7 +99,8 @@ def changed(result: dict, path: tuple, value=None, *, delete: bool = False) -> d
 
 def test_violation_is_a_plan_error_and_kinds_are_listed():
     assert issubclass(ContractViolation, PlanError)
-    assert KINDS == ("train", "evaluate", "secure_train", "aggregate", "custom")
+    assert KINDS == ("train", "evaluate", "secure_train", "aggregate", "train_private",
+                     "evaluate_private", "custom")
 
 
 def test_real_outputs_pass_also_after_the_plain_data_round_trip(trained, evaluated, secure_runs,
@@ -322,3 +323,45 @@ def test_weights_of_a_fresh_resnet18_pass_and_a_missing_buffer_is_named():
     check_result("train", result, context)
     del weights["layer1.0.bn1.running_var"]
     assert refused("train", result, context) == "weights is missing 'layer1.0.bn1.running_var'"
+
+
+# --------------------------------------------------------------------------- DP plans
+
+@pytest.fixture(scope="module")
+def trained_privately(data):
+    from common.vetted_plans import train_private_xray_plan
+
+    return train_private_xray_plan(*data, CONFIG, None, {"noise_multiplier": 1.0,
+                                                         "max_grad_norm": 1.0, "delta": 1e-5})
+
+
+def test_train_private_contract(trained_privately):
+    context = ContractContext(model="small_cnn", epochs=1, n_samples=64,
+                              max_epsilon=trained_privately["privacy"]["epsilon"])
+    check_result("train_private", trained_privately, context)
+    assert "privacy.epsilon is" in refused(
+        "train_private", trained_privately,
+        ContractContext(model="small_cnn", epochs=1, n_samples=64, max_epsilon=0.5))
+    assert "privacy" in refused("train_private", changed(trained_privately, ("privacy",),
+                                                         delete=True), context)
+    assert refused("train_private", changed(trained_privately, ("privacy", "epsilon"),
+                                            float("nan")), context) == \
+        "privacy.epsilon is not finite (nan)"
+
+
+def test_evaluate_private_contract(data, trained):
+    from common.dp_metrics import BINS
+    from common.vetted_plans import evaluate_private_xray_plan
+
+    counted = evaluate_private_xray_plan(*data, trained["weights"], CONFIG, {})
+    check_result("evaluate_private", counted, EVALUATE)
+    assert sum(map(sum, counted["histogram"])) == 64
+    one_more = [[counted["histogram"][0][0] + 1] + counted["histogram"][0][1:],
+                counted["histogram"][1]]
+    assert "histogram counts 65 images" in refused(
+        "evaluate_private", changed(counted, ("histogram",), one_more), EVALUATE)
+    assert "non-negative integers" in refused("evaluate_private", changed(
+        counted, ("histogram",), [[0.5] * BINS, [0] * BINS]), EVALUATE)
+    assert "has 3 rows" in refused("evaluate_private", changed(
+        counted, ("histogram",), counted["histogram"] + [[0] * BINS]), EVALUATE)
+

@@ -62,8 +62,26 @@ def run(box: Sandbox, source: str, function: str = "main", **kwargs):
     return box.run(textwrap.dedent(source), function, kwargs)
 
 
+def _parent(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def _descends_from_this_process(pid: int) -> bool:
+    me = os.getpid()
+    while pid > 1:
+        pid = _parent(pid)
+        if pid == me:
+            return True
+    return False
+
+
 def sandbox_processes() -> list[str]:
-    """Command lines of every sandbox runner or bwrap still alive on this machine."""
+    """Command lines of every sandbox runner or bwrap that this test process started and
+    that is still alive (the warm spares of domains other tests started are not ours)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -72,14 +90,15 @@ def sandbox_processes() -> list[str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if RUNNER_MAIN in cmdline:
+        if RUNNER_MAIN in cmdline and _descends_from_this_process(int(entry.name)):
             found.append(f"{entry.name}: {cmdline}")
     return found
 
 
 def run_cgroups() -> list[Path]:
-    """Run cgroups left under this process's cgroups (an rmdir'ed cgroup was empty)."""
-    return [path for parent in CgroupHost.detect().parents for path in parent.glob(NAME_PREFIX + "*")]
+    """Run cgroups this process made and left (an rmdir'ed cgroup was empty)."""
+    mine = f"{NAME_PREFIX}{os.getpid()}-*"
+    return [path for parent in CgroupHost.detect().parents for path in parent.glob(mine)]
 
 
 @pytest.fixture(autouse=True)

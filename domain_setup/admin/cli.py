@@ -132,6 +132,11 @@ def _print_summary(summary: Any, *, with_code: bool) -> None:
         print(f"  - {reason}")
     print(f"sandbox   {summary.limits}")
     print(f"returns   {summary.returns}")
+    quote = summary.privacy or {}
+    if "spent_after" in quote:
+        print(f"privacy   ε {quote['epsilon']:g} at δ {quote['delta']:g} on {quote['dataset']}; "
+              f"{summary.requester} has spent {quote['spent']:.2f} of {quote['budget']:g}, "
+              f"{quote['spent_after']:.2f} after this release ({quote['left_after']:.2f} left)")
     if with_code:
         print("code:")
         for number, line in enumerate(summary.code.splitlines(), 1):
@@ -170,6 +175,31 @@ def cmd_policies(args: argparse.Namespace, state: StateDir) -> int:
     verb = "in force now" if args.policies_command == "reload" else "in force"
     print(f"policies {verb}: {snapshot['directory']} (sha256 {snapshot['digest'][:16]}, "
           f"loaded {snapshot['loaded_at']})")
+    return 0
+
+
+def cmd_privacy(args: argparse.Namespace, state: StateDir) -> int:
+    admin = AdminClient(state)
+    if args.privacy_command == "grant":
+        accounts = admin.grant_privacy(args.email, dataset=args.dataset, epsilon=args.epsilon,
+                                       reason=args.reason)
+        print(f"granted ε {args.epsilon:g} to {args.email} on {args.dataset}")
+    elif args.privacy_command == "show":
+        accounts = admin.privacy_accounts(args.email)
+    else:
+        accounts = admin.privacy_accounts()
+    rows = [{"email": a["email"], "dataset": a["dataset"], "delta": f"{a['delta']:g}",
+             "spent": f"{a['spent']:.2f}", "sum": f"{a['spent_sum']:.2f}",
+             "budget": f"{a['budget']:g}", "left": f"{a['left']:.2f}",
+             "releases": a["releases"]} for a in accounts]
+    _print_table(rows, ["email", "dataset", "delta", "spent", "sum", "budget", "left",
+                        "releases"])
+    if args.privacy_command != "list":
+        for account in accounts:
+            for release in account.get("history", []):
+                print(f"  {account['dataset']}  {release['kind']:<16}  ε {release['epsilon']:g}"
+                      f"  {release['status']:<8}  request {release['request']}")
+    print("spent: the RDP composition of the releases; sum: their ε added (an over-count)")
     return 0
 
 
@@ -280,6 +310,18 @@ def build_parser() -> argparse.ArgumentParser:
         policies)
     add("reload", cmd_policies, "validate the edited policy files and put them in force "
         "(gate and review alike)", policies)
+
+    privacy = sub.add_parser("privacy", help="privacy budgets and the ledger").add_subparsers(
+        dest="privacy_command", required=True, metavar="ACTION")
+    add("list", cmd_privacy, "every researcher's ε spent and left, per dataset", privacy)
+    p = add("show", cmd_privacy, "one researcher's accounts and releases", privacy)
+    p.add_argument("email")
+    p = add("grant", cmd_privacy, "add ε to one researcher's budget on a dataset (audited)",
+            privacy)
+    p.add_argument("email")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--epsilon", type=float, required=True)
+    p.add_argument("--reason", required=True)
 
     p = add("audit", cmd_audit, "read the audit log")
     p.add_argument("--since", help="2026-11-21, 2026-11-21T10:00, or 1h / 30m / 2d ago")

@@ -177,6 +177,17 @@ class AdminClient:
         self._reviewer = None
         return self.session.request("POST", "/pneumosyft/policies/reload")["policies"]
 
+    def privacy_accounts(self, email: str | None = None) -> list[dict]:
+        """Privacy accounts (spent, sum, budget, left; with releases for one `email`)."""
+        path = f"/pneumosyft/privacy/{email.strip()}" if email else "/pneumosyft/privacy"
+        return self.session.request("GET", path)["accounts"]
+
+    def grant_privacy(self, email: str, *, dataset: str, epsilon: float, reason: str) -> list[dict]:
+        """Add `epsilon` to `email`'s budget on `dataset` (audited); returns her accounts."""
+        return self.session.request("POST", f"/pneumosyft/privacy/{email.strip()}/grant",
+                                    json={"dataset": dataset, "epsilon": epsilon,
+                                          "reason": reason})["accounts"]
+
     def enable_federation(self) -> str:
         """Act as a secure-aggregation party; returns the public key text."""
         from domain_setup.admin.federation import enable_aggregation

@@ -38,6 +38,7 @@ class RequestSummary:
     verdict: Verdict | None = None
     limits: str = ""  # the sandbox limits its run will have
     returns: str = ""  # the output contract its result must meet
+    privacy: dict = field(default_factory=dict)  # the domain's privacy quote
 
 
 def normalise_request_id(text: str) -> str:
@@ -48,18 +49,22 @@ def normalise_request_id(text: str) -> str:
     return cleaned
 
 
-def summarise(request: Any, approval_rules: Any, asset_names: dict[str, str]) -> RequestSummary:
-    """Requester, code, inputs and the approval verdict of a syft request."""
+def summarise(request: Any, approval_rules: Any, asset_names: dict[str, str],
+              privacy: dict | None = None) -> RequestSummary:
+    """Requester, code, inputs and the approval verdict of a syft request (with the
+    domain's privacy quote, whose problems are part of the verdict)."""
     code = request.code
     inputs, constants = code_bindings(code, asset_names)
-    verdict = judge_code(code, inputs, constants, approval_rules)
+    privacy = privacy or {}
+    verdict = judge_code(code, inputs, constants, approval_rules,
+                         privacy_problems=privacy.get("problems", ()))
     return RequestSummary(
         id=str(request.id.no_dash), requester=request.requesting_user_email or "?",
         function=code.service_func_name, status=request_status(request),
         created=str(request.request_time)[:19], code=code.raw_code, inputs=inputs,
         constants={k: _describe_constant(v) for k, v in constants.items()},
         verdict_ok=not verdict.needs_override, verdict_reasons=verdict.all_reasons(),
-        verdict=verdict)
+        verdict=verdict, privacy=privacy)
 
 
 def _describe_constant(value: Any) -> Any:
@@ -87,7 +92,13 @@ class Reviewer:
 
     def list(self) -> list[RequestSummary]:
         names = self._asset_names()
-        return [summarise(r, self.rules, names) for r in self._requests()]
+        return [self._summarise(r, names) for r in self._requests()]
+
+    def _summarise(self, request: Any, names: dict[str, str] | None = None) -> RequestSummary:
+        quote = self.session.request("GET", f"/pneumosyft/privacy/quote/"
+                                            f"{request.id.no_dash}")["quote"]
+        return summarise(request, self.rules, self._asset_names() if names is None else names,
+                         quote)
 
     def find(self, request_id: str) -> Any:
         """The code request with this id or unique id prefix (one fetch for a full id)."""
@@ -108,7 +119,7 @@ class Reviewer:
 
     def show(self, request_id: str) -> RequestSummary:
         """One request with its verdict, the sandbox limits and the output contract."""
-        summary = summarise(self.find(request_id), self.rules, self._asset_names())
+        summary = self._summarise(self.find(request_id))
         summary.limits = self._limits().describe()
         summary.returns = (f"the {summary.verdict.plan} output contract (exact keys, the "
                            "model's weight names, shapes and dtypes, finite values)"
@@ -124,7 +135,7 @@ class Reviewer:
 
     def approve(self, request_id: str, *, override: bool = False, reason: str = "") -> RequestSummary:
         request = self.find(request_id)
-        summary = summarise(request, self.rules, self._asset_names())
+        summary = self._summarise(request)
         if summary.status != "pending":
             raise DomainError(f"request {summary.id} is {summary.status}, not pending")
         verdict = summary.verdict

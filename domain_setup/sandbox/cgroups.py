@@ -126,7 +126,7 @@ class CgroupHost:
 
     def create(self, *, memory_bytes: int, max_processes: int) -> "RunCgroup":
         """Create a fresh run cgroup with the given memory and process limits."""
-        name = NAME_PREFIX + uuid.uuid4().hex
+        name = f"{NAME_PREFIX}{os.getpid()}-{uuid.uuid4().hex}"  # which process made it
         run = RunCgroup(self.version, name, tuple(parent / name for parent in self.parents))
         try:
             for directory in run.dirs:

@@ -35,7 +35,8 @@ import numpy as np
 from .errors import ContractViolation, PlainDataError
 from .plain_data import encode_parts
 
-KINDS = ("train", "evaluate", "secure_train", "aggregate", "custom")
+KINDS = ("train", "evaluate", "secure_train", "aggregate", "train_private", "evaluate_private",
+         "custom")
 
 # An aggregator's partial sum is one party's share of a state dict: 8 bytes per value
 # plus a header. resnet18's share is about 89 MB (11.2M values), so a 64 MiB bound
@@ -55,13 +56,14 @@ class ContractContext:
     n_parties: int | None = None      # secure_train: number of aggregator keys
     n_ciphertexts: int | None = None  # aggregate: number of sealed shares given
     max_custom_bytes: int = 1 << 20   # custom code: bound on the encoded result
+    max_epsilon: float | None = None  # train_private: the ε the domain charged for
 
     def __post_init__(self) -> None:
         if self.model is not None and not isinstance(self.model, str):
             raise ValueError(f"context.model must be a str or None, got {self.model!r}")
         for field in fields(self):
             value = getattr(self, field.name)
-            if field.name == "model" or value is None:
+            if field.name in ("model", "max_epsilon") or value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"context.{field.name} must be a non-negative int, "
@@ -143,6 +145,40 @@ def _check_aggregate(result: Any, context: ContractContext) -> None:
     _exact_int("n_shares", result["n_shares"], context.n_ciphertexts, "sealed shares")
 
 
+def _check_train_private(result: Any, context: ContractContext) -> None:
+    """train's contract, plus the ε Opacus accounted, which may not exceed the charge."""
+    _need(context, "train_private", "model", "epochs", "n_samples", "max_epsilon")
+    result = _exact_keys("result", result, ("weights", "history", "n_samples", "privacy"))
+    _check_train({k: result[k] for k in ("weights", "history", "n_samples")}, context)
+    privacy = _exact_keys("privacy", result["privacy"], ("epsilon", "delta"))
+    spent = _float("privacy.epsilon", privacy["epsilon"], 0.0)
+    _float("privacy.delta", privacy["delta"], 0.0, 1.0)
+    if spent > context.max_epsilon * 1.01:
+        raise _violation(f"privacy.epsilon is {spent:.3f}; the domain charged for "
+                         f"{context.max_epsilon:.3f}")
+
+
+def _check_evaluate_private(result: Any, context: ContractContext) -> None:
+    """Exact counts per label and score bin, summing to the images given (the domain adds
+    the noise before anything is released)."""
+    from common.dp_metrics import BINS
+
+    _need(context, "evaluate_private", "n_samples")
+    result = _exact_keys("result", result, ("histogram", "n_samples"))
+    _exact_int("n_samples", result["n_samples"], context.n_samples, "images")
+    rows = _sized_list("histogram", result["histogram"], 2, "rows", ", one per label")
+    total = 0
+    for label, row in enumerate(rows):
+        for count in _sized_list(f"histogram[{label}]", row, BINS, "counts"):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+                raise _violation(f"histogram[{label}] holds {_a(count)}; counts are "
+                                 "non-negative integers")
+            total += count
+    if total != context.n_samples:
+        raise _violation(f"histogram counts {total} images; the plan was given "
+                         f"{context.n_samples}")
+
+
 def _check_custom(result: Any, context: ContractContext) -> None:
     """Any plain data whose encoding is at most ``context.max_custom_bytes``."""
     try:
@@ -157,7 +193,8 @@ def _check_custom(result: Any, context: ContractContext) -> None:
 
 _CHECKS: dict[str, Callable[[Any, ContractContext], None]] = {
     "train": _check_train, "evaluate": _check_evaluate, "secure_train": _check_secure_train,
-    "aggregate": _check_aggregate, "custom": _check_custom}
+    "aggregate": _check_aggregate, "train_private": _check_train_private,
+    "evaluate_private": _check_evaluate_private, "custom": _check_custom}
 assert tuple(_CHECKS) == KINDS
 
 

@@ -57,6 +57,8 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
 
     from domain_setup.server.cli_credentials import write_connection
     from domain_setup.server.gate import GateMiddleware, TokenGate
+    from domain_setup.server.privacy_ledger import PrivacyLedger
+    from domain_setup.server.privacy_routes import make_privacy_router
     from domain_setup.server.routes import install_refusal_handler, make_domain_router
 
     @asynccontextmanager
@@ -74,6 +76,8 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
     gate = TokenGate.for_domain(state, config, worker, policies=policies, audit=audit)
     app.include_router(make_domain_router(state, config, worker, gate, overrides),
                        prefix="/pneumosyft")
+    app.include_router(make_privacy_router(worker, gate, PrivacyLedger.of_state(state.root)),
+                       prefix="/pneumosyft/privacy")
     install_refusal_handler(app)
 
     @app.get("/health")
@@ -128,13 +132,16 @@ class SandboxPool:
                               "(the domain never runs submitted code without it)") from None
 
 
-def plan_executor(config: DomainConfig, policies: Any, audit: Any, sandboxes: SandboxPool,
-                  worker: Any) -> Any:
-    """The sandbox dispatch with this domain's `--plan-timeout` / `--plan-memory-mb`."""
+def plan_executor(state: StateDir, config: DomainConfig, policies: Any, audit: Any,
+                  sandboxes: SandboxPool, worker: Any) -> Any:
+    """The sandbox dispatch with this domain's `--plan-timeout` / `--plan-memory-mb` and
+    its privacy ledger."""
     from domain_setup.server.execution import PlanExecutor
+    from domain_setup.server.privacy_ledger import PrivacyLedger
 
     return PlanExecutor(policies=policies, config_extra=dict(config.extra),
-                        sandbox_factory=sandboxes, audit=audit, worker=worker)
+                        sandbox_factory=sandboxes, audit=audit, worker=worker,
+                        ledger=PrivacyLedger.of_state(state.root))
 
 
 def serve(state: StateDir) -> None:
@@ -148,6 +155,7 @@ def serve(state: StateDir) -> None:
     from domain_setup.policies import LivePolicies, load_domain_policies, sandbox_limits
     from domain_setup.server import approval_guard, syft_patches
     from domain_setup.server.audit import AuditLog
+    from domain_setup.server.privacy_ledger import PrivacyLedger
 
     policies = LivePolicies(load_domain_policies(config))
     audit = AuditLog(state.root)
@@ -155,10 +163,11 @@ def serve(state: StateDir) -> None:
     # no sandbox, no domain: nothing submitted ever runs in this process
     sandboxes.check(sandbox_limits(policies.current.approval, config.extra))
     worker = build_worker(state, config)
-    executor = plan_executor(config, policies, audit, sandboxes, worker)
+    executor = plan_executor(state, config, policies, audit, sandboxes, worker)
     syft_patches.apply_all(config.host, config.port, executor)
     overrides = approval_guard.Overrides()
-    approval_guard.bind_verdicts(worker, policies, overrides, audit)
+    approval_guard.bind_verdicts(worker, policies, overrides, audit,
+                                 PrivacyLedger.of_state(state.root))
     # the sandbox dispatch logs what failed inside a plan; the hospital admin needs it in
     # the domain log (the researcher only gets one line without values from inside)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")

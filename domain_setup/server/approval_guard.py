@@ -19,6 +19,7 @@ from typing import Any
 
 from common import syft_compat
 from common.syft_compat import requires
+from domain_setup.server.privacy_quote import quote_code
 from domain_setup.verdicts import asset_names_of, code_bindings, judge_code
 
 OVERRIDE_TTL_SECONDS = 600
@@ -60,7 +61,8 @@ _STATUS_CHANGE = "syft.service.request.request:UserCodeStatusChange"
 
 @requires(f"{_REQUEST}.apply", f"{_REQUEST}.undo", f"{_REQUEST}.get_user_code", _STATUS_CHANGE,
           "syft.types.errors:SyftException")
-def bind_verdicts(worker: Any, policies: Any, overrides: Overrides, audit: Any) -> None:
+def bind_verdicts(worker: Any, policies: Any, overrides: Overrides, audit: Any,
+                  ledger: Any) -> None:
     """Wrap syft's Request.apply so that every approval passes the verdict, and refuse to
     apply or undo (deny) a request that is more than one code-status change (idempotent)."""
     request_type = syft_compat.resolve(_REQUEST)
@@ -91,7 +93,9 @@ def bind_verdicts(worker: Any, policies: Any, overrides: Overrides, audit: Any) 
         request_id = str(self.id.no_dash)
         approver = syft_compat.email_of(worker, context.credentials)
         inputs, constants = code_bindings(code, asset_names_of(syft_compat.all_datasets(worker)))
-        verdict = judge_code(code, inputs, constants, policies.current.approval)
+        privacy = quote_code(worker, policies.current, ledger, code)
+        verdict = judge_code(code, inputs, constants, policies.current.approval,
+                             privacy_problems=privacy["problems"])
         override = overrides.take(request_id) if verdict.needs_override else None
         details = {"requester": self.requesting_user_email or "?",
                    "function": code.service_func_name, "plan": verdict.plan or "custom",

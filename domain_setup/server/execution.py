@@ -18,6 +18,7 @@ result was withheld. The admin reads the rest in the domain log.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any, Callable
 
@@ -28,9 +29,12 @@ from domain_setup.catalogue import code_sha256, identify, runnable
 from domain_setup.policies import sandbox_limits
 from domain_setup.sandbox import (ContractContext, ContractViolation, PlanError, PlanFailed,
                                   ResultRefused, Sandbox, SandboxLimits, check_result)
+from domain_setup.server.privacy_charge import PRIVATE_KINDS, PrivacyCharge, PrivacyRefused
+from domain_setup.server.privacy_ledger import PrivacyLedger
+from domain_setup.verdicts import asset_names_of, code_bindings
 
 log = logging.getLogger("pneumosyft.execution")
-RELEASE_KINDS = ("train", "evaluate", "secure_train")
+RELEASE_KINDS = ("train", "evaluate", "secure_train", *PRIVATE_KINDS)
 
 
 class Withheld(Exception):
@@ -41,7 +45,9 @@ class PlanExecutor:
     """What syft calls instead of ``execute_byte_code`` for the private run."""
 
     def __init__(self, *, policies: Any, config_extra: dict, sandbox_factory:
-                 Callable[[SandboxLimits], Sandbox], audit: Any, worker: Any):
+                 Callable[[SandboxLimits], Sandbox], audit: Any, worker: Any,
+                 ledger: PrivacyLedger):
+        self.ledger = ledger
         self.policies = policies
         self.config_extra = config_extra
         self.sandbox_factory = sandbox_factory
@@ -58,6 +64,7 @@ class PlanExecutor:
         requester = syft_compat.email_of(self.worker, context.credentials)
         details = {"requester": requester, "function": code_item.service_func_name,
                    "plan": kind, "code_sha256": code_sha256(code_item.raw_code)}
+        charge: PrivacyCharge | None = None
         try:
             inputs = {name: _plain(name, value) for name, value in kwargs.items()}
             contract = self._contract_context(kind, inputs)
@@ -65,9 +72,17 @@ class PlanExecutor:
                 source, function = runnable(code_item.raw_code)
             except ValueError as exc:
                 raise Withheld(str(exc)) from None
+            if kind in PRIVATE_KINDS:
+                charge = self._charge(kind, code_item, inputs, context.credentials, requester)
+                contract = dataclasses.replace(contract, max_epsilon=charge.target_epsilon)
             run = self.sandbox_factory(self.limits()).run(source, function, inputs)
             check_result(kind, run.result, contract)
+            result = charge.release(run.result, self.ledger) if charge else run.result
         except (Withheld, PlanError) as exc:
+            if charge is not None:
+                charge.refund(self.ledger, "nothing released")
+                self.audit.record(requester, "privacy.refund", target=str(code_item.id.no_dash),
+                                  dataset=charge.dataset, epsilon=f"{charge.target_epsilon:g}")
             message = _researcher_message(kind, exc)
             log.error("run of %s (%s) for %s failed: %s\n%s", code_item.service_func_name,
                       kind, requester, exc, getattr(exc, "traceback", "") or "")
@@ -80,8 +95,29 @@ class PlanExecutor:
                           ready_seconds=f"{run.ready_seconds:.3f}",
                           warm="yes" if run.warm else "no",
                           peak_memory_mb=f"{run.peak_memory_mb or 0:.0f}")
-        return output_type(user_code_id=code_item.id, stdout="", stderr="", result=run.result,
+        return output_type(user_code_id=code_item.id, stdout="", stderr="", result=result,
                            errored=False)
+
+    def _charge(self, kind: str, code_item: Any, inputs: dict, credentials: Any,
+                email: str) -> PrivacyCharge:
+        """Charge the requester's ledger for this DP run (Withheld when it may not run)."""
+        bound, _ = code_bindings(code_item, asset_names_of(syft_compat.all_datasets(self.worker)))
+        dataset = str(bound.get("images", "?")).split("/", 1)[0]
+        policies = self.policies.current
+        user = syft_compat.user_by_verify_key(self.worker, credentials)
+        try:
+            charge = PrivacyCharge.prepare(
+                kind, inputs, ledger=self.ledger, rules=policies.privacy.dataset(dataset),
+                dataset=dataset, email=email, groups=policies.groups_of(email),
+                role=syft_compat.role_of(user) if user is not None else "guest",
+                run_id=str(code_item.id.no_dash))
+        except PrivacyRefused as exc:
+            raise Withheld(f"privacy: {exc}") from None
+        account = self.ledger.account(email, dataset, delta=charge.rules.delta)
+        self.audit.record(email, "privacy.charge", target=str(code_item.id.no_dash),
+                          dataset=dataset, plan=kind, epsilon=f"{charge.target_epsilon:g}",
+                          spent=f"{account.spent:.3f}", left=f"{account.left(charge.budget):.3f}")
+        return charge
 
     def _contract_context(self, kind: str, inputs: dict) -> ContractContext:
         rules = self.policies.current.approval

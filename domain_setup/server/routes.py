@@ -74,22 +74,28 @@ def _audit_entry(body: dict) -> dict:
             "outcome": str(body.get("outcome", "ok"))[:50]}
 
 
+def route_caller(gate: Any, request: Request, action: str | None, what: str) -> Any:
+    """The caller's account if its role may `action` (None: any account); else
+    RouteRefusal 403 (audited)."""
+    claims = request.state.claims
+    account = gate.accounts.by_email(claims["sub"])
+    role = account.role if account else "unknown"
+    if account is not None and role_below(claims["role"], account.role):
+        role = claims["role"]  # a down-scoped token acts with its own, lower role
+    if account is None or (action is not None and not gate.permissions.role_may(role, action)):
+        gate.audit.record(claims["sub"], action or "route", outcome="refused",
+                          reason=f"role {role}")
+        raise RouteRefusal(403, f"your role may not {what}")
+    return account
+
+
 def make_domain_router(state: Any, config: Any, worker: Any, gate: Any,
                        overrides: Any) -> APIRouter:
     """Routes for tokens, audit and domain info; each checks the caller's permission."""
     router = APIRouter()
 
     def caller(request: Request, action: str, what: str) -> Any:
-        """The caller's account if its role may `action`; else RouteRefusal 403 (audited)."""
-        claims = request.state.claims
-        account = gate.accounts.by_email(claims["sub"])
-        role = account.role if account else "unknown"
-        if account is not None and role_below(claims["role"], account.role):
-            role = claims["role"]  # a down-scoped token acts with its own, lower role
-        if account is None or not gate.permissions.role_may(role, action):
-            gate.audit.record(claims["sub"], action, outcome="refused", reason=f"role {role}")
-            raise RouteRefusal(403, f"your role may not {what}")
-        return account
+        return route_caller(gate, request, action, what)
 
     @router.get("/info")
     def info() -> dict:

@@ -1,0 +1,90 @@
+"""What a request would cost in privacy, and why privacy.yaml forbids it: one answer for
+the domain's approval guard and the admin's ``review show``.
+
+For a DP plan: the ε asked, the δ of the dataset, what the requester has spent, the
+composed total after this release, the budget and what would be left; problems when
+the dataset has no privacy rules, the ε passes the per-request maximum, or the total
+would pass the budget. For any other code on a dataset with ``require_dp: true``: a
+problem (training or evaluating there without DP is a violation).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from common import syft_compat
+from common.dp_accounting import (dp_sgd_mechanism, epsilon as composed_epsilon,
+                                  gaussian_count_mechanism)
+from domain_setup.catalogue import identify
+from domain_setup.server.privacy_charge import PRIVATE_KINDS
+from domain_setup.verdicts import asset_names_of, code_bindings
+
+NON_PRIVATE_RELEASES = ("train", "evaluate", "secure_train")
+
+
+def quote_code(worker: Any, policies: Any, ledger: Any, code: Any) -> dict:
+    """The privacy quote of a syft UserCode on this domain (see the module docstring)."""
+    datasets = syft_compat.all_datasets(worker)
+    inputs, constants = code_bindings(code, asset_names_of(datasets))
+    names = {name.split("/", 1)[0] for name in inputs.values() if "/" in name}
+    email = syft_compat.email_of(worker, code.user_verify_key)
+    user = syft_compat.user_by_verify_key(worker, code.user_verify_key)
+    role = syft_compat.role_of(user) if user is not None else "guest"
+    plan = identify(code.raw_code)
+    kind = plan.name if plan else "custom"
+    quote: dict[str, Any] = {"plan": kind, "requester": email, "problems": []}
+    for name in sorted(names):
+        rules = policies.privacy.dataset(name)
+        if rules is not None and rules.require_dp and kind not in PRIVATE_KINDS \
+                and name != "aggregation":
+            quote["problems"].append(
+                f"dataset {name} requires differential privacy: train with train_private and "
+                f"evaluate with evaluate_private ({kind} is not private)")
+    if kind not in PRIVATE_KINDS:
+        return quote
+    dataset = str(inputs.get("images", "?")).split("/", 1)[0]
+    rules = policies.privacy.dataset(dataset)
+    quote["dataset"] = dataset
+    if rules is None:
+        quote["problems"].append(f"dataset {dataset} has no privacy rules in privacy.yaml")
+        return quote
+    asked = constants.get("privacy") if isinstance(constants.get("privacy"), dict) else {}
+    target = asked.get("target_epsilon")
+    if not isinstance(target, (int, float)) or isinstance(target, bool) or target <= 0:
+        return quote  # the catalogue's constant schema says what is wrong
+    budget = rules.budget_for(email, policies.groups_of(email), role)
+    account = ledger.account(email, dataset, delta=rules.delta)
+    config = constants.get("config") if isinstance(constants.get("config"), dict) else {}
+    try:
+        mechanism = (gaussian_count_mechanism(target_epsilon=float(target), delta=rules.delta)
+                     if kind == "evaluate_private" else dp_sgd_mechanism(
+                         target_epsilon=float(target), delta=rules.delta,
+                         n_samples=_asset_rows(datasets, inputs["images"]),
+                         batch_size=int(config.get("batch_size", 64)),
+                         epochs=int(config.get("epochs", 1))))
+    except (ValueError, TypeError) as exc:
+        quote["problems"].append(f"privacy: {exc}")
+        return quote
+    after = composed_epsilon([r.mechanism for r in account.releases if r.status == "charged"]
+                             + [mechanism], rules.delta)
+    allowed = budget + account.granted
+    quote.update(epsilon=float(target), delta=rules.delta, spent=account.spent,
+                 spent_after=after, budget=allowed, left_after=max(0.0, allowed - after))
+    if target > rules.max_epsilon_per_request:
+        quote["problems"].append(f"ε {target:g} asked; one request on {dataset} may spend at "
+                                 f"most {rules.max_epsilon_per_request:g}")
+    if after > allowed + 1e-9:
+        quote["problems"].append(
+            f"over budget: {email} has spent ε {account.spent:.2f} of {allowed:g} on "
+            f"{dataset}; this release would bring it to {after:.2f}")
+    return quote
+
+
+def _asset_rows(datasets: list, binding: str) -> int:
+    dataset_name, asset_name = binding.split("/", 1)
+    for dataset in datasets:
+        if dataset.name == dataset_name:
+            for asset in dataset.asset_list:
+                if asset.name == asset_name and asset.shape:
+                    return int(asset.shape[0])
+    raise ValueError(f"the size of {binding} is unknown")
