@@ -37,7 +37,8 @@ def private_model_problems(module: nn.Module) -> list[str]:
 def train_private(images: Any, labels: Any, *, noise_multiplier: float, max_grad_norm: float,
                   delta: float, model: str = "small_cnn", epochs: int = 3, lr: float = 1e-3,
                   batch_size: int = 64, seed: int = 0,
-                  initial_weights: dict[str, np.ndarray] | None = None) -> dict:
+                  initial_weights: dict[str, np.ndarray] | None = None,
+                  grad_sample_mode: str = "hooks") -> dict:
     """Train `model` with DP-SGD (Adam, Poisson batches of expected size `batch_size`).
 
     Returns ``{"weights", "history": {"loss", "accuracy"}, "n_samples", "model",
@@ -69,7 +70,7 @@ def train_private(images: Any, labels: Any, *, noise_multiplier: float, max_grad
         private, optimiser, loader = engine.make_private(
             module=module, optimizer=optimiser, data_loader=loader,
             noise_multiplier=float(noise_multiplier), max_grad_norm=float(max_grad_norm),
-            poisson_sampling=True)
+            poisson_sampling=True, grad_sample_mode=grad_sample_mode)
         loss_fn = nn.CrossEntropyLoss()
         history: dict[str, list[float]] = {"loss": [], "accuracy": []}
         private.train()

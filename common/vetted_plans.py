@@ -72,6 +72,28 @@ def train_private_xray_plan(images, labels, config, initial_weights, privacy):
             "privacy": {"epsilon": result["epsilon"], "delta": result["delta"]}}
 
 
+def secure_train_private_xray_plan(images, labels, config, initial_weights, aggregator_keys,
+                                   privacy):
+    """Train with DP-SGD (the domain's delta and noise), scale by the sample count, share
+    among the aggregators, seal each share; return the epsilon spent with them."""
+    from common.dp_training import train_private
+    from common.secret_sharing import share_state_dict
+    from common.sealing import key_from_text, seal_shares
+
+    result = train_private(images, labels, noise_multiplier=privacy["noise_multiplier"],
+                           max_grad_norm=privacy["max_grad_norm"], delta=privacy["delta"],
+                           model=config["model"], epochs=config["epochs"], lr=config["lr"],
+                           batch_size=config["batch_size"], seed=config["seed"],
+                           initial_weights=initial_weights or None)
+    n_samples = result["n_samples"]
+    public_keys = aggregator_keys["public_keys"]
+    scaled = {name: value * n_samples for name, value in result["weights"].items()}
+    shares = share_state_dict(scaled, len(public_keys))
+    sealed = seal_shares(shares, [key_from_text(k) for k in public_keys])
+    return {"sealed_shares": sealed, "n_samples": n_samples, "history": result["history"],
+            "privacy": {"epsilon": result["epsilon"], "delta": result["delta"]}}
+
+
 def evaluate_private_xray_plan(images, labels, weights, config, privacy):
     """Count the held-out images by label and score bin; the domain adds the noise for
     the epsilon the researcher asked for and releases only metrics of the noisy counts."""

@@ -89,6 +89,9 @@ CATALOGUE: tuple[VettedPlan, ...] = (
     VettedPlan("train_private", vetted_plans.train_private_xray_plan,
                {"images": "train_images", "labels": "train_labels"},
                ("config", "initial_weights", "privacy")),
+    VettedPlan("secure_train_private", vetted_plans.secure_train_private_xray_plan,
+               {"images": "train_images", "labels": "train_labels"},
+               ("config", "initial_weights", "aggregator_keys", "privacy")),
     VettedPlan("evaluate_private", vetted_plans.evaluate_private_xray_plan,
                {"images": "test_images", "labels": "test_labels"},
                ("weights", "config", "privacy")),
@@ -152,6 +155,7 @@ def constant_problems(plan: VettedPlan, constants: dict[str, Any]) -> list[str]:
 
 
 PRIVACY_REQUEST_KEYS = {"train_private": ("target_epsilon", "max_grad_norm"),
+                        "secure_train_private": ("target_epsilon", "max_grad_norm"),
                         "evaluate_private": ("target_epsilon",)}
 MAX_GRAD_NORM = 100.0
 

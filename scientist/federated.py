@@ -40,6 +40,7 @@ from scientist.plans import (
     secure_train_xray_plan,
     train_xray_plan,
 )
+from common.vetted_plans import secure_train_private_xray_plan, train_private_xray_plan
 from scientist.submission import (
     Submission,
     find_dataset,
@@ -71,6 +72,7 @@ class RoundLog:
     secure: bool
     n_samples: dict = field(default_factory=dict)
     histories: dict = field(default_factory=dict)
+    privacy: dict = field(default_factory=dict)  # per hospital, with DP: ε, spent, left
     seconds: float = 0.0
     phases: dict = field(default_factory=dict)
 
@@ -139,16 +141,23 @@ def weighted_average(updates: list[tuple[dict, int]]) -> dict[str, np.ndarray]:
                    ).astype(np.float32) for name in names}
 
 
+def _with_privacy(constants: dict, privacy: dict | None) -> dict:
+    return dict(constants, privacy=privacy) if privacy else constants
+
+
 def plain_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
-                approver: Approver, round_number: int) -> tuple[dict, RoundLog]:
-    """One FedAvg round in which the researcher sees every hospital's weights."""
+                approver: Approver, round_number: int,
+                privacy: dict | None = None) -> tuple[dict, RoundLog]:
+    """One FedAvg round in which the researcher sees every hospital's weights (DP-SGD
+    inside each hospital when `privacy` is given: `scientist.privacy.private_training`)."""
     log = RoundLog(round=round_number, secure=False)
     started = time.perf_counter()
 
     def train_at(hospital: Hospital) -> dict:
         return _submit_and_run(
-            hospital, train_xray_plan, split_assets(hospital.client, hospital.dataset, "train"),
-            {"config": plan.config(), "initial_weights": weights},
+            hospital, train_private_xray_plan if privacy else train_xray_plan,
+            split_assets(hospital.client, hospital.dataset, "train"),
+            _with_privacy({"config": plan.config(), "initial_weights": weights}, privacy),
             f"federated round {round_number} (plain averaging)", approver)
 
     results = at_every_hospital(hospitals, train_at)
@@ -157,6 +166,8 @@ def plain_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
         updates.append((result["weights"], int(result["n_samples"])))
         log.n_samples[hospital.name] = int(result["n_samples"])
         log.histories[hospital.name] = result["history"]
+        if "privacy" in result:
+            log.privacy[hospital.name] = result["privacy"]
     log.seconds = time.perf_counter() - started
     return weighted_average(updates), log
 
@@ -171,8 +182,10 @@ def aggregation_inputs(hospital: Hospital) -> dict:
 
 
 def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
-                 approver: Approver, round_number: int) -> tuple[dict, RoundLog]:
-    """One FedAvg round in which weights leave each hospital only as sealed shares."""
+                 approver: Approver, round_number: int,
+                 privacy: dict | None = None) -> tuple[dict, RoundLog]:
+    """One FedAvg round in which weights leave each hospital only as sealed shares (with
+    DP-SGD inside each hospital, each charging its own ledger, when `privacy` is given)."""
     missing = [h.name for h in hospitals if not h.public_key]
     if missing:
         raise DomainError(f"no aggregation public key for {', '.join(missing)}")
@@ -182,10 +195,10 @@ def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
 
     def train_and_share_at(hospital: Hospital) -> dict:
         result = _submit_and_run(
-            hospital, secure_train_xray_plan,
+            hospital, secure_train_private_xray_plan if privacy else secure_train_xray_plan,
             split_assets(hospital.client, hospital.dataset, "train"),
-            {"config": plan.config(), "initial_weights": weights,
-             "aggregator_keys": {"public_keys": keys}},
+            _with_privacy({"config": plan.config(), "initial_weights": weights,
+                           "aggregator_keys": {"public_keys": keys}}, privacy),
             f"federated round {round_number} (secure aggregation)", approver)
         if len(result["sealed_shares"]) != len(hospitals):
             raise DomainError(f"returned {len(result['sealed_shares'])} shares, "
@@ -197,6 +210,8 @@ def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
     for hospital, result in zip(hospitals, trained):
         log.n_samples[hospital.name] = int(result["n_samples"])
         log.histories[hospital.name] = result["history"]
+        if "privacy" in result:
+            log.privacy[hospital.name] = result["privacy"]
 
     def release_partial_sum_at(aggregator: Hospital) -> dict:
         j = next(i for i, hospital in enumerate(hospitals) if hospital is aggregator)
@@ -221,15 +236,17 @@ def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
 
 def run_rounds(hospitals: list[Hospital], plan: TrainingPlan, *, rounds: int, secure: bool,
                approver: Approver, initial_weights: dict | None = None,
-               on_round: Callable[[dict, RoundLog], None] | None = None) -> tuple[dict, list]:
-    """Several rounds, each starting from the last global model."""
+               on_round: Callable[[dict, RoundLog], None] | None = None,
+               privacy: dict | None = None) -> tuple[dict, list]:
+    """Several rounds, each starting from the last global model; with `privacy`, every
+    hospital trains with DP-SGD and charges its own ledger each round."""
     if int(rounds) < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     weights = dict(initial_weights or {})
     logs = []
     step = secure_round if secure else plain_round
     for r in range(1, rounds + 1):
-        weights, log = step(hospitals, plan, weights, approver, r)
+        weights, log = step(hospitals, plan, weights, approver, r, privacy)
         logs.append(log)
         if on_round:
             on_round(weights, log)

@@ -193,3 +193,43 @@ def accuracy_per_round(curves: Mapping[str, Sequence[float]], *,
     ax.legend()
     ax.set_title(title)
     return fig
+
+
+def privacy_tradeoff(points: Mapping[float, float], *, metric: str = "AUC",
+                     title: str = "Utility against privacy (mock data)") -> Figure:
+    """A metric against ε: one point per ε of `points` ({ε: value}); ε = inf (no DP)
+    is drawn as a dashed reference line."""
+    fig = Figure(figsize=(5, 3.4), layout="constrained")
+    ax = fig.subplots()
+    finite = sorted((e, v) for e, v in points.items() if np.isfinite(e))
+    if finite:
+        ax.plot([e for e, _ in finite], [v for _, v in finite], marker="o", label="DP-SGD")
+    if np.inf in points:
+        ax.axhline(points[np.inf], linestyle="--", color="grey", label="no DP (ε = ∞)")
+    ax.set_xscale("log")
+    ax.set_xlabel("ε (smaller: more private)")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(title)
+    return fig
+
+
+def privacy_budget(accounts: Sequence[Mapping[str, float]], *,
+                   title: str = "Privacy budget per dataset") -> Figure:
+    """Spent (RDP composition), the plain sum of the releases' ε, and the budget, per
+    dataset, from `scientist.privacy.my_budget()`."""
+    fig = Figure(figsize=(5, 0.8 + 0.6 * max(len(accounts), 1)), layout="constrained")
+    ax = fig.subplots()
+    names = [a["dataset"] for a in accounts]
+    rows = np.arange(len(accounts))
+    ax.barh(rows, [a["budget"] for a in accounts], color="lightgrey", label="budget")
+    ax.barh(rows, [a["spent_sum"] for a in accounts], height=0.5, color="tab:orange",
+            alpha=0.6, label="sum of ε")
+    ax.barh(rows, [a["spent"] for a in accounts], height=0.3, color="tab:red",
+            label="spent (composed)")
+    ax.set_yticks(rows, names)
+    ax.set_xlabel("ε")
+    ax.legend(loc="lower right")
+    ax.set_title(title)
+    return fig

@@ -68,6 +68,26 @@ def test_secure_average_equals_plain_average(federation):
     assert any(not np.allclose(weights[n], secure[n]) for n in weights)
 
 
+def test_dp_sgd_in_secure_rounds_charges_each_hospitals_own_ledger(federation):
+    from domain_setup.server.privacy_ledger import PrivacyLedger
+    from scientist.privacy import private_training
+
+    domains, hospitals, reviewers = federation
+    plan = TrainingPlan(epochs=1, batch_size=32)
+    _, logs = run_rounds(hospitals, plan, rounds=2, secure=True, approver=_approve(reviewers),
+                         privacy=private_training(1.0))
+    for log in logs:
+        assert sorted(log.privacy) == sorted(h.name for h in hospitals)
+        assert all(p["epsilon"] == 1.0 for p in log.privacy.values())
+    for domain, hospital in zip(domains, hospitals):
+        account = PrivacyLedger.of_state(domain.state.root).account(RESEARCHER, "xray",
+                                                                    delta=1e-5)
+        charged = [r for r in account.releases if r.status == "charged"]
+        assert [r.kind for r in charged] == ["secure_train_private"] * 2
+        assert 1.0 < account.spent < 2.0 == account.spent_sum  # composed beats the sum
+        assert logs[-1].privacy[hospital.name]["spent"] == pytest.approx(account.spent)
+
+
 def test_researcher_sees_only_ciphertext_of_a_hospital(federation):
     domains, hospitals, reviewers = federation
     hospital = hospitals[0]

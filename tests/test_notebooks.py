@@ -182,6 +182,22 @@ def test_02_training_plan(kernel_dir, hospital, ada_connection, monkeypatch):
     assert count_images(notebook) == 4  # mock curves, domain curves, ROC, confusion matrix
 
 
+def test_05_differential_privacy(kernel_dir, hospital, ada_connection, monkeypatch):
+    monkeypatch.setenv("PNEUMOSYFT_CONNECTION", str(ada_connection))
+    with Approver(hospital) as approver:
+        try:
+            notebook = run_notebook("05_differential_privacy.ipynb", kernel_dir)
+        except Exception:
+            print(approver.report())
+            raise
+    approved = [f for f, outcome, _ in approver.decisions if outcome == "approved"]
+    assert any(f.startswith("train_private_xray_plan") for f in approved), approver.report()
+    assert any(f.startswith("evaluate_private_xray_plan") for f in approved), approver.report()
+    assert count_images(notebook) == 4  # trade-off, DP curves, noisy ROC, budget
+    text = outputs_text(notebook)
+    assert "'epsilon': 2.0" in text and "'epsilon': 1.0" in text and "releases" in text
+
+
 def test_03_secret_shared_weights(kernel_dir):
     notebook = run_notebook("03_secret_shared_weights.ipynb", kernel_dir)
     assert count_images(notebook) == 1

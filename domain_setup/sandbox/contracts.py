@@ -35,8 +35,8 @@ import numpy as np
 from .errors import ContractViolation, PlainDataError
 from .plain_data import encode_parts
 
-KINDS = ("train", "evaluate", "secure_train", "aggregate", "train_private", "evaluate_private",
-         "custom")
+KINDS = ("train", "evaluate", "secure_train", "aggregate", "train_private",
+         "secure_train_private", "evaluate_private", "custom")
 
 # An aggregator's partial sum is one party's share of a state dict: 8 bytes per value
 # plus a header. resnet18's share is about 89 MB (11.2M values), so a 64 MiB bound
@@ -150,7 +150,21 @@ def _check_train_private(result: Any, context: ContractContext) -> None:
     _need(context, "train_private", "model", "epochs", "n_samples", "max_epsilon")
     result = _exact_keys("result", result, ("weights", "history", "n_samples", "privacy"))
     _check_train({k: result[k] for k in ("weights", "history", "n_samples")}, context)
-    privacy = _exact_keys("privacy", result["privacy"], ("epsilon", "delta"))
+    _privacy_spent(result["privacy"], context)
+
+
+def _check_secure_train_private(result: Any, context: ContractContext) -> None:
+    """secure_train's contract, plus the ε Opacus accounted (at most the charge)."""
+    _need(context, "secure_train_private", "max_epsilon")
+    result = _exact_keys("result", result, ("sealed_shares", "n_samples", "history",
+                                            "privacy"))
+    _check_secure_train({k: result[k] for k in ("sealed_shares", "n_samples", "history")},
+                        context)
+    _privacy_spent(result["privacy"], context)
+
+
+def _privacy_spent(value: Any, context: ContractContext) -> None:
+    privacy = _exact_keys("privacy", value, ("epsilon", "delta"))
     spent = _float("privacy.epsilon", privacy["epsilon"], 0.0)
     _float("privacy.delta", privacy["delta"], 0.0, 1.0)
     if spent > context.max_epsilon * 1.01:
@@ -194,6 +208,7 @@ def _check_custom(result: Any, context: ContractContext) -> None:
 _CHECKS: dict[str, Callable[[Any, ContractContext], None]] = {
     "train": _check_train, "evaluate": _check_evaluate, "secure_train": _check_secure_train,
     "aggregate": _check_aggregate, "train_private": _check_train_private,
+    "secure_train_private": _check_secure_train_private,
     "evaluate_private": _check_evaluate_private, "custom": _check_custom}
 assert tuple(_CHECKS) == KINDS
 

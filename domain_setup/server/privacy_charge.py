@@ -19,7 +19,10 @@ from common.dp_accounting import (Mechanism, dp_sgd_mechanism, gaussian_count_me
 from domain_setup.privacy_policy import DatasetPrivacy
 from domain_setup.server.privacy_ledger import BudgetExceeded, PrivacyLedger, Release
 
-PRIVATE_KINDS = ("train_private", "evaluate_private")
+PRIVATE_KINDS = ("train_private", "secure_train_private", "evaluate_private")
+DP_SGD_KINDS = ("train_private", "secure_train_private")
+RELEASED_KEYS = {"train_private": ("weights", "history", "n_samples"),
+                 "secure_train_private": ("sealed_shares", "n_samples", "history")}
 
 
 class PrivacyRefused(Exception):
@@ -58,7 +61,7 @@ class PrivacyCharge:
                                  f"{rules.min_samples_per_release} images; this split has "
                                  f"{n_samples}")
         config = inputs.get("config") or {}
-        if kind == "train_private":
+        if kind in DP_SGD_KINDS:
             mechanism = dp_sgd_mechanism(target_epsilon=target, delta=rules.delta,
                                          n_samples=n_samples, batch_size=int(config["batch_size"]),
                                          epochs=int(config["epochs"]))
@@ -71,7 +74,7 @@ class PrivacyCharge:
                                    budget=budget)
         except BudgetExceeded as exc:
             raise PrivacyRefused(str(exc)) from None
-        if kind == "train_private":
+        if kind in DP_SGD_KINDS:
             inputs["privacy"] = {"noise_multiplier": mechanism.noise_multiplier,
                                  "max_grad_norm": float(asked.get("max_grad_norm", 1.0)),
                                  "delta": rules.delta}
@@ -89,7 +92,7 @@ class PrivacyCharge:
             noisy = add_gaussian_noise(result["histogram"], self.mechanism.noise_multiplier)
             released: dict[str, Any] = {"metrics": metrics_from_histogram(noisy)}
         else:
-            released = {key: result[key] for key in ("weights", "history", "n_samples")}
+            released = {key: result[key] for key in RELEASED_KEYS[self.kind]}
         account = ledger.account(self.email, self.dataset, delta=self.rules.delta)
         released["privacy"] = {"epsilon": self.target_epsilon, "delta": self.rules.delta,
                                "dataset": self.dataset, "spent": account.spent,

@@ -52,6 +52,15 @@ def quote_code(worker: Any, policies: Any, ledger: Any, code: Any) -> dict:
     target = asked.get("target_epsilon")
     if not isinstance(target, (int, float)) or isinstance(target, bool) or target <= 0:
         return quote  # the catalogue's constant schema says what is wrong
+    try:
+        n_samples = _asset_rows(datasets, inputs["images"])
+    except (KeyError, ValueError) as exc:
+        quote["problems"].append(f"privacy: {exc}")
+        return quote
+    if n_samples < rules.min_samples_per_release:
+        quote["problems"].append(f"a release on {dataset} needs at least "
+                                 f"{rules.min_samples_per_release} images; "
+                                 f"{inputs['images']} has {n_samples}")
     budget = rules.budget_for(email, policies.groups_of(email), role)
     account = ledger.account(email, dataset, delta=rules.delta)
     config = constants.get("config") if isinstance(constants.get("config"), dict) else {}
@@ -59,7 +68,7 @@ def quote_code(worker: Any, policies: Any, ledger: Any, code: Any) -> dict:
         mechanism = (gaussian_count_mechanism(target_epsilon=float(target), delta=rules.delta)
                      if kind == "evaluate_private" else dp_sgd_mechanism(
                          target_epsilon=float(target), delta=rules.delta,
-                         n_samples=_asset_rows(datasets, inputs["images"]),
+                         n_samples=n_samples,
                          batch_size=int(config.get("batch_size", 64)),
                          epochs=int(config.get("epochs", 1))))
     except (ValueError, TypeError) as exc:
