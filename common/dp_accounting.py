@@ -82,11 +82,13 @@ def noise_multiplier_for(target_epsilon: float, delta: float, sample_rate: float
 
 
 def dp_sgd_steps(n_samples: int, batch_size: int, epochs: int) -> tuple[float, int]:
-    """(sample rate, steps) of DP-SGD with Poisson sampling of expected size `batch_size`."""
+    """(sample rate, steps) of DP-SGD with Poisson sampling, exactly as Opacus runs it: an
+    epoch is ceil(n / batch_size) steps, each taking every image with probability
+    1 / (steps per epoch)."""
     if n_samples < 1 or batch_size < 1 or epochs < 1:
         raise ValueError("n_samples, batch_size and epochs must be positive")
-    sample_rate = min(1.0, batch_size / n_samples)
-    return sample_rate, int(epochs) * max(1, round(1 / sample_rate))
+    per_epoch = math.ceil(n_samples / batch_size)
+    return 1.0 / per_epoch, int(epochs) * per_epoch
 
 
 def dp_sgd_mechanism(*, target_epsilon: float, delta: float, n_samples: int,

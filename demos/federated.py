@@ -82,11 +82,13 @@ def local_reference(data, plan, skew, epochs_total: int) -> dict:
     return results
 
 
-def run(n: int, size: int, rounds: int, epochs: int, workdir: Path, plot: Path | None) -> list:
+def run(n: int, size: int, rounds: int, epochs: int, workdir: Path, plot: Path | None,
+        epsilon: float | None = None) -> list:
     from common.training import evaluate
     from datasets.xray import load_synthetic
     from scientist import TrainingPlan
     from scientist.federated import join, run_rounds
+    from scientist.privacy import private_training
 
     plan = TrainingPlan(model="small_cnn", epochs=epochs)
     data = load_synthetic(n=n, size=size)
@@ -103,8 +105,10 @@ def run(n: int, size: int, rounds: int, epochs: int, workdir: Path, plot: Path |
             for name, result in local_reference(data, plan, skew, rounds * epochs).items():
                 table.append((partitioning, name, result))
             firsts, finals = {}, {}
-            for secure in (False, True):
-                label = "secure FedAvg" if secure else "plain FedAvg"
+            variants = [(False, None), (True, None)] + ([(True, epsilon)] if epsilon else [])
+            for secure, per_round in variants:
+                label = ("secure FedAvg" if secure else "plain FedAvg") + (
+                    f" + DP (ε {per_round:g}/round)" if per_round else "")
                 metrics_per_round = []
 
                 def on_round(weights, log, label=label, metrics_per_round=metrics_per_round):
@@ -114,8 +118,16 @@ def run(n: int, size: int, rounds: int, epochs: int, workdir: Path, plot: Path |
                     print(f"  {label} round {log.round}: accuracy {metrics['accuracy']:.3f}, "
                           f"AUC {metrics['auc']:.3f} ({log.seconds:.1f} s)", flush=True)
 
-                weights, _ = run_rounds(hospitals, plan, rounds=rounds, secure=secure,
-                                        approver=approver, on_round=on_round)
+                weights, logs = run_rounds(
+                    hospitals, plan, rounds=rounds, secure=secure, approver=approver,
+                    on_round=on_round,
+                    privacy=private_training(per_round) if per_round else None)
+                for hospital, spent in logs[-1].privacy.items():
+                    print(f"  {hospital}: ε spent on {spent['dataset']} {spent['spent']:.2f} "
+                          f"(composed; sum {spent['spent_sum']:.2f}), {spent['left']:.2f} "
+                          f"left, δ {spent['delta']:g}", flush=True)
+                if per_round:
+                    continue  # the DP model is not the one compared with plain FedAvg
                 finals[label] = weights
                 curves[(partitioning, label)] = metrics_per_round
                 table.append((partitioning, label, metrics_per_round[-1]))
@@ -179,14 +191,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2,
                         help="local epochs per round (default 2); baselines train rounds x epochs")
     parser.add_argument("--plot", type=Path, help="save held-out accuracy and AUC per round as a PNG")
+    parser.add_argument("--epsilon", type=float, default=1.0,
+                        help="also run secure FedAvg with DP-SGD inside each hospital, this ε "
+                             "per round (default 1; 0 skips it)")
     args = parser.parse_args(argv)
     for option in ("n", "rounds", "epochs"):
         if getattr(args, option) < 1:
             parser.error(f"--{option} must be at least 1")
+    if args.epsilon < 0:
+        parser.error("--epsilon must be positive (or 0 to skip the DP run)")
     started = time.perf_counter()
     try:
         with tempfile.TemporaryDirectory(prefix="pneumosyft-federated-") as workdir:
-            run(args.n, args.size, args.rounds, args.epochs, Path(workdir), args.plot)
+            run(args.n, args.size, args.rounds, args.epochs, Path(workdir), args.plot,
+                epsilon=args.epsilon or None)
     except PneumoSyftError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

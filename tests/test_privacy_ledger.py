@@ -198,3 +198,21 @@ def test_privacy_yaml_errors_name_the_file_and_line(tmp_path, change, message):
         load_privacy_rules(path)
     assert message in str(refused.value) and "privacy.yaml" in str(refused.value), \
         str(refused.value)
+
+
+@pytest.mark.parametrize("n_samples", [160, 170])
+def test_opacus_accounts_exactly_what_the_domain_sized_for(n_samples):
+    """The domain sizes the noise with its own accountant; the run, accounted by Opacus,
+    must not cost more (steps per epoch as Opacus takes them: ceil(n / batch))."""
+    from common.dp_accounting import dp_sgd_mechanism
+    from common.dp_training import train_private
+    from datasets.xray import load_synthetic
+
+    data = load_synthetic(n=220, size=28)
+    images, labels = data.train.images[:n_samples], data.train.labels[:n_samples]
+    mechanism = dp_sgd_mechanism(target_epsilon=1.0, delta=DELTA, n_samples=n_samples,
+                                 batch_size=32, epochs=1)
+    result = train_private(images, labels, noise_multiplier=mechanism.noise_multiplier,
+                           max_grad_norm=1.0, delta=DELTA, epochs=1, batch_size=32)
+    assert result["steps"] == mechanism.steps
+    assert 0.98 <= result["epsilon"] <= 1.0
