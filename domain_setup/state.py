@@ -11,6 +11,7 @@ Layout (secrets are 0600, the folder itself 0700)::
       keys/                  JWT signing key, aggregation (X25519) key
       tokens.json            issued tokens and revocations (.tokens.lock beside it)
       audit.jsonl            append-only audit log
+      privacy.sqlite3        the privacy ledger: DP releases and grants (0600)
       db/ blob/ syft/        syft's database, blob storage and scratch space
       logs/domain.log        server log
       domain.pid             pid of the running server

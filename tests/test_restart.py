@@ -38,7 +38,7 @@ def test_everything_survives_stop_and_kill_9(tmp_path):
         state = domain.state
         identity_before = json.loads(state.identity_path.read_text())
         for secret in (state.identity_path, state.admin_password_path, state.connection_path,
-                       state.account_passwords_path):
+                       state.account_passwords_path, state.root / "privacy.sqlite3"):
             assert stat.S_IMODE(secret.stat().st_mode) == 0o600, secret
         assert stat.S_IMODE(state.root.stat().st_mode) == 0o700
 
