@@ -100,7 +100,7 @@ def changed(result: dict, path: tuple, value=None, *, delete: bool = False) -> d
 def test_violation_is_a_plan_error_and_kinds_are_listed():
     assert issubclass(ContractViolation, PlanError)
     assert KINDS == ("train", "evaluate", "secure_train", "aggregate", "train_private",
-                     "evaluate_private", "custom")
+                     "secure_train_private", "evaluate_private", "custom")
 
 
 def test_real_outputs_pass_also_after_the_plain_data_round_trip(trained, evaluated, secure_runs,

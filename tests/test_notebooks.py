@@ -132,7 +132,7 @@ def test_notebooks_are_committed_without_outputs():
     names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
     assert names == ["00_hospital_admin.ipynb", "01_connect_and_explore.ipynb",
                      "02_training_plan.ipynb", "03_secret_shared_weights.ipynb",
-                     "04_secure_federated_averaging.ipynb"]
+                     "04_secure_federated_averaging.ipynb", "05_differential_privacy.ipynb"]
     for name in names:
         notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
         nbformat.validate(notebook)
