@@ -138,3 +138,19 @@ def test_unknown_model_lists_the_known_ones():
     with pytest.raises(ValueError, match="small_cnn, resnet18"):
         build_model("vgg16")
     assert MODEL_NAMES == ("small_cnn", "resnet18")
+
+
+def test_dp_sgd_refuses_a_batchnorm_model_with_opacus_reason():
+    """resnet18's BatchNorm mixes the samples of a batch, so per-sample clipping cannot
+    bound one image's influence: refused with Opacus' reason, before any training."""
+    from common.dp_training import private_model_problems, train_private
+    from common.models import build_model
+
+    assert private_model_problems(build_model("small_cnn")) == []
+    images = np.zeros((20, 1, 32, 32), dtype=np.uint8)
+    labels = np.array([0, 1] * 10)
+    with pytest.raises(ValueError) as refused:
+        train_private(images, labels, noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5,
+                      model="resnet18", epochs=1, batch_size=4)
+    assert "model resnet18 cannot be trained with DP-SGD as it is" in str(refused.value)
+    assert "BatchNorm" in str(refused.value)
