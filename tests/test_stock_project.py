@@ -62,7 +62,7 @@ def test_a_python_route_is_refused_before_syft_builds_a_worker_from_it(hospital,
     settings = WorkerSettings(id=UID(), name="planted", server_type=ServerType.DATASITE,
                               server_side_type=ServerSideType.HIGH_SIDE,
                               signing_key=SyftSigningKey.generate(),
-                              db_config=SQLiteDBConfig(filename="planted.db", path=Path("/tmp")))
+                              db_config=SQLiteDBConfig(filename="planted.db", path=Path("planted")))
     with syft_compat.muted():
         project = sy.Project(name="python route", description="a worker built in the server",
                              members=[ada])
