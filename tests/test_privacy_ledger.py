@@ -10,7 +10,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +82,9 @@ CHARGER = textwrap.dedent("""
     from domain_setup.server.privacy_ledger import BudgetExceeded, PrivacyLedger
     ledger = PrivacyLedger({path!r})
     mechanism = Mechanism(**{mechanism!r})
+    from common.dp_accounting import epsilon
+    epsilon([mechanism], {delta!r})  # the accountant imported before the race
+    print("ready", flush=True)
     while not os.path.exists({go!r}):
         time.sleep(0.001)
     try:
@@ -99,14 +101,14 @@ def test_two_processes_cannot_both_spend_the_last_of_a_budget(tmp_path):
     PrivacyLedger(path)
     script = CHARGER.format(root=str(PROJECT_ROOT), path=str(path), go=str(go), email=ADA,
                             delta=DELTA, mechanism=train_release(3.0).to_dict())
-    for attempt in range(3):
+    for attempt in range(2):
         go.unlink(missing_ok=True)
         path.unlink()
         PrivacyLedger(path)
         runs = [subprocess.Popen([sys.executable, "-c", script, f"r{n}"], stdout=subprocess.PIPE,
                                  text=True) for n in range(2)]
-        time.sleep(3)  # both imported and waiting
-        go.touch()
+        assert [run.stdout.readline().strip() for run in runs] == ["ready", "ready"]
+        go.touch()  # both charge at once
         outputs = sorted(run.communicate(timeout=120)[0].strip() for run in runs)
         assert outputs == ["charged", "exceeded"], outputs
     assert len(PrivacyLedger(path).account(ADA, "xray", delta=DELTA).releases) == 1
