@@ -168,15 +168,22 @@ def test_01_connect_and_explore(kernel_dir, ada_connection, monkeypatch):
     assert "train_images.data -> None" in outputs_text(notebook)
 
 
-def test_02_training_plan(kernel_dir, hospital, ada_connection, monkeypatch):
-    monkeypatch.setenv("PNEUMOSYFT_CONNECTION", str(ada_connection))
-    with Approver(hospital) as approver:
+def run_with_admin(name: str, kernel_dir: Path, *domains) -> tuple:
+    """Run notebook NAME while an `Approver` plays the admins of `domains`; returns the
+    executed notebook and the functions approved (the approver's report on failure)."""
+    with Approver(*domains) as approver:
         try:
-            notebook = run_notebook("02_training_plan.ipynb", kernel_dir)
+            notebook = run_notebook(name, kernel_dir)
         except Exception:
             print(approver.report())
             raise
-    approved = [f for f, outcome, _ in approver.decisions if outcome == "approved"]
+    return notebook, [f for f, outcome, _ in approver.decisions if outcome == "approved"], \
+        approver
+
+
+def test_02_training_plan(kernel_dir, hospital, ada_connection, monkeypatch):
+    monkeypatch.setenv("PNEUMOSYFT_CONNECTION", str(ada_connection))
+    notebook, approved, approver = run_with_admin("02_training_plan.ipynb", kernel_dir, hospital)
     assert any(f.startswith("train_xray_plan") for f in approved), approver.report()
     assert any(f.startswith("evaluate_xray_plan") for f in approved), approver.report()
     assert count_images(notebook) == 4  # mock curves, domain curves, ROC, confusion matrix
@@ -184,13 +191,8 @@ def test_02_training_plan(kernel_dir, hospital, ada_connection, monkeypatch):
 
 def test_05_differential_privacy(kernel_dir, hospital, ada_connection, monkeypatch):
     monkeypatch.setenv("PNEUMOSYFT_CONNECTION", str(ada_connection))
-    with Approver(hospital) as approver:
-        try:
-            notebook = run_notebook("05_differential_privacy.ipynb", kernel_dir)
-        except Exception:
-            print(approver.report())
-            raise
-    approved = [f for f, outcome, _ in approver.decisions if outcome == "approved"]
+    notebook, approved, approver = run_with_admin("05_differential_privacy.ipynb", kernel_dir,
+                                                  hospital)
     assert any(f.startswith("train_private_xray_plan") for f in approved), approver.report()
     assert any(f.startswith("evaluate_private_xray_plan") for f in approved), approver.report()
     assert count_images(notebook) == 4  # trade-off, DP curves, noisy ROC, budget
@@ -247,14 +249,9 @@ def test_04_secure_federated_averaging(kernel_dir, federation, tmp_path, monkeyp
     for i, domain in enumerate(federation, start=1):
         path = domain.researcher_file(RESEARCHER, tmp_path / f"ada-{i}.json")
         monkeypatch.setenv(f"PNEUMOSYFT_CONNECTION_{i}", str(path))
-    with Approver(*federation) as approver:
-        try:
-            notebook = run_notebook("04_secure_federated_averaging.ipynb", kernel_dir)
-        except Exception:
-            print(approver.report())
-            raise
+    notebook, approved, approver = run_with_admin("04_secure_federated_averaging.ipynb",
+                                                  kernel_dir, *federation)
     # per round: 3 plain trainings; 3 secure trainings and 3 aggregations; then 3 evaluations
-    approved = [f for f, outcome, _ in approver.decisions if outcome == "approved"]
     assert len(approved) == 2 * 3 + 2 * 6 + 3, approver.report()
     assert count_images(notebook) == 2  # class balance, accuracy per round
 

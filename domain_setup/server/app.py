@@ -50,14 +50,13 @@ def build_worker(state: StateDir, config: DomainConfig) -> Any:
 
 
 def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: Any,
-              audit: Any, overrides: Any) -> Any:
+              audit: Any, overrides: Any, ledger: Any) -> Any:
     """The FastAPI app: syft's routes under /api/v2, ours under /pneumosyft, the gate in front
     of every route (``app.state.gate``), all deciding on the same policy snapshot."""
     from fastapi import APIRouter, FastAPI
 
     from domain_setup.server.cli_credentials import write_connection
     from domain_setup.server.gate import GateMiddleware, TokenGate
-    from domain_setup.server.privacy_ledger import PrivacyLedger
     from domain_setup.server.privacy_routes import make_privacy_router
     from domain_setup.server.routes import install_refusal_handler, make_domain_router
 
@@ -76,7 +75,7 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
     gate = TokenGate.for_domain(state, config, worker, policies=policies, audit=audit)
     app.include_router(make_domain_router(state, config, worker, gate, overrides),
                        prefix="/pneumosyft")
-    app.include_router(make_privacy_router(worker, gate, PrivacyLedger.of_state(state.root)),
+    app.include_router(make_privacy_router(worker, gate, ledger),
                        prefix="/pneumosyft/privacy")
     install_refusal_handler(app)
 
@@ -132,16 +131,14 @@ class SandboxPool:
                               "(the domain never runs submitted code without it)") from None
 
 
-def plan_executor(state: StateDir, config: DomainConfig, policies: Any, audit: Any,
-                  sandboxes: SandboxPool, worker: Any) -> Any:
+def plan_executor(config: DomainConfig, policies: Any, audit: Any, sandboxes: SandboxPool,
+                  worker: Any, ledger: Any) -> Any:
     """The sandbox dispatch with this domain's `--plan-timeout` / `--plan-memory-mb` and
     its privacy ledger."""
     from domain_setup.server.execution import PlanExecutor
-    from domain_setup.server.privacy_ledger import PrivacyLedger
 
     return PlanExecutor(policies=policies, config_extra=dict(config.extra),
-                        sandbox_factory=sandboxes, audit=audit, worker=worker,
-                        ledger=PrivacyLedger.of_state(state.root))
+                        sandbox_factory=sandboxes, audit=audit, worker=worker, ledger=ledger)
 
 
 def serve(state: StateDir) -> None:
@@ -163,16 +160,17 @@ def serve(state: StateDir) -> None:
     # no sandbox, no domain: nothing submitted ever runs in this process
     sandboxes.check(sandbox_limits(policies.current.approval, config.extra))
     worker = build_worker(state, config)
-    executor = plan_executor(state, config, policies, audit, sandboxes, worker)
+    ledger = PrivacyLedger.of_state(state.root)  # one per server: executor, guard, routes
+    executor = plan_executor(config, policies, audit, sandboxes, worker, ledger)
     syft_patches.apply_all(config.host, config.port, executor)
     overrides = approval_guard.Overrides()
-    approval_guard.bind_verdicts(worker, policies, overrides, audit,
-                                 PrivacyLedger.of_state(state.root))
+    approval_guard.bind_verdicts(worker, policies, overrides, audit, ledger)
     # the sandbox dispatch logs what failed inside a plan; the hospital admin needs it in
     # the domain log (the researcher only gets one line without values from inside)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("pneumosyft.execution").setLevel(logging.INFO)
-    app = build_app(state, config, worker, policies=policies, audit=audit, overrides=overrides)
+    app = build_app(state, config, worker, policies=policies, audit=audit, overrides=overrides,
+                    ledger=ledger)
     state.pid_path.write_text(str(os.getpid()))
     try:
         uvicorn.run(app, host=config.host, port=config.port, log_level="warning",

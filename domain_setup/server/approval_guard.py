@@ -92,8 +92,9 @@ def bind_verdicts(worker: Any, policies: Any, overrides: Overrides, audit: Any,
         code = self.get_user_code(context).unwrap()
         request_id = str(self.id.no_dash)
         approver = syft_compat.email_of(worker, context.credentials)
-        inputs, constants = code_bindings(code, asset_names_of(syft_compat.all_datasets(worker)))
-        privacy = quote_code(worker, policies.current, ledger, code)
+        datasets = syft_compat.all_datasets(worker)
+        inputs, constants = code_bindings(code, asset_names_of(datasets))
+        privacy = quote_code(worker, policies.current, ledger, code, datasets)
         verdict = judge_code(code, inputs, constants, policies.current.approval,
                              privacy_problems=privacy["problems"])
         override = overrides.take(request_id) if verdict.needs_override else None

@@ -78,8 +78,7 @@ class PrivacyCharge:
             inputs["privacy"] = {"noise_multiplier": mechanism.noise_multiplier,
                                  "max_grad_norm": float(asked.get("max_grad_norm", 1.0)),
                                  "delta": rules.delta}
-        else:
-            inputs.pop("privacy", None)
+        else:  # the evaluation's noise is the server's: the plan gets nothing of it
             inputs["privacy"] = {}
         return cls(kind, email, dataset, rules, budget, target, mechanism, record)
 

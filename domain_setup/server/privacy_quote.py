@@ -22,9 +22,11 @@ from domain_setup.verdicts import asset_names_of, code_bindings
 NON_PRIVATE_RELEASES = ("train", "evaluate", "secure_train")
 
 
-def quote_code(worker: Any, policies: Any, ledger: Any, code: Any) -> dict:
-    """The privacy quote of a syft UserCode on this domain (see the module docstring)."""
-    datasets = syft_compat.all_datasets(worker)
+def quote_code(worker: Any, policies: Any, ledger: Any, code: Any,
+               datasets: list | None = None) -> dict:
+    """The privacy quote of a syft UserCode on this domain (see the module docstring);
+    `datasets` are the server's datasets when the caller has read them already."""
+    datasets = syft_compat.all_datasets(worker) if datasets is None else datasets
     inputs, constants = code_bindings(code, asset_names_of(datasets))
     names = {name.split("/", 1)[0] for name in inputs.values() if "/" in name}
     email = syft_compat.email_of(worker, code.user_verify_key)
