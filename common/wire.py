@@ -3,9 +3,13 @@
 Layout (all little-endian)::
 
     b"PSSS" | version (1 byte) | header length (uint32) | header (UTF-8 JSON,
-    space-padded so the payload starts 8-byte aligned) | payload (uint64 words)
+    space-padded so the payload starts 8-byte aligned) | payload (uint64 words, or
+    uint32 words for a share of the 32-bit ring)
 
-The header names each array with its shape and dtype, in payload order. A
+The header names each array with its shape and dtype, in payload order; a share of
+the 32-bit ring also says ``"ring_bits": 32`` (absent means 64, so 64-bit shares are
+byte for byte what they always were, and a reader that predates the 32-bit ring
+refuses a 32-bit share instead of misreading it). A
 ``SharedStateDict`` travels with ``dumps``/``loads``; a plain bundle of uint64
 arrays with ``dumps_arrays``/``loads_arrays``.
 
@@ -31,20 +35,22 @@ MAGIC = b"PSSS"
 VERSION = 1
 _PREFIX = struct.Struct("<4sBI")  # magic, version, header length
 _WORD = np.dtype("<u8")
+_WORDS = {64: _WORD, 32: np.dtype("<u4")}
 _KEYS = {"shares": {"kind", "party", "n_parties", "frac_bits", "tensors"},
          "arrays": {"kind", "tensors"}}
+_OPTIONAL = {"shares": {"ring_bits"}, "arrays": set()}
 _TENSOR_KEYS = {"name", "shape", "dtype"}
 
 
 # --- writing -------------------------------------------------------------------
 
-def _pack(header: dict[str, Any], arrays: list[np.ndarray]) -> bytes:
+def _pack(header: dict[str, Any], arrays: list[np.ndarray], word: np.dtype = _WORD) -> bytes:
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-(_PREFIX.size + len(text)) % 8)
     start = _PREFIX.size + len(text)
-    out = np.empty(start + 8 * sum(a.size for a in arrays), dtype=np.uint8)
+    out = np.empty(start + word.itemsize * sum(a.size for a in arrays), dtype=np.uint8)
     out[:start] = np.frombuffer(_PREFIX.pack(MAGIC, VERSION, len(text)) + text, dtype=np.uint8)
-    words = out[start:].view(_WORD)
+    words = out[start:].view(word)
     offset = 0
     for array in arrays:
         words[offset:offset + array.size] = array.reshape(-1)
@@ -65,7 +71,9 @@ def dumps(shared: SharedStateDict) -> bytes:
               "frac_bits": shared.frac_bits,
               "tensors": [{"name": name, "shape": list(t.shape), "dtype": t.dtype}
                           for name, t in shared.tensors.items()]}
-    return _pack(header, [t.data for t in shared.tensors.values()])
+    if shared.ring_bits != 64:
+        header["ring_bits"] = shared.ring_bits
+    return _pack(header, [t.data for t in shared.tensors.values()], _WORDS[shared.ring_bits])
 
 
 def dumps_arrays(arrays: Mapping[str, np.ndarray]) -> bytes:
@@ -106,12 +114,16 @@ def _parse_header(raw: bytes) -> dict[str, Any]:
         raise SharingError("share data header is not valid JSON") from None
     if not isinstance(header, dict) or header.get("kind") not in _KEYS:
         raise SharingError("share data header has no known 'kind'")
-    if set(header) != _KEYS[header["kind"]]:
+    required, optional = _KEYS[header["kind"]], _OPTIONAL[header["kind"]]
+    if not required <= set(header) <= required | optional:
         raise SharingError(f"share data header fields are {sorted(header)}, "
-                           f"expected {sorted(_KEYS[header['kind']])}")
-    for key in ("party", "n_parties", "frac_bits"):
+                           f"expected {sorted(required)}")
+    for key in ("party", "n_parties", "frac_bits", "ring_bits"):
         if key in header and not _is_int(header[key]):
             raise SharingError(f"share data header field {key!r} is not an integer")
+    if "ring_bits" in header and header["ring_bits"] != 32:
+        raise SharingError(f"share data header: ring_bits {header['ring_bits']!r} is not 32 "
+                           f"(a 64-bit share leaves it out)")
     tensors = header["tensors"]
     if not isinstance(tensors, list):
         raise SharingError("share data header field 'tensors' is not a list")
@@ -151,14 +163,15 @@ def _unpack(data: bytes, kind: str) -> tuple[dict[str, Any], list[np.ndarray]]:
     header = _parse_header(bytes(data[_PREFIX.size:start]))
     if header["kind"] != kind:
         raise SharingError(f"share data holds {header['kind']!r}, expected {kind!r}")
+    word = _WORDS[header.get("ring_bits", 64)]
     sizes = [math.prod(entry["shape"]) for entry in header["tensors"]]
-    expected, found = 8 * sum(sizes), len(data) - start
+    expected, found = word.itemsize * sum(sizes), len(data) - start
     if found < expected:
         raise SharingError(f"share data truncated: payload has {found} bytes, "
                            f"header announces {expected}")
     if found > expected:
         raise SharingError(f"share data has {found - expected} trailing bytes after its payload")
-    words = np.frombuffer(data, dtype=_WORD, offset=start).astype(np.uint64)  # own, writable
+    words = np.frombuffer(data, dtype=word, offset=start).astype(f"u{word.itemsize}")  # own
     arrays, offset = [], 0
     for size in sizes:
         arrays.append(words[offset:offset + size])
@@ -171,7 +184,7 @@ def loads(data: bytes) -> SharedStateDict:
     header, arrays = _unpack(data, "shares")
     return SharedStateDict(header["party"], header["n_parties"], header["frac_bits"], {
         entry["name"]: SharedTensor(tuple(entry["shape"]), entry["dtype"], words)
-        for entry, words in zip(header["tensors"], arrays)})
+        for entry, words in zip(header["tensors"], arrays)}, header.get("ring_bits", 64))
 
 
 def loads_arrays(data: bytes) -> dict[str, np.ndarray]:

@@ -1,4 +1,5 @@
-"""Shares in transit: the PSSS wire format and X25519 sealed boxes (real crypto, no mocks)."""
+"""Shares in transit: the PSSS wire format, X25519 sealed boxes, and authenticated sealing
+of seeds and correction shares between federation members (real crypto, no mocks)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,14 @@ import pytest
 from common import sealing, secret_sharing, wire
 from common.errors import SharingError
 from common.sealing import (
-    generate_keypair, key_from_text, key_to_text, load_private_key, open_and_sum, open_sealed,
-    open_share, public_key_from_private, save_private_key, seal, seal_shares,
+    RoundContext, generate_keypair, key_from_text, key_to_text, load_private_key, open_and_sum,
+    open_correction, open_from, open_sealed, open_seed, open_seeded_and_sum, open_share,
+    public_key_from_private, save_private_key, seal, seal_correction, seal_from,
+    seal_seed, seal_seeded_shares, seal_shares,
 )
 from common.secret_sharing import (
-    add_state_dict_shares, reconstruct_state_dict, scale_state_dict_shares, share_state_dict,
+    add_state_dict_shares, expand_seed_state_dict, layout_of, new_seed, reconstruct_state_dict,
+    scale_state_dict_shares, seeded_share_state_dict, share_state_dict,
 )
 
 
@@ -240,6 +244,235 @@ def test_open_and_sum_refuses_what_is_not_one_share_per_hospital():
         np.testing.assert_array_equal(tensor.data, expected.tensors[name].data)
 
 
+# --- authenticated sealing -----------------------------------------------------------
+
+NOT_FROM = "^cannot open: not sealed by this sender to this key for this round"
+ROUND = RoundContext("round-1", n_parties=3)
+
+
+@pytest.fixture(scope="module")
+def members():
+    """Three federation members' key pairs, and a researcher's (who knows every public key)."""
+    return [generate_keypair() for _ in range(3)], generate_keypair()
+
+
+def test_seal_from_roundtrip_is_fresh_and_hides_the_payload(members):
+    (a, b, _), _ = members
+    ciphertext = seal_from(a[0], b[1], b"secret seed bytes", ROUND)
+    assert b"secret seed bytes" not in ciphertext
+    assert open_from(b[0], a[1], ciphertext, ROUND) == b"secret seed bytes"
+    assert seal_from(a[0], b[1], b"secret seed bytes", ROUND) != ciphertext  # fresh salt
+    assert open_from(b[0], a[1], seal_from(a[0], b[1], b"", ROUND), ROUND) == b""
+
+
+def test_only_the_named_sender_recipient_round_and_purpose_open(members):
+    (a, b, c), _ = members
+    ciphertext = seal_from(a[0], b[1], b"payload", ROUND, purpose="seed")
+    assert open_from(b[0], a[1], ciphertext, ROUND, purpose="seed") == b"payload"
+    refused = [
+        (c[0], a[1], ROUND, "seed"),                                  # another recipient
+        (b[0], c[1], ROUND, "seed"),                                  # another claimed sender
+        (b[0], a[1], RoundContext("round-2", 3), "seed"),             # another round
+        (b[0], a[1], RoundContext("round-1", 4), "seed"),             # another party count
+        (b[0], a[1], ROUND, "correction"),                            # another purpose
+    ]
+    for private, sender, context, purpose in refused:
+        with pytest.raises(SharingError, match=NOT_FROM):
+            open_from(private, sender, ciphertext, context, purpose=purpose)
+
+
+def test_a_researcher_who_knows_only_public_keys_cannot_forge(members):
+    (a, b, _), researcher = members
+    forged = seal_from(researcher[0], b[1], new_seed(), ROUND, purpose="seed")
+    with pytest.raises(SharingError, match=NOT_FROM):
+        open_seed(b[0], a[1], forged, ROUND)  # claims to come from a
+    anonymous = seal(new_seed(), b[1])  # a sealed box anyone could make
+    with pytest.raises(SharingError, match=NOT_FROM):
+        open_seed(b[0], a[1], anonymous, ROUND)
+
+
+def test_tampered_or_truncated_authenticated_ciphertext_refused(members):
+    (a, b, _), _ = members
+    ciphertext = seal_from(a[0], b[1], b"x" * 100, ROUND)
+    for position in (0, 3, 4, 35, 36, 100, len(ciphertext) - 1):  # magic, salt, body, tag
+        tampered = bytearray(ciphertext)
+        tampered[position] ^= 0x01
+        with pytest.raises(SharingError, match=NOT_FROM):
+            open_from(b[0], a[1], bytes(tampered), ROUND)
+    for cut in (0, 4, 36, 51, len(ciphertext) - 1):
+        with pytest.raises(SharingError, match=NOT_FROM):
+            open_from(b[0], a[1], ciphertext[:cut], ROUND)
+    with pytest.raises(SharingError, match=NOT_FROM):
+        open_from(b[0], a[1], ciphertext + b"\x00", ROUND)
+
+
+def test_authenticated_sealing_refuses_bad_arguments(members):
+    (a, b, _), _ = members
+    with pytest.raises(SharingError, match="not a usable X25519 key"):
+        seal_from(a[0], bytes(32), b"x", ROUND)  # a low-order point: all-zero shared secret
+    with pytest.raises(SharingError, match="public key must be 32 raw bytes, got 31"):
+        seal_from(a[0], b[1][:31], b"x", ROUND)
+    with pytest.raises(SharingError, match="payload to seal must be bytes"):
+        seal_from(a[0], b[1], "text", ROUND)
+    with pytest.raises(SharingError, match="context must be a RoundContext"):
+        seal_from(a[0], b[1], b"x", "round-1")
+    for round_id in ("", 7, "r" * 201):
+        with pytest.raises(SharingError, match="round id must be a non-empty string"):
+            RoundContext(round_id, 3)
+    for n in (0, True, 513, 2.0):
+        with pytest.raises(SharingError, match="number of parties"):
+            RoundContext("r", n)
+    with pytest.raises(SharingError, match="seed must be 32 bytes, got 16"):
+        seal_seed(a[0], b[1], bytes(16), ROUND)
+
+
+def test_sealed_seed_and_correction_open_only_for_their_owner(members):
+    (a, b, c), _ = members
+    weights_a = weights(1)
+    correction, seeds = seeded_share_state_dict(weights_a, 3, own_index=0)
+    sealed_seed = seal_seed(a[0], b[1], seeds[1], ROUND)
+    assert open_seed(b[0], a[1], sealed_seed, ROUND) == seeds[1]
+    with pytest.raises(SharingError, match=NOT_FROM):
+        open_seed(c[0], a[1], sealed_seed, ROUND)  # the wrong key learns nothing
+    sealed_correction = seal_correction(a[0], correction, ROUND)
+    opened = open_correction(a[0], sealed_correction, ROUND)
+    for name, tensor in correction.tensors.items():
+        assert np.array_equal(opened.tensors[name].data, tensor.data)
+    for private in (b[0], c[0]):
+        with pytest.raises(SharingError, match=NOT_FROM):
+            open_correction(private, sealed_correction, ROUND)
+    with pytest.raises(SharingError, match=NOT_FROM):
+        open_seed(a[0], a[1], sealed_correction, ROUND)  # a correction is not a seed
+
+
+def seeded_round(keys, round_id, updates):
+    """Every party's (sealed correction, sealed seeds) for one round."""
+    publics = [public for _, public in keys]
+    return [seal_seeded_shares(update, private, publics, round_id)
+            for update, (private, _) in zip(updates, keys)]
+
+
+def inbox(outboxes, keys, j):
+    """What aggregator j is given: (sender public key, seed sealed to j) from each other party."""
+    return [(keys[k][1], outboxes[k][1][j]) for k in range(len(keys)) if k != j]
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_federated_sum_through_sealed_seeds(n):
+    keys = [generate_keypair() for _ in range(n)]
+    publics = [public for _, public in keys]
+    counts = [10 * (i + 1) for i in range(n)]
+    updates = [{name: value * count for name, value in weights(i).items()}
+                for i, count in enumerate(counts)]
+    outboxes = seeded_round(keys, "round-9", updates)
+    assert all(seeds[j] is None for j, (_, seeds) in enumerate(outboxes))
+    partials = []
+    for j, (private, _) in enumerate(keys):
+        partial = open_seeded_and_sum(private, publics, "round-9", outboxes[j][0],
+                                      inbox(outboxes, keys, j))
+        assert (partial.party, partial.n_parties) == (j, n)
+        partials.append(wire.loads(wire.dumps(partial)))  # same form as open_and_sum's
+    summed = reconstruct_state_dict(partials)
+    for name in updates[0]:
+        expected = sum(u[name].astype(np.float64) for u in updates)
+        np.testing.assert_allclose(summed[name], expected, rtol=1e-6, atol=n * 2.0 ** -17)
+    assert summed["bn.num_batches_tracked"] == 17 * sum(counts)
+
+
+def test_a_seed_sealed_to_a_party_expands_to_that_partys_share():
+    keys = [generate_keypair() for _ in range(3)]
+    publics = [public for _, public in keys]
+    correction_ct, sealed = seal_seeded_shares(weights(), keys[0][0], publics, "r")
+    context = RoundContext("r", 3)
+    correction = open_correction(keys[0][0], correction_ct, context)
+    shares = [correction] + [
+        expand_seed_state_dict(open_seed(keys[k][0], publics[0], sealed[k], context),
+                               layout_of(correction), k, 3) for k in (1, 2)]
+    restored = reconstruct_state_dict(shares)
+    for name, value in weights().items():
+        assert np.abs(restored[name] - value).max(initial=0) <= 2.0 ** -17
+
+
+@pytest.fixture(scope="module")
+def three_party_round():
+    keys = [generate_keypair() for _ in range(3)]
+    updates = [{"w": np.full(4, float(i + 1))} for i in range(3)]
+    return keys, [public for _, public in keys], seeded_round(keys, "round-1", updates)
+
+
+def test_open_seeded_and_sum_refuses_missing_duplicate_foreign_or_own_seeds(three_party_round):
+    keys, publics, outboxes = three_party_round
+    private, correction, seeds = keys[0][0], outboxes[0][0], inbox(outboxes, keys, 0)
+    cases = [
+        (seeds[:1], r"no sealed seed from parties \[2\]"),
+        ([], r"no sealed seed from parties \[1, 2\]"),
+        (seeds + seeds[:1], "party 1 sent more than one seed"),
+        ([seeds[0], (publics[1], seeds[1][1])], "party 1 sent more than one seed"),
+        (seeds + [(publics[0], outboxes[1][1][2])], "names this aggregator .*party 0"),
+        (seeds + [(generate_keypair()[1], seeds[0][1])], "not one of the parties"),
+        ([seeds[0][1], seeds[1][1]], r"\(sender public key, sealed seed\) pair"),
+        (seeds[0][1], "must be a list"),
+    ]
+    for sealed_seeds, message in cases:
+        with pytest.raises(SharingError, match=message):
+            open_seeded_and_sum(private, publics, "round-1", correction, sealed_seeds)
+
+
+def test_open_seeded_and_sum_refuses_forged_misrouted_and_mislabelled_seeds(three_party_round):
+    keys, publics, outboxes = three_party_round
+    private, correction, seeds = keys[0][0], outboxes[0][0], inbox(outboxes, keys, 0)
+    researcher = generate_keypair()[0]
+    forged = seal_seed(researcher, publics[0], new_seed(), RoundContext("round-1", 3))
+    swapped = [(publics[1], seeds[1][1]), (publics[2], seeds[0][1])]   # senders mislabelled
+    misrouted = [seeds[0], (publics[2], outboxes[2][1][1])]            # a seed meant for party 1
+    for sealed_seeds, party in (([seeds[0], (publics[2], forged)], 2), (swapped, 1),
+                                (misrouted, 2)):
+        with pytest.raises(SharingError, match=f"^seed of party {party}: cannot open: not sealed"):
+            open_seeded_and_sum(private, publics, "round-1", correction, sealed_seeds)
+
+
+def test_open_seeded_and_sum_refuses_replays_from_another_round_or_party(three_party_round):
+    keys, publics, outboxes = three_party_round
+    private = keys[0][0]
+    later = seeded_round(keys, "round-2", [{"w": np.ones(4)}] * 3)
+    with pytest.raises(SharingError, match="^seed of party 2: cannot open"):  # replayed seed
+        open_seeded_and_sum(private, publics, "round-2", later[0][0],
+                            [inbox(later, keys, 0)[0], inbox(outboxes, keys, 0)[1]])
+    with pytest.raises(SharingError, match=NOT_FROM):  # replayed correction
+        open_seeded_and_sum(private, publics, "round-2", outboxes[0][0], inbox(later, keys, 0))
+    with pytest.raises(SharingError, match=NOT_FROM):  # another party's correction
+        open_seeded_and_sum(private, publics, "round-1", outboxes[1][0], inbox(outboxes, keys, 0))
+    with pytest.raises(SharingError, match=NOT_FROM):  # the same round with fewer parties
+        open_seeded_and_sum(private, publics[:2], "round-1", outboxes[0][0],
+                            inbox(outboxes, keys, 0)[:1])
+
+
+def test_open_seeded_and_sum_refuses_bad_party_lists(three_party_round):
+    keys, publics, outboxes = three_party_round
+    private, correction, seeds = keys[0][0], outboxes[0][0], inbox(outboxes, keys, 0)
+    with pytest.raises(SharingError, match="needs at least 2 parties, got 1"):
+        open_seeded_and_sum(private, publics[:1], "round-1", correction, [])
+    with pytest.raises(SharingError, match="needs at least 2 parties, got 1"):
+        seal_seeded_shares({"w": np.ones(2)}, private, publics[:1], "round-1")
+    with pytest.raises(SharingError, match="public keys repeat"):
+        open_seeded_and_sum(private, publics + publics[1:2], "round-1", correction, seeds)
+    with pytest.raises(SharingError, match="not among the parties' keys"):
+        open_seeded_and_sum(generate_keypair()[0], publics, "round-1", correction, seeds)
+    with pytest.raises(SharingError, match="public key of party 1 must be 32 raw bytes"):
+        open_seeded_and_sum(private, [publics[0], b"short", publics[2]], "round-1",
+                            correction, seeds)
+
+
+def test_a_correction_for_the_wrong_party_index_is_refused(three_party_round):
+    keys, publics, outboxes = three_party_round
+    private = keys[0][0]
+    context = RoundContext("round-1", 3)
+    correction, _ = seeded_share_state_dict({"w": np.ones(4)}, 3, own_index=1)
+    sealed = seal_correction(private, correction, context)  # a buggy party 0 sealed index 1
+    with pytest.raises(SharingError, match="correction is party 1's of 3, expected party 0's"):
+        open_seeded_and_sum(private, publics, "round-1", sealed, inbox(outboxes, keys, 0))
+
+
 # --- keys and key files -------------------------------------------------------------
 
 def test_key_text_roundtrip_base64_and_hex():
@@ -300,3 +533,92 @@ def test_bad_private_key_files_refused(tmp_path):
 def test_docstring_examples_run(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+# --- seeded rounds in the 32-bit ring --------------------------------------------------
+
+def auth_overhead(plaintext: bytes) -> int:
+    """Bytes a sealed correction adds to its share words, from the two formats: the
+    authenticated seal's magic, salt and tag, and wire's prefix and padded header."""
+    _, _, header_length = struct.unpack_from("<4sBI", plaintext)
+    assert (9 + header_length) % 8 == 0  # the words start 8-byte aligned
+    return (len(sealing._AUTH_MAGIC) + sealing._SALT_BYTES + sealing._TAG_BYTES
+            + struct.calcsize("<4sBI") + header_length)
+
+
+def test_a_32_bit_sealed_correction_is_4_bytes_a_value_plus_a_fixed_overhead():
+    keys = [generate_keypair() for _ in range(3)]
+    publics = [public for _, public in keys]
+    update = {"conv.weight": np.ones((64, 1, 7, 7), np.float32), "fc.bias": np.ones(2),
+              "bn.num_batches_tracked": np.array(3, dtype=np.int64)}
+    values = sum(w.size for w in update.values())
+    context = RoundContext("r", 3)
+    sizes = {}
+    for ring_bits in (32, 64):
+        correction, seeds = seal_seeded_shares(update, keys[0][0], publics, "r",
+                                               ring_bits=ring_bits)
+        plaintext = open_from(keys[0][0], publics[0], correction, context, purpose="correction")
+        assert len(correction) == ring_bits // 8 * values + auth_overhead(plaintext)
+        assert all(len(s) == len(sealing._AUTH_MAGIC) + sealing._SALT_BYTES + 32
+                   + sealing._TAG_BYTES for s in seeds if s is not None)  # seeds: ring-free
+        sizes[ring_bits] = len(correction)
+    assert sizes[32] < 0.52 * sizes[64]
+    assert sizes[32] <= 1.05 * sum(w.nbytes for w in update.values())  # about a float32 model
+
+
+@pytest.mark.parametrize("n", [2, 3, 5])
+def test_federated_sum_through_sealed_seeds_in_the_32_bit_ring(n):
+    keys = [generate_keypair() for _ in range(n)]
+    publics = [public for _, public in keys]
+    counts = [10 * (i + 1) for i in range(n)]
+    updates = [{name: value * count for name, value in weights(i).items()}
+               for i, count in enumerate(counts)]
+    outboxes = [seal_seeded_shares(update, private, publics, "round-32", ring_bits=32)
+                for update, (private, _) in zip(updates, keys)]
+    partials = []
+    for j, (private, _) in enumerate(keys):
+        partial = open_seeded_and_sum(private, publics, "round-32", outboxes[j][0],
+                                      inbox(outboxes, keys, j))
+        assert (partial.party, partial.n_parties, partial.ring_bits) == (j, n, 32)
+        assert all(t.data.dtype == np.uint32 for t in partial.tensors.values())
+        again = wire.loads(wire.dumps(partial))  # travels in its ring
+        assert again.ring_bits == 32
+        partials.append(again)
+    summed = reconstruct_state_dict(partials)
+    for name in updates[0]:
+        expected = sum(u[name].astype(np.float64) for u in updates)
+        np.testing.assert_allclose(summed[name], expected, rtol=1e-6, atol=n * 2.0 ** -17)
+    assert summed["bn.num_batches_tracked"] == 17 * sum(counts)
+
+
+def test_a_round_whose_parties_mix_rings_does_not_add_up():
+    keys = [generate_keypair() for _ in range(3)]
+    publics = [public for _, public in keys]
+    outboxes = [seal_seeded_shares(weights(i), private, publics, "mixed", ring_bits=bits)
+                for i, ((private, _), bits) in enumerate(zip(keys, (32, 32, 64)))]
+    partials = [open_seeded_and_sum(private, publics, "mixed", outboxes[j][0],
+                                    inbox(outboxes, keys, j)) for j, (private, _) in enumerate(keys)]
+    assert [p.ring_bits for p in partials] == [32, 32, 64]  # each keeps its correction's ring
+    with pytest.raises(SharingError, match="32-bit ring, another in the 64-bit ring"):
+        reconstruct_state_dict(partials)
+
+
+def test_wire_carries_a_32_bit_share_in_4_bytes_a_value():
+    correction, _ = seeded_share_state_dict(weights(), 3, 1, ring_bits=32)
+    blob = wire.dumps(correction)
+    _, _, header_length = struct.unpack_from("<4sBI", blob)
+    values = sum(t.data.size for t in correction.tensors.values())
+    assert len(blob) == struct.calcsize("<4sBI") + header_length + 4 * values
+    again = wire.loads(blob)
+    assert (again.party, again.ring_bits) == (1, 32)
+    for name, tensor in correction.tensors.items():
+        assert again.tensors[name].data.dtype == np.uint32
+        assert np.array_equal(again.tensors[name].data, tensor.data)
+    for cut in (len(blob) - 1, len(blob) - 4):
+        with pytest.raises(SharingError, match="truncated"):
+            wire.loads(blob[:cut])
+    with pytest.raises(SharingError):  # a 32-bit payload read as 64-bit words
+        wire.loads(repack(blob, lambda header: header.pop("ring_bits")))
+    for bad in (16, 64, "32", True):
+        with pytest.raises(SharingError):
+            wire.loads(repack(blob, lambda header: header.update(ring_bits=bad)))

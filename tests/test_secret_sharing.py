@@ -1,7 +1,9 @@
-"""Additive secret sharing over Z_2^64: accuracy, homomorphism, limits, and randomness.
+"""Additive secret sharing over Z_2^64: accuracy, homomorphism, limits, and randomness,
+with full shares and with seeded shares (a correction share plus seeds), these also
+over Z_2^32.
 
 Real randomness throughout (no mocks, except one test that swaps os.urandom to
-prove it is the source). The statistical tests are sized for a false alarm rate
+prove it is the source of every seed). The statistical tests are sized for a false alarm rate
 around 1e-7 each, and each one is shown to reject a deliberately broken generator.
 """
 
@@ -15,20 +17,23 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from common import secret_sharing as ss
 from common.errors import SharingError
 from common.secret_sharing import (
-    SharedStateDict, add_shares, add_state_dict_shares, decode, encode, mul_public,
-    random_words, reconstruct, reconstruct_state_dict, scale_state_dict_shares, share,
-    share_state_dict,
+    SharedStateDict, TensorSpec, add_seeds_into, add_shares, add_state_dict_shares, decode,
+    encode, expand_seed, expand_seed_state_dict, layout_of, mul_public, new_seed, random_words,
+    reconstruct, reconstruct_seeded_state_dict, reconstruct_state_dict, scale_state_dict_shares,
+    seeded_share_state_dict, share, share_state_dict,
 )
 
 F = 16
 MAX_ERROR = 2.0 ** -(F + 1)
 N_WORDS = 1 << 16
 Z_BOUND = 6.04         # |z| of one of 64 bit positions: two-sided p = 1e-7 / 64
-CHI2_64_BOUND = 141.0  # chi-square with 64 degrees of freedom: p = 1e-7
+CHI2_BOUND = {64: 141.0,  # chi-square with 64 degrees of freedom: p = 1e-7
+              32: 92.1}   # with 32 (32-bit words; Z_BOUND then errs on the safe side)
 
 
 def limit(n: int, f: int = F) -> Fraction:
@@ -49,8 +54,10 @@ def smallest_float_at_or_above(bound: Fraction) -> float:
 # --- statistics on bits -----------------------------------------------------------
 
 def bit_counts(words: np.ndarray) -> np.ndarray:
-    """How many of `words` have each of the 64 bits set (bit 0 = least significant)."""
-    bits = np.unpackbits(words.astype("<u8").view(np.uint8).reshape(-1, 8), axis=1,
+    """How many of `words` have each of their 64 (or 32) bits set (bit 0 = least
+    significant)."""
+    width = words.dtype.itemsize
+    bits = np.unpackbits(words.astype(f"<u{width}").view(np.uint8).reshape(-1, width), axis=1,
                          bitorder="little")
     return bits.sum(axis=0, dtype=np.int64)
 
@@ -63,14 +70,15 @@ def uniform_bits_z(words: np.ndarray) -> np.ndarray:
 
 def looks_uniform(words: np.ndarray) -> bool:
     z = uniform_bits_z(words)
-    return bool(np.abs(z).max() < Z_BOUND and (z ** 2).sum() < CHI2_64_BOUND)
+    return bool(np.abs(z).max() < Z_BOUND and (z ** 2).sum() < CHI2_BOUND[z.size])
 
 
 def same_bit_distribution(a: np.ndarray, b: np.ndarray) -> bool:
     """Two-sample, per-bit two-proportion test (equal sample sizes)."""
     assert a.size == b.size
+    assert a.dtype == b.dtype
     z = (bit_counts(a) - bit_counts(b)) / np.sqrt(a.size / 2)
-    return bool(np.abs(z).max() < Z_BOUND and (z ** 2).sum() < CHI2_64_BOUND)
+    return bool(np.abs(z).max() < Z_BOUND and (z ** 2).sum() < CHI2_BOUND[z.size])
 
 
 def biased_words(count: int) -> np.ndarray:
@@ -281,7 +289,8 @@ def test_inconsistent_state_dict_shares_are_refused():
 
 def test_repr_never_prints_share_words():
     party = share_state_dict({"w": np.full(4, 1234.5)}, n=2)[0]
-    assert repr(party) == "SharedStateDict(party=0, n_parties=2, frac_bits=16, tensors=1, values=4)"
+    assert repr(party) == ("SharedStateDict(party=0, n_parties=2, frac_bits=16, ring_bits=64, "
+                           "tensors=1, values=4)")
 
 
 # --- randomness ------------------------------------------------------------------
@@ -325,19 +334,20 @@ def test_state_dict_shares_look_uniform():
         assert looks_uniform(words)
 
 
-def test_randomness_comes_from_os_urandom(monkeypatch):
+def test_every_seed_comes_from_os_urandom(monkeypatch):
     requested = []
 
     def fake_urandom(size: int) -> bytes:
         requested.append(size)
-        return bytes(range(256)) * (size // 256) + bytes(size % 256)
+        return bytes([len(requested)]) * size
 
     monkeypatch.setattr(ss.os, "urandom", fake_urandom)
-    secret = encode(np.arange(32.0))
-    shares = share(secret, n=3)
-    assert sum(requested) == 2 * 32 * 8  # (n-1) x 32 words, all from os.urandom
-    pattern = np.frombuffer(bytes(range(256)), dtype="<u8")
-    assert np.array_equal(shares[0], pattern) and np.array_equal(shares[1], pattern)
+    shares = share(encode(np.arange(32.0)), n=3)
+    assert requested == [32, 32]  # one full 256-bit seed per random share, nothing else
+    assert np.array_equal(shares[0], expand_seed(bytes([1]) * 32, 32))
+    assert np.array_equal(shares[1], expand_seed(bytes([2]) * 32, 32))
+    _, seeds = seeded_share_state_dict({"w": np.ones(4)}, 3, own_index=2)
+    assert requested == [32] * 4 and seeds == [bytes([3]) * 32, bytes([4]) * 32, None]
 
 
 def test_shares_are_fresh_and_not_reproducible_by_seeding_python_or_numpy():
@@ -357,3 +367,431 @@ def test_shares_are_fresh_and_not_reproducible_by_seeding_python_or_numpy():
 def test_docstring_examples_run():
     result = doctest.testmod(ss)
     assert result.attempted > 0 and result.failed == 0
+
+
+# --- seeded shares -----------------------------------------------------------------
+
+def seeded_weights(seed: int = 0) -> dict[str, np.ndarray]:
+    """Floats over several blocks, integer buffers at their dtypes' extremes, an empty one."""
+    rng = np.random.default_rng(seed)
+    return {"conv.weight": rng.normal(scale=3, size=(2 * ss._BLOCK + 17,)).astype(np.float32),
+            "fc.bias": rng.normal(scale=1e4, size=(3, 5)),
+            "bn.num_batches_tracked": np.array(2 ** 40 + 3, dtype=np.int64),
+            "counts": np.array([-128, 0, 127], dtype=np.int8),
+            "mask": np.array([0, 255], dtype=np.uint8),
+            "big": np.array([-(2 ** 31), 2 ** 31 - 1], dtype=np.int32),
+            "empty": np.zeros((0, 4), dtype=np.float32)}
+
+
+def expand_all(seeds, layout, n):
+    return [expand_seed_state_dict(seed, layout, k, n) for k, seed in enumerate(seeds)
+            if seed is not None]
+
+
+def test_expand_seed_is_aes_256_ctr_from_a_zero_counter_as_little_endian_words():
+    seed = bytes(range(32))
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    expected = np.frombuffer(encryptor.update(bytes(8 * 5000)), dtype="<u8")
+    words = expand_seed(seed, 5000)
+    assert words.dtype == np.uint64 and np.array_equal(words, expected)
+    long = expand_seed(seed, 3 * ss._BLOCK + 5)  # continues across internal chunks
+    assert np.array_equal(long[:5000], expected) and long.size == 3 * ss._BLOCK + 5
+    assert expand_seed(seed, 0).size == 0
+
+
+def test_expand_seed_refuses_anything_but_32_bytes():
+    for bad in (bytes(16), bytes(31), bytes(33), "x" * 32, None, 7):
+        with pytest.raises(SharingError, match="seed must be 32 raw bytes"):
+            expand_seed(bad, 4)
+    assert len(new_seed()) == 32 and new_seed() != new_seed()
+
+
+def test_expanded_seeds_look_uniform_and_independent_of_each_other():
+    a, b = expand_seed(new_seed(), N_WORDS), expand_seed(new_seed(), N_WORDS)
+    assert looks_uniform(a) and looks_uniform(b)
+    assert looks_uniform(a - b) and looks_uniform(a ^ b)  # no shared structure
+    # Neighbouring seeds (one bit apart) give unrelated streams too.
+    seed = bytearray(new_seed())
+    first = expand_seed(bytes(seed), N_WORDS)
+    seed[0] ^= 1
+    assert looks_uniform(first ^ expand_seed(bytes(seed), N_WORDS))
+
+
+def test_one_seed_gives_unrelated_words_to_each_array_whatever_the_order():
+    seed = new_seed()
+    layout = [TensorSpec("a", (N_WORDS,), "float32"), TensorSpec("b", (N_WORDS,), "int64")]
+    share_ab = expand_seed_state_dict(seed, layout, party=1, n_parties=2)
+    share_ba = expand_seed_state_dict(seed, layout[::-1], party=1, n_parties=2)
+    a, b = share_ab.tensors["a"].data, share_ab.tensors["b"].data
+    assert looks_uniform(a) and looks_uniform(b) and looks_uniform(a ^ b)
+    assert np.array_equal(share_ba.tensors["a"].data, a)  # words depend on name, not order
+    assert not np.array_equal(a, expand_seed(seed, N_WORDS))  # a derived key per array
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_seeded_shares_reconstruct_exactly_for_every_own_index(n):
+    weights = seeded_weights(n)
+    layout = layout_of(weights)
+    for own in range(n):
+        correction, seeds = seeded_share_state_dict(weights, n, own)
+        assert (correction.party, correction.n_parties, correction.frac_bits) == (own, n, F)
+        assert [k for k, seed in enumerate(seeds) if seed is None] == [own]
+        shares = [correction, *expand_all(seeds, layout, n)]
+        for restored in (reconstruct_seeded_state_dict(correction, seeds),
+                         reconstruct_state_dict(shares)):
+            assert list(restored) == list(weights)
+            for name, value in weights.items():
+                got = restored[name]
+                assert got.shape == value.shape and got.dtype == value.dtype
+                if value.dtype.kind == "f":
+                    assert np.abs(got - value).max(initial=0) <= MAX_ERROR
+                else:
+                    assert np.array_equal(got, value)
+        # Exact in the ring: the n shares add up to the encoding, word for word.
+        total = reconstruct([np.concatenate([p.tensors[name].data for name in weights])
+                             for p in shares])
+        expected = np.concatenate([encode(v, F if v.dtype.kind == "f" else 0, n).reshape(-1)
+                                   for v in weights.values()])
+        assert np.array_equal(total, expected)
+
+
+def test_a_seed_expands_to_the_same_share_on_both_sides():
+    """The receiver knows only the model's public layout (from zero weights, any order)."""
+    weights = seeded_weights()
+    correction, seeds = seeded_share_state_dict(weights, 3, own_index=0)
+    public = {name: np.zeros(w.shape, w.dtype) for name, w in reversed(weights.items())}
+    receiver_layout = layout_of(public)
+    assert sorted(receiver_layout) == sorted(layout_of(weights)) == sorted(layout_of(correction))
+    for k in (1, 2):
+        receiver = expand_seed_state_dict(seeds[k], receiver_layout, k, 3)
+        again = expand_seed_state_dict(bytes(seeds[k]), layout_of(weights), k, 3)
+        for name in weights:
+            assert np.array_equal(receiver.tensors[name].data, again.tensors[name].data)
+    # What the sender subtracted is exactly what the receivers expand.
+    restored = reconstruct_state_dict(
+        [correction] + [expand_seed_state_dict(seeds[k], receiver_layout, k, 3) for k in (1, 2)])
+    assert np.array_equal(restored["counts"], weights["counts"])
+
+
+def test_add_seeds_into_is_the_share_wise_sum_in_place():
+    weights = seeded_weights()
+    layout = layout_of(weights)
+    correction, seeds = seeded_share_state_dict(weights, 3, own_index=1)
+    others = [seeds[0], seeds[2]]
+    expected = correction
+    for k, seed in ((0, seeds[0]), (2, seeds[2])):  # shares of other parties, relabelled
+        words = expand_seed_state_dict(seed, layout, 1, 3)
+        expected = add_state_dict_shares(expected, words)
+    buffers = {name: t.data for name, t in correction.tensors.items()}
+    total = add_seeds_into(correction, others)
+    assert total is correction
+    for name, tensor in total.tensors.items():
+        assert tensor.data is buffers[name]  # in place: no new model-sized arrays
+        assert np.array_equal(tensor.data, expected.tensors[name].data)
+    decoded = decode(total.tensors["fc.bias"].data).reshape(3, 5)
+    assert np.abs(decoded - weights["fc.bias"]).max() <= MAX_ERROR
+
+
+def test_federated_sum_from_seeded_shares():
+    """Each hospital keeps its correction and sends seeds; aggregator j adds its own
+    correction and the seeds sent to j; the partial sums add up to the total."""
+    n = 4
+    rng = np.random.default_rng(5)
+    hospitals = [{"w": rng.normal(size=(40, 3)).astype(np.float32),
+                  "steps": np.array(rng.integers(1, 1000), dtype=np.int64)} for _ in range(n)]
+    outboxes = [seeded_share_state_dict(h, n, own_index=j) for j, h in enumerate(hospitals)]
+    partials = [add_seeds_into(correction, [outboxes[k][1][j] for k in range(n) if k != j])
+                for j, (correction, _) in enumerate(outboxes)]
+    result = reconstruct_state_dict(partials)
+    assert result["steps"] == sum(int(h["steps"]) for h in hospitals)
+    expected = sum(h["w"].astype(np.float64) for h in hospitals)
+    np.testing.assert_allclose(result["w"], expected, rtol=2.0 ** -23, atol=n * MAX_ERROR)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_seeded_shares_any_n_minus_1_look_uniform_whatever_the_secret(n):
+    zeros = {"w": np.zeros(N_WORDS, np.float32)}
+    large = {"w": np.full(N_WORDS, largest_float_below(limit(n)) * 0.999, np.float32)}
+    layout = [TensorSpec("w", (N_WORDS,), "float32")]
+    views = []
+    for secret in (zeros, large):
+        correction, seeds = seeded_share_state_dict(secret, n, own_index=0)
+        shares = [correction.tensors["w"].data] + [
+            s.tensors["w"].data for s in expand_all(seeds, layout, n)]
+        for subset in itertools.combinations(range(n), n - 1):
+            words = reconstruct([shares[i] for i in subset])
+            assert looks_uniform(words), f"sum of shares {subset}"
+        views.append(shares)
+        assert not looks_uniform(reconstruct(shares))  # all n together give it away
+    for party in range(n):  # each share's distribution does not depend on the secret
+        assert same_bit_distribution(views[0][party], views[1][party])
+
+
+def test_an_expanded_seed_says_nothing_about_the_value():
+    """A party's share from a fresh seed is the same whatever the value it helps hide."""
+    layout = [TensorSpec("w", (N_WORDS,), "float64")]
+    shares = []
+    for value in (0.0, 12345.678):
+        _, seeds = seeded_share_state_dict({"w": np.full(N_WORDS, value)}, 2, own_index=0)
+        shares.append(expand_seed_state_dict(seeds[1], layout, 1, 2).tensors["w"].data)
+    assert looks_uniform(shares[0]) and looks_uniform(shares[1])
+    assert same_bit_distribution(shares[0], shares[1])
+
+
+def test_seeded_sharing_refuses_bad_input():
+    weights = {"w": np.ones(3)}
+    with pytest.raises(SharingError, match=r"own party index 3 is not in 0..2"):
+        seeded_share_state_dict(weights, 3, 3)
+    with pytest.raises(SharingError, match="own party index True"):
+        seeded_share_state_dict(weights, 3, True)
+    with pytest.raises(SharingError, match="number of parties"):
+        seeded_share_state_dict(weights, 0, 0)
+    with pytest.raises(SharingError, match="not below the limit"):
+        seeded_share_state_dict({"w": np.array([2.0 ** 46])}, 3, 0)
+    correction, seeds = seeded_share_state_dict(weights, 3, 1)
+    for bad in (seeds[:2], [None, seeds[0], seeds[2]], [seeds[0], None, None], b"x" * 96):
+        with pytest.raises(SharingError, match="need 3 seeds, None exactly at"):
+            reconstruct_seeded_state_dict(correction, bad)
+    with pytest.raises(SharingError, match="same seed was given twice"):
+        reconstruct_seeded_state_dict(correction, [seeds[0], None, seeds[0]])
+    with pytest.raises(SharingError, match="same seed was given twice"):
+        add_seeds_into(correction, [seeds[0], seeds[0]])
+    with pytest.raises(SharingError, match="seed must be 32 raw bytes, got 31"):
+        add_seeds_into(correction, [seeds[0][:31]])
+    with pytest.raises(SharingError, match="list of 32-byte seeds"):
+        add_seeds_into(correction, seeds[0])
+    frozen = SharedStateDict(0, 2, F, {"w": ss.SharedTensor((2,), "float64",
+                                                            np.zeros(2, np.uint64))})
+    frozen.tensors["w"].data.flags.writeable = False
+    with pytest.raises(SharingError, match="'w': its share words are read-only"):
+        add_seeds_into(frozen, [new_seed()])
+    bad_layouts = [([("w", (-1,), "float32")], "non-negative"),
+                   ([("w", (2,), "float16")], "float16"),
+                   ([("w", (2,))], r"must be \(name, shape, dtype\)"),
+                   ([("w", (2,), "int8"), ("w", (1,), "int8")], "names an array twice")]
+    for layout, message in bad_layouts:
+        with pytest.raises(SharingError, match=message):
+            expand_seed_state_dict(new_seed(), layout, 0, 2)
+
+
+# --- seeded shares in the 32-bit ring ------------------------------------------------
+
+TWO_31 = 2 ** 31
+
+
+def largest_encoding(n: int) -> int:
+    """The largest M with M * n < 2^31: the largest legal |round(x * 2^f)| in ring 32."""
+    return (TWO_31 - 1) // n
+
+
+def ring32_weights(n: int) -> dict[str, np.ndarray]:
+    """Floats at the very edge of the 32-bit limit (and just inside it after rounding),
+    ordinary floats over several blocks, integers at their limit, an empty array."""
+    rng = np.random.default_rng(32 + n)
+    top = largest_encoding(n)
+    edge = np.array([top, -top, top + 0.25, -(top + 0.25), top - 0.5, 0.0, -0.0]) / 2.0 ** F
+    below32 = np.float32(top / 2.0 ** F)  # the largest float32 whose encoding is legal
+    while round(Fraction(float(below32)) * 2 ** F) > top:
+        below32 = np.nextafter(below32, np.float32(0))
+    return {"conv.weight": rng.normal(scale=0.05, size=2 * ss._BLOCK + 17).astype(np.float32),
+            "edge32": np.array([below32, -below32, 1.5, -2.25], dtype=np.float32),
+            "edge64": edge,
+            "bn.num_batches_tracked": np.array(top, dtype=np.int64),
+            "counts": np.array([-128, 0, 127], dtype=np.int8),
+            "big": np.array([-top, top], dtype=np.int32),
+            "empty": np.zeros((0, 4), dtype=np.float32)}
+
+
+def ring32_encoding(value: np.ndarray) -> np.ndarray:
+    """The exact encoding of `value` in Z_2^32, computed independently: in float64,
+    where x * 2^16 and rounding it (ties to even) are exact at these magnitudes."""
+    flat = value.reshape(-1)
+    if value.dtype.kind == "f":
+        flat = np.rint(flat.astype(np.float64) * 2.0 ** F)
+    return (flat.astype(np.int64) % 2 ** 32).astype(np.uint32)
+
+
+def ring_sum(arrays) -> np.ndarray:
+    total = arrays[0].copy()
+    for array in arrays[1:]:
+        np.add(total, array, out=total)  # wraps in the arrays' own ring
+    return total
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_ring32_seeded_shares_reconstruct_exactly_at_the_limit(n):
+    weights = ring32_weights(n)
+    layout = layout_of(weights)
+    encodings = {name: ring32_encoding(value) for name, value in weights.items()}
+    decodings = {name: (encodings[name].view(np.int32) / 2.0 ** F).astype(value.dtype)
+                 for name, value in weights.items() if value.dtype.kind == "f"}
+    assert decodings["edge64"].tolist() == [  # the edge cases, checked in exact arithmetic
+        float(round(Fraction(v) * 2 ** F)) / 2 ** F for v in weights["edge64"].tolist()]
+    for own in range(n):
+        correction, seeds = seeded_share_state_dict(weights, n, own, ring_bits=32)
+        assert correction.ring_bits == 32 and correction.party == own
+        assert all(t.data.dtype == np.uint32 for t in correction.tensors.values())
+        shares = [correction] + [expand_seed_state_dict(seed, layout, k, n, ring_bits=32)
+                                 for k, seed in enumerate(seeds) if seed is not None]
+        for name, value in weights.items():  # exact in the ring, word for word
+            words = ring_sum([p.tensors[name].data for p in shares])
+            assert words.dtype == np.uint32
+            assert np.array_equal(words, encodings[name]), name
+        for restored in (reconstruct_seeded_state_dict(correction, seeds),
+                         reconstruct_state_dict(shares)):
+            assert list(restored) == list(weights)
+            for name, value in weights.items():
+                got = restored[name]
+                assert got.shape == value.shape and got.dtype == value.dtype
+                if value.dtype.kind == "f":
+                    assert np.array_equal(got.reshape(-1), decodings[name]), name
+                    assert np.abs(got - value).max(initial=0) <= MAX_ERROR
+                else:
+                    assert np.array_equal(got, value)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_ring32_limit_is_exact_and_refusal_names_it(n):
+    top = largest_encoding(n)
+    limit_text = rf"2\^\(31-{F}\)/{n} = .*\(n={n} parties, f={F} fractional bits, 32-bit ring\)"
+    above = [(top + 1) / 2.0 ** F,              # encodes one past the largest legal value
+             smallest_float_at_or_above(Fraction(TWO_31, n * 2 ** F)),  # |x| 2^f n >= 2^31
+             (top + 0.5 + 2.0 ** -8) / 2.0 ** F]  # below that bound, but rounds onto it
+    for value in above:
+        for sign in (1, -1):
+            with pytest.raises(SharingError, match=limit_text):
+                seeded_share_state_dict({"w": np.array([0.0, sign * value])}, n, 0, ring_bits=32)
+    below32 = ring32_weights(n)["edge32"][0]
+    with pytest.raises(SharingError, match=limit_text):
+        seeded_share_state_dict({"w": np.array([np.nextafter(below32, np.float32(np.inf))])},
+                                n, 0, ring_bits=32)
+    with pytest.raises(SharingError, match=r"rounded to \d+ x 2\^-16"):
+        seeded_share_state_dict({"w": np.array([above[2]])}, n, 0, ring_bits=32)
+    int_text = rf"'steps': .* 2\^\(31-0\)/{n} = .*f=0 fractional bits, 32-bit ring"
+    for bad_int in (np.int64(top + 1), np.int32(-(top + 1))):
+        with pytest.raises(SharingError, match=int_text):
+            seeded_share_state_dict({"steps": bad_int}, n, 0, ring_bits=32)
+    # The 64-bit ring takes all of these, as before.
+    assert seeded_share_state_dict({"w": np.array(above)}, n, 0)[0].ring_bits == 64
+
+
+def test_ring32_sum_of_n_values_at_the_limit_does_not_wrap():
+    n = 3
+    top = largest_encoding(n) / 2.0 ** F
+    outboxes = [seeded_share_state_dict({"w": np.array([top, -top, 0.5])}, n, j, ring_bits=32)
+                for j in range(n)]
+    partials = [add_seeds_into(correction, [outboxes[k][1][j] for k in range(n) if k != j])
+                for j, (correction, _) in enumerate(outboxes)]
+    assert reconstruct_state_dict(partials)["w"].tolist() == [n * top, -n * top, 1.5]
+
+
+def test_ring32_expand_seed_draws_uint32_words_straight_from_the_keystream():
+    seed = bytes(range(32))
+    encryptor = Cipher(algorithms.AES(seed), modes.CTR(bytes(16))).encryptor()
+    expected = np.frombuffer(encryptor.update(bytes(4 * 5000)), dtype="<u4")
+    words = expand_seed(seed, 5000, ring_bits=32)
+    assert words.dtype == np.uint32 and np.array_equal(words, expected)
+    long = expand_seed(seed, 3 * ss._BLOCK + 5, ring_bits=32)
+    assert np.array_equal(long[:5000], expected)
+    # Each 64-bit word's halves are two consecutive 32-bit words: the same keystream.
+    assert np.array_equal(expand_seed(seed, 2500).view(np.uint32), expected)
+    for bad in (16, 128, True, 32.0, "32"):
+        with pytest.raises(SharingError, match="ring_bits must be 32 or 64"):
+            expand_seed(seed, 4, ring_bits=bad)
+
+
+def test_32_bit_tests_reject_broken_generators():
+    words = expand_seed(new_seed(), N_WORDS, ring_bits=32)
+    assert looks_uniform(words)
+    biased = biased_words(N_WORDS).astype(np.uint32)  # low halves: still 1/2 + 1/64
+    assert not looks_uniform(biased)
+    assert not looks_uniform(words >> np.uint32(1))  # randint(0, 2**31): top bit always 0
+    assert not same_bit_distribution(words, biased)
+
+
+def test_ring32_expanded_words_look_uniform_and_unrelated():
+    seed = new_seed()
+    layout = [TensorSpec("a", (N_WORDS,), "float32"), TensorSpec("b", (N_WORDS,), "int64")]
+    share32 = expand_seed_state_dict(seed, layout, party=1, n_parties=2, ring_bits=32)
+    a, b = share32.tensors["a"].data, share32.tensors["b"].data
+    assert a.dtype == b.dtype == np.uint32
+    assert looks_uniform(a) and looks_uniform(b) and looks_uniform(a ^ b) and looks_uniform(a - b)
+    other = expand_seed_state_dict(new_seed(), layout, 1, 2, ring_bits=32).tensors["a"].data
+    assert looks_uniform(a ^ other)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_ring32_seeded_shares_any_n_minus_1_look_uniform_whatever_the_secret(n):
+    zeros = {"w": np.zeros(N_WORDS, np.float32)}
+    large = {"w": np.full(N_WORDS, largest_encoding(n) / 2.0 ** F * 0.999, np.float32)}
+    layout = [TensorSpec("w", (N_WORDS,), "float32")]
+    views = []
+    for secret in (zeros, large):
+        correction, seeds = seeded_share_state_dict(secret, n, own_index=0, ring_bits=32)
+        shares = [correction.tensors["w"].data] + [
+            expand_seed_state_dict(seed, layout, k, n, ring_bits=32).tensors["w"].data
+            for k, seed in enumerate(seeds) if seed is not None]
+        for subset in itertools.combinations(range(n), n - 1):
+            assert looks_uniform(ring_sum([shares[i] for i in subset])), f"sum of {subset}"
+        assert not looks_uniform(ring_sum(shares))  # all n together give it away
+        views.append(shares)
+    for party in range(n):
+        assert same_bit_distribution(views[0][party], views[1][party])
+
+
+def test_ring32_federated_sum_adds_and_scales_in_the_32_bit_ring():
+    n = 3
+    rng = np.random.default_rng(7)
+    hospitals = [{"w": rng.normal(size=(40, 3)).astype(np.float32),
+                  "steps": np.array(rng.integers(1, 1000), dtype=np.int64)} for _ in range(n)]
+    counts = [3, 5, 7]
+    outboxes = [seeded_share_state_dict(h, n, own_index=j, ring_bits=32)
+                for j, h in enumerate(hospitals)]
+    layout = layout_of(hospitals[0])
+    partials = []
+    for j in range(n):  # aggregator j: its own correction, and every other hospital's seed for j
+        shares_for_j = [outboxes[j][0] if k == j else
+                        expand_seed_state_dict(outboxes[k][1][j], layout, j, n, ring_bits=32)
+                        for k in range(n)]
+        scaled = [scale_state_dict_shares(s, count) for s, count in zip(shares_for_j, counts)]
+        total = scaled[0]
+        for other in scaled[1:]:
+            total = add_state_dict_shares(total, other)
+        partials.append(total)
+    for partial in partials:
+        assert partial.ring_bits == 32
+        assert all(t.data.dtype == np.uint32 for t in partial.tensors.values())
+    result = reconstruct_state_dict(partials)
+    assert result["steps"] == sum(c * int(h["steps"]) for c, h in zip(counts, hospitals))
+    expected = sum(c * h["w"].astype(np.float64) for c, h in zip(counts, hospitals))
+    np.testing.assert_allclose(result["w"], expected, rtol=2.0 ** -22,
+                               atol=sum(counts) * MAX_ERROR)
+
+
+def test_shares_of_different_rings_are_never_mixed():
+    weights = {"w": np.ones(3, np.float32)}
+    c32, seeds = seeded_share_state_dict(weights, 2, 0, ring_bits=32)
+    c64, _ = seeded_share_state_dict(weights, 2, 0)
+    other64 = expand_seed_state_dict(seeds[1], layout_of(weights), 1, 2)  # the wrong ring
+    with pytest.raises(SharingError, match="cannot reconstruct: one share is in the 32-bit ring, "
+                                           "another in the 64-bit ring"):
+        reconstruct_state_dict([c32, other64])
+    with pytest.raises(SharingError, match="cannot add shares: .*32-bit ring.*64-bit ring"):
+        add_state_dict_shares(c32, c64)
+    with pytest.raises(SharingError, match=r"'w' holds uint32 words, but the share is in the "
+                                           r"64-bit ring"):
+        SharedStateDict(0, 2, F, {"w": c32.tensors["w"]})
+    with pytest.raises(SharingError, match="holds uint64 words, but the share is in the 32-bit"):
+        SharedStateDict(0, 2, F, {"w": c64.tensors["w"]}, ring_bits=32)
+    for bad in (16, True, "32"):
+        with pytest.raises(SharingError, match="ring_bits must be 32 or 64"):
+            seeded_share_state_dict(weights, 2, 0, ring_bits=bad)
+        with pytest.raises(SharingError, match="ring_bits must be 32 or 64"):
+            expand_seed_state_dict(seeds[1], layout_of(weights), 1, 2, ring_bits=bad)
+    with pytest.raises(SharingError, match="frac_bits must be an integer from 0 to 30 in the "
+                                           "32-bit ring"):
+        seeded_share_state_dict(weights, 2, 0, frac_bits=31, ring_bits=32)
+    with pytest.raises(SharingError, match="share data must be a uint32 or uint64"):
+        ss.SharedTensor((3,), "float32", np.zeros(3, np.int32))
+    assert repr(c32) == ("SharedStateDict(party=0, n_parties=2, frac_bits=16, ring_bits=32, "
+                         "tensors=1, values=3)")
