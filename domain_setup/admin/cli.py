@@ -74,7 +74,8 @@ def cmd_upload(args: argparse.Namespace, state: StateDir) -> int:
     report = AdminClient(state).upload(args.source, args.name, size=args.size, n=args.n,
                                        seed=args.seed, replace=args.replace,
                                        partition=parse_partition(args.partition),
-                                       label_skew=args.label_skew)
+                                       label_skew=args.label_skew,
+                                       progress=not args.no_progress)
     card = report.card
     print(f"uploaded {report.name!r}: {card.get('summary', '')}")
     print(f"  {report.n_bytes / 1e6:.1f} MB in {report.seconds:.1f} s "
@@ -262,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep only partition I of K (federated demos: one per hospital)")
     p.add_argument("--label-skew", type=float, metavar="ALPHA",
                    help="with --partition: Dirichlet label skew (smaller = more skewed)")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (it goes to stderr)")
 
     accounts = sub.add_parser("accounts", help="user accounts").add_subparsers(
         dest="accounts_command", required=True, metavar="ACTION")
