@@ -38,14 +38,26 @@ def train_private(images: Any, labels: Any, *, noise_multiplier: float, max_grad
                   delta: float, model: str = "small_cnn", epochs: int = 3, lr: float = 1e-3,
                   batch_size: int = 64, seed: int = 0,
                   initial_weights: dict[str, np.ndarray] | None = None,
-                  grad_sample_mode: str = "hooks") -> dict:
+                  grad_sample_mode: str = "hooks", **federated_knobs: Any) -> dict:
     """Train `model` with DP-SGD (Adam, Poisson batches of expected size `batch_size`).
 
     Returns ``{"weights", "history": {"loss", "accuracy"}, "n_samples", "model",
     "epsilon", "delta", "noise_multiplier", "max_grad_norm", "steps"}``; ``epsilon``
-    is Opacus' RDP accounting of this run at `delta`.
+    is Opacus' RDP accounting of this run at `delta`. The federated knobs of a
+    training config (``proximal_mu``, ``class_balancing``, ``validation_fraction``)
+    are accepted only at their defaults: DP-SGD here implements none of them.
     """
     from opacus import PrivacyEngine
+
+    from common.training_config import PARAMETERS_BY_NAME, federated_knobs_set
+
+    unknown = sorted(set(federated_knobs) - set(PARAMETERS_BY_NAME))
+    if unknown:
+        raise TypeError(f"train_private() got unexpected arguments {', '.join(unknown)}")
+    refused = federated_knobs_set(federated_knobs)
+    if refused:
+        raise ValueError(f"DP-SGD training does not take {', '.join(refused)}; leave it at "
+                         "its default")
 
     x, y = prepare(images, labels)
     if int(epochs) < 1 or int(batch_size) < 1:

@@ -103,40 +103,110 @@ def _model(model: str, image_size: int, weights: dict | None) -> nn.Module:
 
 # --------------------------------------------------------------------------- loops
 
+def class_weights(targets: torch.Tensor, balancing: str) -> torch.Tensor | None:
+    """Cross-entropy class weights: None for "none"; for "balanced", N / (2 * N_class)
+    of this hospital's own labels (a skewed partition then weighs both classes equally).
+
+        >>> class_weights(torch.tensor([0, 1, 1, 1]), "balanced")
+        tensor([2.0000, 0.6667])
+    """
+    if balancing == "none":
+        return None
+    if balancing != "balanced":
+        raise ValueError(f"class balancing must be 'none' or 'balanced', got {balancing!r}")
+    counts = torch.bincount(targets, minlength=2).to(torch.float32).clamp(min=1.0)
+    return len(targets) / (2.0 * counts)
+
+
+def held_out_count(n: int, fraction: float) -> int:
+    """How many of n images `validation_split` holds out (at least one on each side when
+    fraction > 0 and n >= 2; none for fraction 0).
+
+        >>> held_out_count(640, 0.1), held_out_count(640, 0.0)
+        (64, 0)
+    """
+    if not fraction or fraction <= 0 or n < 2:
+        return 0
+    return min(max(1, int(round(n * float(fraction)))), n - 1)
+
+
+def validation_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (train, validation) of n images, `held_out_count(n, fraction)` of them
+    held out at random (seeded by `seed`)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    held = held_out_count(n, fraction)
+    return order[held:], order[:held]
+
+
+def _proximal_term(module: nn.Module, anchor: list[torch.Tensor], mu: float) -> torch.Tensor:
+    """FedProx's (mu / 2) * ||w - w_global||^2 over the trainable parameters."""
+    return 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(module.parameters(), anchor))
+
+
 def train(images: Any, labels: Any, *, model: str = "small_cnn", epochs: int = 3,
           lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
-          initial_weights: dict[str, np.ndarray] | None = None) -> dict:
+          initial_weights: dict[str, np.ndarray] | None = None,
+          proximal_mu: float = 0.0, class_balancing: str = "none",
+          validation_fraction: float = 0.0) -> dict:
     """Train `model` with Adam and cross-entropy; deterministic for a given seed.
 
+    `proximal_mu` > 0 adds FedProx's proximal term towards `initial_weights`;
+    `class_balancing="balanced"` weighs the loss by inverse class frequency;
+    `validation_fraction` holds out that share of the images, never trained on, and
+    reports aggregate metrics of the model received (`initial_weights`, before any
+    local step) on them: in a federation, the validation of the last global model.
+
     Returns ``{"weights": {name: float32 array}, "history": {"loss": [...],
-    "accuracy": [...]}, "n_samples": N, "model": model}`` (per-epoch training loss
-    and accuracy).
+    "accuracy": [...]}, "n_samples": N trained on, "model": model}`` (per-epoch
+    training loss and accuracy), plus ``"validation": {"loss", "accuracy", "auc",
+    "n_samples"}`` of the received model when images were held out.
     """
     x, y = prepare(images, labels)
     if int(epochs) < 1 or int(batch_size) < 1:
         raise ValueError("epochs and batch_size must be positive")
+    if not 0.0 <= float(validation_fraction) < 1.0 or float(proximal_mu) < 0.0:
+        raise ValueError("validation_fraction must be in [0, 1) and proximal_mu >= 0")
+    trained_on, held_out = validation_split(len(x), float(validation_fraction), seed)
+    x_train, y_train = x[trained_on], y[trained_on]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = _model(model, x.shape[-1], initial_weights or None)
+        anchor = [p.detach().clone() for p in module.parameters()] if proximal_mu else []
+        validation = (validation_metrics(x[held_out], y[held_out], weights_to_numpy(module),
+                                         model) if len(held_out) else None)
         order = torch.Generator().manual_seed(seed)
         optimiser = torch.optim.Adam(module.parameters(), lr=lr)
-        loss_fn = nn.CrossEntropyLoss()
+        loss_fn = nn.CrossEntropyLoss(weight=class_weights(y_train, class_balancing))
         history: dict[str, list[float]] = {"loss": [], "accuracy": []}
         module.train()
         for _ in range(int(epochs)):
             total_loss, correct = 0.0, 0
-            for batch in torch.randperm(len(x), generator=order).split(int(batch_size)):
-                logits = module(x[batch])
-                loss = loss_fn(logits, y[batch])
+            for batch in torch.randperm(len(x_train), generator=order).split(int(batch_size)):
+                logits = module(x_train[batch])
+                loss = loss_fn(logits, y_train[batch])
+                if proximal_mu:
+                    loss = loss + _proximal_term(module, anchor, float(proximal_mu))
                 optimiser.zero_grad()
                 loss.backward()
                 optimiser.step()
                 total_loss += float(loss.detach()) * len(batch)
-                correct += int((logits.argmax(1) == y[batch]).sum())
-            history["loss"].append(total_loss / len(x))
-            history["accuracy"].append(correct / len(x))
-    return {"weights": weights_to_numpy(module), "history": history,
-            "n_samples": int(len(x)), "model": model}
+                correct += int((logits.argmax(1) == y_train[batch]).sum())
+            history["loss"].append(total_loss / len(x_train))
+            history["accuracy"].append(correct / len(x_train))
+    result = {"weights": weights_to_numpy(module), "history": history,
+              "n_samples": int(len(x_train)), "model": model}
+    if validation is not None:
+        result["validation"] = validation
+    return result
+
+
+def validation_metrics(x: torch.Tensor, y: torch.Tensor, weights: dict, model: str) -> dict:
+    """Loss, accuracy and AUC of prepared held-out images: aggregate numbers only."""
+    scores = pneumonia_scores(x, weights, model)
+    metrics = binary_metrics(scores, y.numpy())
+    p = np.clip(np.where(y.numpy() == 1, scores, 1.0 - scores), 1e-7, 1.0)
+    return {"loss": float(-np.log(p).mean()), "accuracy": metrics["accuracy"],
+            "auc": metrics["auc"], "n_samples": metrics["n_samples"]}
 
 
 def pneumonia_scores(x: torch.Tensor, weights: dict[str, np.ndarray], model: str) -> np.ndarray:

@@ -38,6 +38,9 @@ class Parameter:
     policy_max: str | None = None
     policy_min: str | None = None
     policy_choices: str | None = None
+    includes_minimum: bool = False  # a float may equal `minimum` (else strictly above)
+    optional: bool = False  # may be left out of a request's config: the default applies
+    federated: bool = False  # a federated-training knob that DP-SGD plans do not take
 
     @property
     def policy_limited(self) -> bool:
@@ -56,7 +59,9 @@ class Parameter:
         if self.kind is float:
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 return f"{self.name} must be a number"
-            if not self.minimum < float(value) < self.maximum:
+            above = float(value) >= self.minimum if self.includes_minimum \
+                else float(value) > self.minimum
+            if not (above and float(value) < self.maximum):
                 return f"{self.name} must be between {self.minimum:g} and {self.maximum:g}"
         return None
 
@@ -70,7 +75,17 @@ TRAINING_PARAMETERS: tuple[Parameter, ...] = (
     Parameter("batch_size", int, 64, "images per optimiser step", minimum=1,
               policy_max="max_batch_size", policy_min="min_batch_size"),
     Parameter("seed", int, 0, "seed of initialisation and batch order"),
+    Parameter("proximal_mu", float, 0.0, "FedProx proximal term towards the global model "
+              "(0: plain local training)", minimum=0.0, maximum=100.0, includes_minimum=True,
+              optional=True, federated=True),
+    Parameter("class_balancing", str, "none", "loss weights: 'balanced' weighs both classes "
+              "equally in each hospital", choices=lambda: CLASS_BALANCING, optional=True,
+              federated=True),
+    Parameter("validation_fraction", float, 0.0, "share of each hospital's training images "
+              "held out to validate the model it receives", minimum=0.0, maximum=0.5,
+              includes_minimum=True, optional=True, federated=True),
 )
+CLASS_BALANCING = ("none", "balanced")
 PARAMETERS_BY_NAME = {p.name: p for p in TRAINING_PARAMETERS}
 
 
@@ -90,6 +105,17 @@ def validate_training_config(config: dict) -> dict:
         if problem:
             raise PneumoSyftError(problem)
     return dict(config)
+
+
+def federated_knobs_set(values: dict) -> list[str]:
+    """The federated-training parameters (FedProx, class balancing, validation) that
+    `values` sets away from their defaults: what DP-SGD training refuses.
+
+        >>> federated_knobs_set({"proximal_mu": 0.1, "class_balancing": "none"})
+        ['proximal_mu']
+    """
+    return [p.name for p in TRAINING_PARAMETERS
+            if p.federated and values.get(p.name, p.default) != p.default]
 
 
 def policy_limited_parameters() -> tuple[Parameter, ...]:

@@ -1,0 +1,43 @@
+"""Federated strategies: how the researcher turns a round's weighted average into the
+next global model, and what each hospital is asked to train with.
+
+Every strategy sees only the weighted average of the hospitals' models (what secure
+aggregation reveals), never one hospital's weights, so each works plain or secure.
+
+    strategy = make_strategy("fedadam", server_lr=0.01)
+    config = strategy.client_config(plan.config())         # e.g. FedProx adds its mu
+    global_weights = strategy.next_global(global_weights, average)
+
+| name      | what it does                                                   |
+|-----------|----------------------------------------------------------------|
+| `fedavg`  | the average is the next global model (McMahan et al., 2017)    |
+| `fedprox` | FedAvg; hospitals add (mu/2)·‖w − w_global‖² (Li et al., 2020) |
+| `fedavgm` | server momentum on the average's step (Hsu et al., 2019)       |
+| `fedadam` | server Adam on the average's step (Reddi et al., 2021)         |
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from scientist.strategies.base import Strategy
+from scientist.strategies.fedavg import FedAvg
+from scientist.strategies.fedopt import FedAdam, FedAvgM
+from scientist.strategies.fedprox import FedProx
+
+STRATEGIES: dict[str, Callable[..., Strategy]] = {
+    "fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM, "fedadam": FedAdam}
+
+
+def make_strategy(name: str, **options) -> Strategy:
+    """The strategy called `name` (one of STRATEGIES) with its options.
+
+        >>> make_strategy("fedprox", mu=0.1).client_config({"epochs": 1})["proximal_mu"]
+        0.1
+    """
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; one of {', '.join(STRATEGIES)}")
+    return STRATEGIES[name](**options)
+
+
+__all__ = ["STRATEGIES", "FedAdam", "FedAvg", "FedAvgM", "FedProx", "Strategy", "make_strategy"]

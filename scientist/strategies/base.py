@@ -1,0 +1,33 @@
+"""What every federated strategy provides (see `scientist.strategies`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Strategy:
+    """FedAvg's behaviour; subclasses change what hospitals train with or the server step.
+
+    `next_global(current, average)`: `current` is the global model the round started
+    from ({} in the first round: hospitals initialised it from the plan's seed),
+    `average` the sample-weighted average of the models the hospitals returned.
+    """
+
+    name = "fedavg"
+
+    def client_config(self, config: dict) -> dict:
+        """The training config each hospital receives this round."""
+        return dict(config)
+
+    def next_global(self, current: dict, average: dict) -> dict:
+        """The next global model."""
+        return dict(average)
+
+    def describe(self) -> str:
+        """One line for tables and plots, e.g. "fedadam (server lr 0.01)"."""
+        return self.name
+
+
+def float_names(weights: dict) -> list[str]:
+    """The floating-point entries of a state dict (integer buffers are only averaged)."""
+    return [name for name, value in weights.items() if np.asarray(value).dtype.kind == "f"]
