@@ -1,4 +1,164 @@
-"""Names both roles use for a hospital's secure-aggregation key asset."""
+"""One secure-aggregation round, as every party sees it: the round's spec, what a
+hospital contributes, what an aggregator releases, and how the researcher combines it.
+
+A round is a `RoundSpec`: a fresh random id, the parties' public keys (every
+hospital is also an aggregator) and the total sample count the weights are divided
+by. Hospital i trains, scales its weights by n_i / total and seals them as seeded
+shares in the 32-bit ring (`contribute`): to each other party k a 32-byte seed,
+sealed from i to k; to itself one correction share. Every ciphertext is
+authenticated as coming from party i for exactly this spec (its id, keys and total),
+so nobody who holds only public keys, the researcher included, can make or
+re-address one. Aggregator k opens exactly one contribution from every party and
+releases their sum (`aggregate`); the researcher adds the K sums (`combine`).
+What leaves a hospital is about one float32 model plus 84 bytes per other party.
+
+    spec = RoundSpec.new(public_keys, total_samples=1920)
+    sealed = contribute(key_i, weights, n_samples=640, spec=spec)  # K entries
+    partial_k = aggregate(key_k, spec, [sealed_i[k] for sealed_i in contributions])
+    average = combine([partial_0, ..., partial_K-1])          # = sum n_i w_i / total
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from common.errors import SharingError
 
 AGGREGATION_DATASET = "aggregation"
 AGGREGATION_ASSET = "x25519_private"
+RING_BITS = 32
+FRAC_BITS = 24  # weights scaled by n_i/total stay below 2^(31-24)/K = 128/K in magnitude
+MIN_PARTIES = 2
+MAX_TOTAL_SAMPLES = 10**9
+_ROUND_ID = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclass(frozen=True)
+class RoundSpec:
+    """What every party of one round agrees on; `context_id` binds all of it."""
+
+    round_id: str
+    public_keys: tuple[str, ...]
+    total_samples: int
+
+    @classmethod
+    def new(cls, public_keys: Sequence[str], total_samples: int) -> "RoundSpec":
+        """A round with a fresh 128-bit random id."""
+        return cls.from_constant({"round": secrets.token_hex(16),
+                                  "public_keys": list(public_keys),
+                                  "total_samples": total_samples})
+
+    @classmethod
+    def from_constant(cls, value: Any) -> "RoundSpec":
+        """The spec a request carries as its ``aggregator_keys`` constant, checked
+        (SharingError with the first problem).
+
+            >>> RoundSpec.from_constant({"round": "0" * 32, "public_keys": ["a"],
+            ...                          "total_samples": 10})
+            Traceback (most recent call last):
+            common.errors.SharingError: a round needs 2 to 512 parties, got 1
+        """
+        from common.sealing import key_from_text
+        from common.secret_sharing import MAX_PARTIES
+
+        if not isinstance(value, Mapping) or set(value) != {"round", "public_keys",
+                                                            "total_samples"}:
+            raise SharingError("aggregator_keys must be {'round': 32 hex digits, "
+                               "'public_keys': [key, ...], 'total_samples': int}")
+        round_id, keys, total = value["round"], value["public_keys"], value["total_samples"]
+        if not isinstance(round_id, str) or not _ROUND_ID.fullmatch(round_id):
+            raise SharingError("the round id must be 32 lowercase hex digits")
+        if not isinstance(keys, (list, tuple)) or not MIN_PARTIES <= len(keys) <= MAX_PARTIES:
+            raise SharingError(f"a round needs {MIN_PARTIES} to {MAX_PARTIES} parties, "
+                               f"got {len(keys) if isinstance(keys, (list, tuple)) else keys!r}")
+        decoded = [key_from_text(k) if isinstance(k, str) else None for k in keys]
+        if None in decoded:
+            raise SharingError("public keys must be text (hex)")
+        if len(set(decoded)) != len(decoded):
+            raise SharingError("the round names the same party twice")
+        if isinstance(total, bool) or not isinstance(total, int) \
+                or not 1 <= total <= MAX_TOTAL_SAMPLES:
+            raise SharingError(f"total_samples must be an integer from 1 to {MAX_TOTAL_SAMPLES}")
+        return cls(round_id, tuple(keys), int(total))
+
+    def to_constant(self) -> dict:
+        """The request constant (``aggregator_keys``) for this spec."""
+        return {"round": self.round_id, "public_keys": list(self.public_keys),
+                "total_samples": self.total_samples}
+
+    @property
+    def n_parties(self) -> int:
+        return len(self.public_keys)
+
+    def keys(self) -> list[bytes]:
+        from common.sealing import key_from_text
+
+        return [key_from_text(k) for k in self.public_keys]
+
+    def context_id(self) -> str:
+        """What every ciphertext of the round is bound to: id, total and all keys."""
+        digest = hashlib.sha256("\n".join(self.public_keys).encode()).hexdigest()
+        return f"{self.round_id}:{self.total_samples}:{digest}"
+
+    def index_of(self, private_key: bytes) -> int:
+        """The party index of the holder of `private_key` (SharingError if not a party)."""
+        from common.sealing import public_key_from_private
+
+        own = public_key_from_private(private_key)
+        keys = self.keys()
+        if own not in keys:
+            raise SharingError("this hospital's aggregation key is not a party of the round")
+        return keys.index(own)
+
+
+def private_key_bytes(asset: Any) -> bytes:
+    """The 32-byte key from the aggregation asset (syft may hand it over widened)."""
+    if isinstance(asset, (bytes, bytearray)):
+        return bytes(asset)
+    return np.asarray(asset).astype(np.uint8).tobytes()
+
+
+def contribute(private_key: bytes, weights: Mapping[str, np.ndarray], n_samples: int,
+               spec: RoundSpec) -> list[bytes]:
+    """This hospital's sealed contribution: K ciphertexts, entry k for aggregator k
+    (a sealed seed, or at its own index the sealed correction share) of
+    weights x n_samples / total_samples."""
+    from common.sealing import seal_seeded_shares
+
+    spec.index_of(private_key)
+    scale = float(n_samples) / spec.total_samples
+    scaled = {name: np.asarray(value, np.float64) * scale for name, value in weights.items()}
+    correction, seeds = seal_seeded_shares(scaled, private_key, spec.keys(), spec.context_id(),
+                                           frac_bits=FRAC_BITS, ring_bits=RING_BITS)
+    return [correction if seed is None else seed for seed in seeds]
+
+
+def aggregate(private_key: bytes, spec: RoundSpec, ciphertexts: Sequence[bytes]) -> bytes:
+    """Aggregator k's release: the sum of the K contributions addressed to it (entry i
+    from party i, each verified), as ``common.wire`` bytes of one partial sum."""
+    from common import wire
+    from common.sealing import open_seeded_and_sum
+
+    own = spec.index_of(private_key)
+    if not isinstance(ciphertexts, (list, tuple)) or len(ciphertexts) != spec.n_parties:
+        raise SharingError(f"an aggregation takes exactly one ciphertext from each of the "
+                           f"{spec.n_parties} parties")
+    keys = spec.keys()
+    seeds = [(keys[i], ct) for i, ct in enumerate(ciphertexts) if i != own]
+    partial = open_seeded_and_sum(private_key, keys, spec.context_id(), ciphertexts[own], seeds)
+    return wire.dumps(partial)
+
+
+def combine(partial_sums: Sequence[bytes]) -> dict[str, np.ndarray]:
+    """The researcher's result: the K partial sums added and decoded (float32)."""
+    from common import wire
+    from common.secret_sharing import reconstruct_state_dict
+
+    summed = reconstruct_state_dict([wire.loads(p) for p in partial_sums])
+    return {name: np.asarray(value, np.float32) for name, value in summed.items()}

@@ -11,14 +11,13 @@ what the catalogue accepts: review such a change like a policy change.
 
 
 def train_xray_plan(images, labels, config, initial_weights):
-    """Train inside the domain; return the weights and per-epoch loss/accuracy."""
+    """Train inside the domain; return the weights, per-epoch loss/accuracy and, with a
+    validation_fraction, metrics of the received model on held-out images (else None)."""
     from common.training import train
 
-    result = train(images, labels, model=config["model"], epochs=config["epochs"],
-                   lr=config["lr"], batch_size=config["batch_size"], seed=config["seed"],
-                   initial_weights=initial_weights or None)
+    result = train(images, labels, **config, initial_weights=initial_weights or None)
     return {"weights": result["weights"], "history": result["history"],
-            "n_samples": result["n_samples"]}
+            "n_samples": result["n_samples"], "validation": result.get("validation")}
 
 
 def evaluate_xray_plan(images, labels, weights, config):
@@ -28,33 +27,29 @@ def evaluate_xray_plan(images, labels, weights, config):
     return {"metrics": evaluate(images, labels, weights, model=config["model"])}
 
 
-def secure_train_xray_plan(images, labels, config, initial_weights, aggregator_keys):
-    """Train, scale by the sample count, share among the aggregators, seal each share."""
+def secure_train_xray_plan(images, labels, config, initial_weights, aggregator_keys,
+                           aggregation_key):
+    """Train, then seal the weights (times n / the round's total) as seeded shares for
+    the round's parties, authenticated with this hospital's aggregation key."""
+    from common.aggregation import RoundSpec, contribute, private_key_bytes
     from common.training import train
-    from common.secret_sharing import share_state_dict
-    from common.sealing import key_from_text, seal_shares
 
-    result = train(images, labels, model=config["model"], epochs=config["epochs"],
-                   lr=config["lr"], batch_size=config["batch_size"], seed=config["seed"],
-                   initial_weights=initial_weights or None)
-    n_samples = result["n_samples"]
-    public_keys = aggregator_keys["public_keys"]
-    scaled = {name: value * n_samples for name, value in result["weights"].items()}
-    shares = share_state_dict(scaled, len(public_keys))
-    sealed = seal_shares(shares, [key_from_text(k) for k in public_keys])
-    return {"sealed_shares": sealed, "n_samples": n_samples, "history": result["history"]}
+    spec = RoundSpec.from_constant(aggregator_keys)
+    result = train(images, labels, **config, initial_weights=initial_weights or None)
+    sealed = contribute(private_key_bytes(aggregation_key), result["weights"],
+                        result["n_samples"], spec)
+    return {"sealed_shares": sealed, "n_samples": result["n_samples"],
+            "history": result["history"], "validation": result.get("validation")}
 
 
-def aggregate_shares_plan(aggregation_key, sealed_shares):
-    """Open the shares sealed to this hospital and release only their sum."""
-    import numpy as np
-    from common.sealing import open_and_sum
-    from common.wire import dumps
+def aggregate_round_plan(aggregation_key, aggregator_keys, ciphertexts):
+    """Open one contribution from every party of the round, verified, and release
+    only their sum (the domain runs this itself for a round it took part in)."""
+    from common.aggregation import RoundSpec, aggregate, private_key_bytes
 
-    # the key asset is 32 uint8; syft may hand it over widened, so narrow it explicitly
-    private_key = np.asarray(aggregation_key).astype(np.uint8).tobytes()
-    total = open_and_sum(sealed_shares["ciphertexts"], private_key)
-    return {"partial_sum": dumps(total), "n_shares": len(sealed_shares["ciphertexts"])}
+    spec = RoundSpec.from_constant(aggregator_keys)
+    return {"partial_sum": aggregate(private_key_bytes(aggregation_key), spec, ciphertexts),
+            "n_shares": len(ciphertexts)}
 
 
 def train_private_xray_plan(images, labels, config, initial_weights, privacy):
@@ -64,33 +59,27 @@ def train_private_xray_plan(images, labels, config, initial_weights, privacy):
 
     result = train_private(images, labels, noise_multiplier=privacy["noise_multiplier"],
                            max_grad_norm=privacy["max_grad_norm"], delta=privacy["delta"],
-                           model=config["model"], epochs=config["epochs"], lr=config["lr"],
-                           batch_size=config["batch_size"], seed=config["seed"],
-                           initial_weights=initial_weights or None)
+                           **config, initial_weights=initial_weights or None)
     return {"weights": result["weights"], "history": result["history"],
             "n_samples": result["n_samples"],
             "privacy": {"epsilon": result["epsilon"], "delta": result["delta"]}}
 
 
 def secure_train_private_xray_plan(images, labels, config, initial_weights, aggregator_keys,
-                                   privacy):
-    """Train with DP-SGD (the domain's delta and noise), scale by the sample count, share
-    among the aggregators, seal each share; return the epsilon spent with them."""
+                                   aggregation_key, privacy):
+    """Train with DP-SGD (the domain's delta and noise), then seal the weights as seeded
+    shares for the round's parties; return the epsilon spent with them."""
+    from common.aggregation import RoundSpec, contribute, private_key_bytes
     from common.dp_training import train_private
-    from common.secret_sharing import share_state_dict
-    from common.sealing import key_from_text, seal_shares
 
+    spec = RoundSpec.from_constant(aggregator_keys)
     result = train_private(images, labels, noise_multiplier=privacy["noise_multiplier"],
                            max_grad_norm=privacy["max_grad_norm"], delta=privacy["delta"],
-                           model=config["model"], epochs=config["epochs"], lr=config["lr"],
-                           batch_size=config["batch_size"], seed=config["seed"],
-                           initial_weights=initial_weights or None)
-    n_samples = result["n_samples"]
-    public_keys = aggregator_keys["public_keys"]
-    scaled = {name: value * n_samples for name, value in result["weights"].items()}
-    shares = share_state_dict(scaled, len(public_keys))
-    sealed = seal_shares(shares, [key_from_text(k) for k in public_keys])
-    return {"sealed_shares": sealed, "n_samples": n_samples, "history": result["history"],
+                           **config, initial_weights=initial_weights or None)
+    sealed = contribute(private_key_bytes(aggregation_key), result["weights"],
+                        result["n_samples"], spec)
+    return {"sealed_shares": sealed, "n_samples": result["n_samples"],
+            "history": result["history"],
             "privacy": {"epsilon": result["epsilon"], "delta": result["delta"]}}
 
 

@@ -33,9 +33,14 @@ def public_key_text(state: Any) -> str:
     return sealing.key_to_text(sealing.public_key_from_private(load_or_create_private_key(state)))
 
 
+def load_private_key_if_enabled(state: Any) -> bytes | None:
+    """The private key once `federation enable` made one, else None (creates nothing)."""
+    path = private_key_path(state)
+    return sealing.load_private_key(path) if path.exists() else None
+
+
 def published_public_key_text(state: Any) -> str | None:
     """The public key once `federation enable` made one, else None (never creates a key)."""
-    if not private_key_path(state).exists():
-        return None
-    return sealing.key_to_text(sealing.public_key_from_private(
-        sealing.load_private_key(private_key_path(state))))
+    private = load_private_key_if_enabled(state)
+    return None if private is None else sealing.key_to_text(
+        sealing.public_key_from_private(private))

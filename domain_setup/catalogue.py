@@ -23,8 +23,6 @@ from common import vetted_plans
 from common.training_config import validate_training_config
 
 AGGREGATION_KEY_ASSET = "aggregation/x25519_private"
-RESEARCHER_OBJECT = "object"  # an object the researcher uploaded (sealed shares)
-MAX_PARTIES = 32
 
 
 @dataclass(frozen=True)
@@ -84,20 +82,19 @@ CATALOGUE: tuple[VettedPlan, ...] = (
     VettedPlan("evaluate", vetted_plans.evaluate_xray_plan,
                {"images": "test_images", "labels": "test_labels"}, ("weights", "config")),
     VettedPlan("secure_train", vetted_plans.secure_train_xray_plan,
-               {"images": "train_images", "labels": "train_labels"},
+               {"images": "train_images", "labels": "train_labels",
+                "aggregation_key": AGGREGATION_KEY_ASSET},
                ("config", "initial_weights", "aggregator_keys")),
     VettedPlan("train_private", vetted_plans.train_private_xray_plan,
                {"images": "train_images", "labels": "train_labels"},
                ("config", "initial_weights", "privacy")),
     VettedPlan("secure_train_private", vetted_plans.secure_train_private_xray_plan,
-               {"images": "train_images", "labels": "train_labels"},
+               {"images": "train_images", "labels": "train_labels",
+                "aggregation_key": AGGREGATION_KEY_ASSET},
                ("config", "initial_weights", "aggregator_keys", "privacy")),
     VettedPlan("evaluate_private", vetted_plans.evaluate_private_xray_plan,
                {"images": "test_images", "labels": "test_labels"},
                ("weights", "config", "privacy")),
-    VettedPlan("aggregate", vetted_plans.aggregate_shares_plan,
-               {"aggregation_key": AGGREGATION_KEY_ASSET, "sealed_shares": RESEARCHER_OBJECT},
-               ()),
 )
 _BY_FINGERPRINT = {plan.fingerprint: plan for plan in CATALOGUE}
 
@@ -117,10 +114,7 @@ def input_problems(plan: VettedPlan, inputs: dict[str, str]) -> list[str]:
     datasets = set()
     for kwarg, wanted in plan.inputs.items():
         given = inputs[kwarg]
-        if wanted == RESEARCHER_OBJECT:
-            if not given.startswith("object "):
-                problems.append(f"{kwarg} must be the researcher's uploaded object")
-        elif "/" in wanted:
+        if "/" in wanted:
             if given != wanted:
                 problems.append(f"{kwarg} must be {wanted}, got {given}")
         else:
@@ -180,7 +174,8 @@ def _config_problems(config: Any) -> list[str]:
 
     if not isinstance(config, dict):
         return [f"config must be a dict, got {type(config).__name__}"]
-    missing = sorted(set(PARAMETERS_BY_NAME) - set(config))
+    missing = sorted(name for name, p in PARAMETERS_BY_NAME.items()
+                     if name not in config and not p.optional)
     if missing:
         return [f"config lacks {', '.join(missing)}"]
     try:
@@ -210,17 +205,10 @@ def _weights_problems(what: str, weights: Any, model: Any) -> list[str]:
 
 
 def _aggregator_keys_problems(keys: Any) -> list[str]:
-    from common.sealing import key_from_text
+    from common.aggregation import RoundSpec
 
-    public_keys = keys.get("public_keys") if isinstance(keys, dict) else None
-    if set(keys or {}) != {"public_keys"} or not isinstance(public_keys, list):
-        return ["aggregator_keys must be {'public_keys': [key, ...]}"]
-    if not 2 <= len(public_keys) <= MAX_PARTIES:
-        return [f"aggregator_keys must name 2 to {MAX_PARTIES} aggregators"]
     try:
-        decoded = [key_from_text(k) for k in public_keys]
-    except Exception as exc:
+        RoundSpec.from_constant(keys)
+    except Exception as exc:  # SharingError / key parsing: a one-line reason
         return [f"aggregator_keys: {exc}"]
-    if len(set(decoded)) != len(decoded):
-        return ["aggregator_keys names the same aggregator twice"]
     return []

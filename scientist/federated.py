@@ -1,14 +1,23 @@
 """Federated averaging across hospital domains, plain or with secret-shared weights.
 
-Secure round (K hospitals, each also an aggregator):
+Secure round (K hospitals, each also an aggregator; `common.aggregation`):
 
-1. each hospital trains from the global model, scales its weights by its sample
-   count, splits them into K additive shares and seals share j to aggregator j's
-   public key; the researcher receives only ciphertexts and the sample count;
-2. the researcher uploads the K shares sealed to aggregator j to its domain (an
-   object, not request constants: see `upload_input`); aggregator j opens them there
-   and releases only their sum (one more approved request);
-3. the researcher adds the K partial sums and divides by the total count.
+1. the researcher draws a fresh round (`RoundSpec`: random id, the K public keys, the
+   total image count); each hospital's admin approves its secure-training request,
+   which names that round; the hospital trains from the global model, scales its
+   weights by n_i / total and seals them as seeded shares: a 32-byte seed to each
+   other hospital, one correction share to itself, all authenticated as its own
+   contribution to this round; the researcher receives only ciphertexts and n_i;
+2. the researcher sends aggregator j the K ciphertexts addressed to it; the domain
+   opens them with its fixed aggregation plan, in the sandbox, once per round and
+   only for a round it trained in (``POST /pneumosyft/federation/aggregate``: no
+   second request to approve), and releases only their sum;
+3. the researcher adds the K partial sums: the weighted average.
+
+A `Strategy` (`scientist.strategies`: FedAvg, FedProx, FedAvgM, FedAdam) turns each
+round's average into the next global model; with ``validation_fraction`` in the
+plan, every hospital reports aggregate metrics of the model it received on images
+it never trains on, and `run_rounds(..., patience=N)` stops when they stop improving.
 
 An `approver` callback stands for the hospital admins: it is called with a
 hospital and a submission, and must get the request approved (the demo runs
@@ -17,8 +26,9 @@ Hospitals are independent, so each step runs at every hospital at once (one
 thread per hospital): the researcher waits for the slowest admin, not for the
 sum of them. The approver is therefore called from several threads.
 
-    hospitals = [Hospital("A", client_a, admin_a), ...]
-    weights, log = run_rounds(hospitals, plan, rounds=3, secure=True, approver=approve)
+    hospitals = [join("st-mary.json"), join("royal.json"), join("county.json")]
+    weights, logs = run_rounds(hospitals, plan, rounds=3, secure=True, approver=approve,
+                               strategy=make_strategy("fedavgm"))
 """
 
 from __future__ import annotations
@@ -30,27 +40,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from common.aggregation import AGGREGATION_ASSET, AGGREGATION_DATASET
+from common.aggregation import AGGREGATION_ASSET, AGGREGATION_DATASET, RoundSpec, combine
 from common.errors import DomainError
-from common.secret_sharing import reconstruct_state_dict
-from common.wire import loads
-from scientist.plans import (
-    TrainingPlan,
-    aggregate_shares_plan,
-    secure_train_xray_plan,
-    train_xray_plan,
-)
+from common.training import held_out_count
 from common.vetted_plans import secure_train_private_xray_plan, train_private_xray_plan
-from scientist.submission import (
-    Submission,
-    find_dataset,
-    run_approved,
-    split_assets,
-    submit_plan,
-    upload_input,
-)
-
-
+from scientist.plans import TrainingPlan, secure_train_xray_plan, train_xray_plan
+from scientist.strategies import FedAvg, Strategy
+from scientist.submission import Submission, find_dataset, run_approved, split_assets, submit_plan
 
 @dataclass
 class Hospital:
@@ -61,6 +57,15 @@ class Hospital:
     dataset: str = "xray"
     public_key: str = ""
     aggregation_key: Any = field(default=None, repr=False)  # the key asset, once looked up
+    url: str = ""
+    token: str = field(default="", repr=False)
+
+    def training_images(self) -> int:
+        """How many training images the hospital's dataset holds (from the asset's shape)."""
+        shape = split_assets(self.client, self.dataset, "train")["images"].shape
+        if not shape:
+            raise DomainError(f"{self.name}: the training images asset has no shape")
+        return int(shape[0])
 
 
 @dataclass
@@ -73,8 +78,14 @@ class RoundLog:
     n_samples: dict = field(default_factory=dict)
     histories: dict = field(default_factory=dict)
     privacy: dict = field(default_factory=dict)  # per hospital, with DP: ε, spent, left
+    validation: dict = field(default_factory=dict)  # per hospital: metrics of the model sent
     seconds: float = 0.0
     phases: dict = field(default_factory=dict)
+
+    def validation_summary(self) -> dict | None:
+        """Sample-weighted loss, accuracy and AUC of the model this round started from,
+        over every hospital's held-out images (None without validation)."""
+        return weighted_validation(self.validation)
 
 
 Approver = Callable[[Hospital, Submission], None]
@@ -98,7 +109,8 @@ def join(connection_file: str, *, dataset: str = "xray") -> Hospital:
         raise DomainError(f"{info['name']} is not an aggregation party yet: its admin runs "
                           "`python -m domain_setup federation enable`")
     return Hospital(name=info["name"], client=client, dataset=dataset,
-                    public_key=info["aggregation_public_key"])
+                    public_key=info["aggregation_public_key"], url=details["url"],
+                    token=details["token"])
 
 
 def _submit_and_run(hospital: Hospital, plan_function: Callable, inputs: dict, constants: dict,
@@ -141,15 +153,38 @@ def weighted_average(updates: list[tuple[dict, int]]) -> dict[str, np.ndarray]:
                    ).astype(np.float32) for name in names}
 
 
+def weighted_validation(by_hospital: dict) -> dict | None:
+    """The hospitals' validation metrics averaged with their held-out image counts."""
+    reports = [v for v in by_hospital.values() if v and v.get("n_samples")]
+    if not reports:
+        return None
+    total = sum(v["n_samples"] for v in reports)
+    summary = {"n_samples": total}
+    for key in ("loss", "accuracy", "auc"):
+        if all(v.get(key) is not None for v in reports):
+            summary[key] = sum(v[key] * v["n_samples"] for v in reports) / total
+    return summary
+
+
 def _with_privacy(constants: dict, privacy: dict | None) -> dict:
     return dict(constants, privacy=privacy) if privacy else constants
 
 
+def _record(log: RoundLog, hospital: Hospital, result: dict) -> None:
+    log.n_samples[hospital.name] = int(result["n_samples"])
+    log.histories[hospital.name] = result["history"]
+    for key, into in (("privacy", log.privacy), ("validation", log.validation)):
+        if key in result:
+            into[hospital.name] = result[key]
+
+
 def plain_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
                 approver: Approver, round_number: int,
-                privacy: dict | None = None) -> tuple[dict, RoundLog]:
-    """One FedAvg round in which the researcher sees every hospital's weights (DP-SGD
-    inside each hospital when `privacy` is given: `scientist.privacy.private_training`)."""
+                privacy: dict | None = None, config: dict | None = None
+                ) -> tuple[dict, RoundLog]:
+    """One round in which the researcher sees every hospital's weights; returns their
+    weighted average (DP-SGD inside each hospital when `privacy` is given:
+    `scientist.privacy.private_training`; `config` overrides the plan's)."""
     log = RoundLog(round=round_number, secure=False)
     started = time.perf_counter()
 
@@ -157,49 +192,77 @@ def plain_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
         return _submit_and_run(
             hospital, train_private_xray_plan if privacy else train_xray_plan,
             split_assets(hospital.client, hospital.dataset, "train"),
-            _with_privacy({"config": plan.config(), "initial_weights": weights}, privacy),
+            _with_privacy({"config": config or plan.config(), "initial_weights": weights},
+                          privacy),
             f"federated round {round_number} (plain averaging)", approver)
 
     results = at_every_hospital(hospitals, train_at)
-    updates = []
     for hospital, result in zip(hospitals, results):
-        updates.append((result["weights"], int(result["n_samples"])))
-        log.n_samples[hospital.name] = int(result["n_samples"])
-        log.histories[hospital.name] = result["history"]
-        if "privacy" in result:
-            log.privacy[hospital.name] = result["privacy"]
+        _record(log, hospital, result)
     log.seconds = time.perf_counter() - started
-    return weighted_average(updates), log
+    return weighted_average([(r["weights"], int(r["n_samples"])) for r in results]), log
 
 
 def aggregation_inputs(hospital: Hospital) -> dict:
-    """The hospital's private aggregation key asset, the input of `aggregate_shares_plan`
+    """The hospital's private aggregation key asset, an input of secure training
     (looked up once per hospital: the key does not change while its domain runs)."""
     if hospital.aggregation_key is None:
         dataset = find_dataset(hospital.client, AGGREGATION_DATASET)
+        if dataset is None:
+            raise DomainError(f"{hospital.name} has no aggregation key: its admin runs "
+                              "`python -m domain_setup federation enable`")
         hospital.aggregation_key = dataset.assets[AGGREGATION_ASSET]
     return {"aggregation_key": hospital.aggregation_key}
 
 
-def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
-                 approver: Approver, round_number: int,
-                 privacy: dict | None = None) -> tuple[dict, RoundLog]:
-    """One FedAvg round in which weights leave each hospital only as sealed shares (with
-    DP-SGD inside each hospital, each charging its own ledger, when `privacy` is given)."""
+def new_round(hospitals: list[Hospital], config: dict) -> RoundSpec:
+    """A fresh round over `hospitals`: their keys, and the images they will train on."""
     missing = [h.name for h in hospitals if not h.public_key]
     if missing:
         raise DomainError(f"no aggregation public key for {', '.join(missing)}")
+    fraction = float(config.get("validation_fraction", 0.0))
+    trained = [n - held_out_count(n, fraction) for n in (h.training_images() for h in hospitals)]
+    return RoundSpec.new([h.public_key for h in hospitals], total_samples=sum(trained))
+
+
+def request_partial_sum(aggregator: Hospital, spec: RoundSpec, ciphertexts: list[bytes]) -> bytes:
+    """Ask `aggregator`'s domain to aggregate its ciphertexts of the round (one HTTP call)."""
+    import base64
+
+    import requests
+
+    from common.connection import HTTP_TIMEOUT, auth_headers, gate_reason
+
+    body = {"aggregator_keys": spec.to_constant(),
+            "ciphertexts": [base64.b64encode(c).decode() for c in ciphertexts]}
+    response = requests.post(f"{aggregator.url}/pneumosyft/federation/aggregate", json=body,
+                             headers=auth_headers(aggregator.token), timeout=HTTP_TIMEOUT)
+    if response.status_code != 200:
+        raise DomainError(gate_reason(response))
+    return response.content
+
+
+def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
+                 approver: Approver, round_number: int,
+                 privacy: dict | None = None, config: dict | None = None
+                 ) -> tuple[dict, RoundLog]:
+    """One round in which weights leave each hospital only as sealed seeded shares of a
+    fresh round; returns the weighted average (with DP-SGD inside each hospital, each
+    charging its own ledger, when `privacy` is given)."""
+    config = config or plan.config()
     log = RoundLog(round=round_number, secure=True)
     started = time.perf_counter()
-    keys = [h.public_key for h in hospitals]
+    spec = new_round(hospitals, config)
 
     def train_and_share_at(hospital: Hospital) -> dict:
+        inputs = dict(split_assets(hospital.client, hospital.dataset, "train"),
+                      **aggregation_inputs(hospital))
         result = _submit_and_run(
             hospital, secure_train_private_xray_plan if privacy else secure_train_xray_plan,
-            split_assets(hospital.client, hospital.dataset, "train"),
-            _with_privacy({"config": plan.config(), "initial_weights": weights,
-                           "aggregator_keys": {"public_keys": keys}}, privacy),
-            f"federated round {round_number} (secure aggregation)", approver)
+            inputs, _with_privacy({"config": config, "initial_weights": weights,
+                                   "aggregator_keys": spec.to_constant()}, privacy),
+            f"federated round {round_number} (secure aggregation, round {spec.round_id})",
+            approver)
         if len(result["sealed_shares"]) != len(hospitals):
             raise DomainError(f"returned {len(result['sealed_shares'])} shares, "
                               f"expected {len(hospitals)}")
@@ -208,27 +271,21 @@ def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
     trained = at_every_hospital(hospitals, train_and_share_at)
     log.phases["train and share"] = time.perf_counter() - started
     for hospital, result in zip(hospitals, trained):
-        log.n_samples[hospital.name] = int(result["n_samples"])
-        log.histories[hospital.name] = result["history"]
-        if "privacy" in result:
-            log.privacy[hospital.name] = result["privacy"]
+        _record(log, hospital, result)
 
-    def release_partial_sum_at(aggregator: Hospital) -> dict:
-        j = next(i for i, hospital in enumerate(hospitals) if hospital is aggregator)
-        addressed = [result["sealed_shares"][j] for result in trained]
-        inputs = dict(aggregation_inputs(aggregator),
-                      sealed_shares=upload_input(aggregator.client, {"ciphertexts": addressed}))
-        result = _submit_and_run(aggregator, aggregate_shares_plan, inputs, {},
-                                 f"release the sum of round {round_number}'s shares", approver)
-        return loads(result["partial_sum"])
+    def partial_sum_at(aggregator: Hospital) -> bytes:
+        j = hospitals.index(aggregator)
+        return request_partial_sum(aggregator, spec,
+                                   [result["sealed_shares"][j] for result in trained])
 
     partial_sums = at_every_hospital(
-        hospitals, release_partial_sum_at,
+        hospitals, partial_sum_at,
         failure=f"aggregator {{name}} dropped out of round {round_number}: {{error}}; "
                 "the round cannot complete")
-    total = sum(log.n_samples.values())
-    summed = reconstruct_state_dict(partial_sums)
-    average = {name: (value / total).astype(np.float32) for name, value in summed.items()}
+    # the hospitals scaled by n_i / total as planned; rescale if a count differed
+    correction = spec.total_samples / sum(log.n_samples.values())
+    average = {name: (value * correction).astype(np.float32)
+               for name, value in combine(partial_sums).items()}
     log.seconds = time.perf_counter() - started
     log.phases["aggregate"] = log.seconds - log.phases["train and share"]
     return average, log
@@ -237,17 +294,36 @@ def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
 def run_rounds(hospitals: list[Hospital], plan: TrainingPlan, *, rounds: int, secure: bool,
                approver: Approver, initial_weights: dict | None = None,
                on_round: Callable[[dict, RoundLog], None] | None = None,
-               privacy: dict | None = None) -> tuple[dict, list]:
-    """Several rounds, each starting from the last global model; with `privacy`, every
-    hospital trains with DP-SGD and charges its own ledger each round."""
+               privacy: dict | None = None, strategy: Strategy | None = None,
+               patience: int | None = None) -> tuple[dict, list]:
+    """Up to `rounds` rounds, each starting from the last global model, which
+    `strategy` (default FedAvg) makes from the round's average. With `privacy`, every
+    hospital trains with DP-SGD and charges its own ledger each round. With `patience`
+    (the plan needs a validation_fraction), stop once the hospitals' weighted
+    validation AUC has not improved for that many rounds, and return the best model."""
     if int(rounds) < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
+    if patience is not None and not plan.validation_fraction:
+        raise ValueError("patience needs validation: set the plan's validation_fraction")
+    strategy = strategy or FedAvg()
+    config = strategy.client_config(plan.config())
     weights = dict(initial_weights or {})
-    logs = []
+    logs: list[RoundLog] = []
+    best: tuple[float, dict] | None = None
+    since_best = 0
     step = secure_round if secure else plain_round
     for r in range(1, rounds + 1):
-        weights, log = step(hospitals, plan, weights, approver, r, privacy)
+        average, log = step(hospitals, plan, weights, approver, r, privacy, config)
+        summary = log.validation_summary()
+        if patience is not None and summary and summary.get("auc") is not None and weights:
+            if best is None or summary["auc"] > best[0]:
+                best, since_best = (summary["auc"], weights), 0
+            else:
+                since_best += 1
+        weights = strategy.next_global(weights, average)
         logs.append(log)
         if on_round:
             on_round(weights, log)
+        if patience is not None and since_best >= patience:
+            return best[1], logs  # the model validated best, from before these rounds
     return weights, logs

@@ -19,7 +19,6 @@ from typing import Any
 
 from common.training_config import TRAINING_PARAMETERS, validate_training_config
 from common.vetted_plans import (  # noqa: F401  (the hospital's catalogue, by source identity)
-    aggregate_shares_plan,
     evaluate_xray_plan,
     secure_train_xray_plan,
     train_xray_plan,

@@ -7,6 +7,7 @@ import inspect
 import numpy as np
 
 from common.models import build_model
+from common.aggregation import RoundSpec
 from common.sealing import generate_keypair, key_to_text
 from common.training import weights_to_numpy
 from common.training_config import default_training_config
@@ -32,7 +33,7 @@ def test_every_vetted_plan_is_recognised_under_any_name_and_decorator():
 
 def test_one_changed_line_makes_custom_code():
     source = inspect.getsource(train_xray_plan)
-    changed = source.replace('"n_samples": result["n_samples"]', '"n_samples": len(images)')
+    changed = source.replace('initial_weights=initial_weights or None', 'initial_weights=None')
     assert changed != source and identify(changed) is None
     assert fingerprint("x = 1") is None and fingerprint("def f(:") is None
     verdict = judge(changed, inputs=TRAIN_INPUTS, constants=TRAIN_CONSTANTS, rules=RULES)
@@ -74,11 +75,16 @@ def test_constants_are_checked_against_the_schema():
     assert "classifier.weight" in constant_problems(
         evaluate, {"weights": weights, "config": default_training_config()})[0]
     keys = [key_to_text(generate_keypair()[1]) for _ in range(2)]
-    good = {"config": default_training_config(), "initial_weights": {},
-            "aggregator_keys": {"public_keys": keys}}
+    spec = RoundSpec.new(keys, total_samples=480).to_constant()
+    good = {"config": default_training_config(), "initial_weights": {}, "aggregator_keys": spec}
     assert constant_problems(secure, good) == []
-    assert constant_problems(secure, {**good, "aggregator_keys": {"public_keys": keys[:1]}})
-    assert constant_problems(secure, {**good, "aggregator_keys": {"public_keys": keys * 2}})
+    for bad, reason in (({"public_keys": keys}, "aggregator_keys must be {'round'"),
+                        ({**spec, "public_keys": keys[:1]}, "a round needs 2 to"),
+                        ({**spec, "public_keys": keys * 2}, "names the same party twice"),
+                        ({**spec, "round": "r1"}, "32 lowercase hex digits"),
+                        ({**spec, "total_samples": 0}, "total_samples must be")):
+        problems = constant_problems(secure, {**good, "aggregator_keys": bad})
+        assert len(problems) == 1 and reason in problems[0], (bad, problems)
     assert judge(inspect.getsource(evaluate_xray_plan), inputs=TRAIN_INPUTS,
                  constants={"weights": weights, "config": default_training_config()},
                  rules=RULES).kind == "violating"

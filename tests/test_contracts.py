@@ -15,7 +15,8 @@ import torch
 from common import sealing, wire
 from common.models import build_model
 from common.training import ROC_THRESHOLDS, weights_to_numpy
-from common.vetted_plans import (aggregate_shares_plan, evaluate_xray_plan,
+from common.aggregation import RoundSpec
+from common.vetted_plans import (aggregate_round_plan, evaluate_xray_plan,
                                  secure_train_xray_plan, train_xray_plan)
 from datasets.xray import generate
 from domain_setup.sandbox import (KINDS, ContractContext, ContractViolation, PlanError,
@@ -48,27 +49,36 @@ def keys():
     return [sealing.generate_keypair() for _ in range(N_PARTIES)]
 
 
+def _key_asset(private: bytes) -> np.ndarray:
+    return np.frombuffer(private, dtype=np.uint8).copy()
+
+
 @pytest.fixture(scope="module")
-def secure_runs(data, keys):
-    """Two hospitals (32 images each) run secure_train for the same three aggregators."""
+def spec(keys):
+    return RoundSpec.new([sealing.key_to_text(pk) for _, pk in keys], total_samples=96)
+
+
+@pytest.fixture(scope="module")
+def secure_runs(data, keys, spec):
+    """Three hospitals (32 images each) contribute to one round of three parties."""
     images, labels = data
-    public = {"public_keys": [sealing.key_to_text(pk) for _, pk in keys]}
-    return [secure_train_xray_plan(images[s], labels[s], CONFIG, None, public)
-            for s in (slice(0, 32), slice(32, 64))]
+    return [secure_train_xray_plan(images[s], labels[s], CONFIG, None, spec.to_constant(),
+                                   _key_asset(private))
+            for s, (private, _) in zip((slice(0, 32), slice(32, 64), slice(0, 32)), keys)]
 
 
 @pytest.fixture(scope="module")
-def aggregated(keys, secure_runs):
-    """Aggregator 1 opens and sums the two shares sealed to it."""
-    private = np.frombuffer(keys[1][0], dtype=np.uint8).copy()
+def aggregated(keys, spec, secure_runs):
+    """Aggregator 1 opens and sums the three contributions addressed to it."""
     ciphertexts = [run["sealed_shares"][1] for run in secure_runs]
-    return aggregate_shares_plan(private, {"ciphertexts": ciphertexts})
+    return aggregate_round_plan(_key_asset(keys[1][0]), spec.to_constant(), ciphertexts)
 
 
 TRAIN = ContractContext(model="small_cnn", epochs=1, n_samples=64)
 EVALUATE = ContractContext(model="small_cnn", n_samples=64)
-SECURE = ContractContext(model="small_cnn", epochs=1, n_samples=32, n_parties=N_PARTIES)
-AGGREGATE = ContractContext(n_ciphertexts=2)
+SECURE = ContractContext(model="small_cnn", epochs=1, n_samples=32, n_parties=N_PARTIES,
+                         own_index=0)
+AGGREGATE = ContractContext(n_ciphertexts=N_PARTIES)
 CUSTOM = ContractContext()
 
 
@@ -108,10 +118,12 @@ def test_real_outputs_pass_also_after_the_plain_data_round_trip(trained, evaluat
     """What the vetted plans really return keeps its contract, both as returned and as
     the server sees it after the sandbox boundary (decode(encode(...)), read-only arrays)."""
     cases = [("train", trained, TRAIN), ("evaluate", evaluated, EVALUATE),
-             ("secure_train", secure_runs[0], SECURE), ("secure_train", secure_runs[1], SECURE),
+             ("secure_train", secure_runs[0], SECURE),
+             ("secure_train", secure_runs[1], ContractContext(
+                 model="small_cnn", epochs=1, n_samples=32, n_parties=N_PARTIES, own_index=1)),
              ("aggregate", aggregated, AGGREGATE),
              ("aggregate", aggregated, ContractContext(model="small_cnn", n_parties=N_PARTIES,
-                                                       n_ciphertexts=2)),
+                                                       n_ciphertexts=N_PARTIES)),
              ("custom", {"mean": 0.5, "hist": np.arange(10), "tag": ("a", b"b", None)}, CUSTOM)]
     for kind, result, context in cases:
         check_result(kind, result, context)
@@ -128,32 +140,36 @@ def test_resnet18_weights_with_batchnorm_buffers_pass():
 
 
 def test_sealed_share_lengths_are_exact_per_party_index(data):
-    """With 11 aggregators party 10's wire header has a two-digit index, so its length is
-    computed apart from party 0..9's (for small_cnn the header padding absorbs the extra
-    digit); a real run passes and a share one byte short of party 10's length is refused."""
-    keys = [sealing.generate_keypair()[1] for _ in range(11)]
+    """With 11 parties, party 10's correction share has a two-digit index in its wire
+    header, so its length is computed apart from party 0..9's; a real run passes and a
+    correction one byte short is refused."""
+    pairs = [sealing.generate_keypair() for _ in range(11)]
+    round_ = RoundSpec.new([sealing.key_to_text(pk) for _, pk in pairs], total_samples=16)
     images, labels = data[0][:16], data[1][:16]
-    result = secure_train_xray_plan(images, labels, CONFIG, None,
-                                    {"public_keys": [sealing.key_to_text(k) for k in keys]})
-    context = ContractContext(model="small_cnn", epochs=1, n_samples=16, n_parties=11)
+    result = secure_train_xray_plan(images, labels, CONFIG, None, round_.to_constant(),
+                                    _key_asset(pairs[10][0]))
+    context = ContractContext(model="small_cnn", epochs=1, n_samples=16, n_parties=11,
+                              own_index=10)
     check_result("secure_train", result, context)
     shares = list(result["sealed_shares"])
     length = len(shares[10])
     shares[10] = shares[10][:-1]
     assert refused("secure_train", changed(result, ("sealed_shares",), shares), context) == (
-        f"sealed_shares[10] is {length - 1} bytes; a sealed share of the small_cnn model "
-        f"for party 10 is {length} bytes")
+        f"sealed_shares[10] is {length - 1} bytes; a sealed correction share of the small_cnn "
+        f"model for party 10 is {length} bytes")
 
 
 # --------------------------------------------------------------------------- train
 
 def test_train_keys(trained):
     assert refused("train", changed(trained, ("history",), delete=True), TRAIN) == \
-        "result has keys n_samples, weights; expected history, n_samples, weights"
+        "result has keys n_samples, validation, weights; expected history, n_samples, " \
+        "validation, weights"
     assert refused("train", changed(trained, ("extra",), 1), TRAIN) == \
-        "result has keys history, n_samples, weights, extra; expected history, n_samples, weights"
+        "result has keys history, n_samples, validation, weights, extra; expected history, " \
+        "n_samples, validation, weights"
     assert refused("train", [trained], TRAIN) == \
-        "result is a list; expected a dict with keys history, n_samples, weights"
+        "result is a list; expected a dict with keys history, n_samples, validation, weights"
 
 
 def test_train_weights(trained):
@@ -249,11 +265,14 @@ def test_secure_train_shares(secure_runs):
     run = secure_runs[0]
     shares = run["sealed_shares"]
     assert refused("secure_train", changed(run, ("sealed_shares",), shares[:-1]), SECURE) == \
-        "sealed_shares has 2 items; expected 3, one per aggregator key"
+        "sealed_shares has 2 items; expected 3, one per party of the round"
     truncated = [shares[0], shares[1][:-16], shares[2]]
     assert refused("secure_train", changed(run, ("sealed_shares",), truncated), SECURE) == (
-        f"sealed_shares[1] is {len(shares[1]) - 16} bytes; a sealed share of the small_cnn "
+        f"sealed_shares[1] is {len(shares[1]) - 16} bytes; a sealed seed of the small_cnn "
         f"model for party 1 is {len(shares[1])} bytes")
+    swapped = [shares[1], shares[0], shares[2]]  # the correction where a seed belongs
+    assert refused("secure_train", changed(run, ("sealed_shares",), swapped), SECURE).startswith(
+        f"sealed_shares[0] is {len(shares[1])} bytes; a sealed correction share")
     as_text = [shares[0], shares[1].hex(), shares[2]]
     assert refused("secure_train", changed(run, ("sealed_shares",), as_text), SECURE) == \
         "sealed_shares[1] is a str; expected bytes"
@@ -275,16 +294,16 @@ def test_aggregate(aggregated):
     arrays = changed(aggregated, ("partial_sum",), wire.dumps_arrays({"s": np.zeros(3, np.uint64)}))
     assert refused("aggregate", arrays, AGGREGATE) == \
         "partial_sum is not share data (share data holds 'arrays', expected 'shares')"
-    assert refused("aggregate", changed(aggregated, ("n_shares",), 3), AGGREGATE) == \
-        "n_shares is 3; the plan was given 2 sealed shares"
+    assert refused("aggregate", changed(aggregated, ("n_shares",), 2), AGGREGATE) == \
+        "n_shares is 2; the plan was given 3 sealed shares"
     huge = changed(aggregated, ("partial_sum",), bytes(MAX_PARTIAL_SUM_BYTES + 1))
     assert refused("aggregate", huge, AGGREGATE) == (
         f"partial_sum is {MAX_PARTIAL_SUM_BYTES + 1} bytes; "
         f"at most {MAX_PARTIAL_SUM_BYTES} are allowed")
-    wrong_parties = ContractContext(n_parties=2, n_ciphertexts=2)
+    wrong_parties = ContractContext(n_parties=2, n_ciphertexts=3)
     assert refused("aggregate", aggregated, wrong_parties) == \
         "partial_sum is a share among 3 parties; expected 2"
-    wrong_model = ContractContext(model="resnet18", n_ciphertexts=2)
+    wrong_model = ContractContext(model="resnet18", n_ciphertexts=3)
     assert refused("aggregate", aggregated, wrong_model).startswith(
         "partial_sum is missing 'bn1.bias', ")
 
@@ -319,7 +338,8 @@ def test_missing_context_and_unknown_kind_are_programming_errors(trained, aggreg
 def test_weights_of_a_fresh_resnet18_pass_and_a_missing_buffer_is_named():
     weights = weights_to_numpy(build_model("resnet18"))
     context = ContractContext(model="resnet18", epochs=1, n_samples=8)
-    result = {"weights": weights, "history": {"loss": [0.5], "accuracy": [0.5]}, "n_samples": 8}
+    result = {"weights": weights, "history": {"loss": [0.5], "accuracy": [0.5]}, "n_samples": 8,
+              "validation": None}
     check_result("train", result, context)
     del weights["layer1.0.bn1.running_var"]
     assert refused("train", result, context) == "weights is missing 'layer1.0.bn1.running_var'"
@@ -365,3 +385,15 @@ def test_evaluate_private_contract(data, trained):
     assert "has 3 rows" in refused("evaluate_private", changed(
         counted, ("histogram",), counted["histogram"] + [[0] * BINS]), EVALUATE)
 
+
+
+def test_validation_metrics_are_checked_against_the_held_out_count(data):
+    result = train_xray_plan(*data, dict(CONFIG, validation_fraction=0.25), None)
+    context = ContractContext(model="small_cnn", epochs=1, n_samples=48, n_validation=16)
+    check_result("train", result, context)
+    assert refused("train", changed(result, ("validation", "n_samples"), 64), context) == \
+        "validation.n_samples is 64; the plan was given 16 held-out images"
+    assert refused("train", changed(result, ("validation", "auc"), 1.5), context).startswith(
+        "validation.auc")
+    assert refused("train", result, ContractContext(model="small_cnn", epochs=1, n_samples=48)) \
+        == "validation must be None: no image was held out"

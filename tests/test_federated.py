@@ -7,15 +7,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.aggregation import RoundSpec
 from common.errors import DomainError, SharingError
-from common.sealing import open_share
-from common.secret_sharing import decode
-from conftest import ACCOUNTS_YAML, RESEARCHER
+from common.models import build_model
+from common.sealing import RoundContext, open_correction
+from conftest import ACCOUNTS_YAML, OTHER_RESEARCHER, RESEARCHER
 from domain_setup.aggregation_key import load_or_create_private_key
 from demos.local_domain import LocalDomain, threads_per_domain
 from domain_setup.admin import AdminClient
 from scientist import TrainingPlan
-from scientist.federated import join, plain_round, run_rounds, secure_round, weighted_average
+from scientist.federated import (aggregation_inputs, join, new_round, plain_round, run_rounds,
+                                 secure_round, weighted_average)
 from scientist.plans import secure_train_xray_plan
 from scientist.submission import run_approved, split_assets, submit_plan
 
@@ -88,45 +90,123 @@ def test_dp_sgd_in_secure_rounds_charges_each_hospitals_own_ledger(federation):
         assert logs[-1].privacy[hospital.name]["spent"] == pytest.approx(account.spent)
 
 
-def test_researcher_sees_only_ciphertext_of_a_hospital(federation):
-    domains, hospitals, reviewers = federation
-    hospital = hospitals[0]
-    plan = TrainingPlan(epochs=1, batch_size=32)
-    keys = [h.public_key for h in hospitals]
+def _contribution(hospital, spec, plan, reviewers):
+    """Hospital's secure-training output for round `spec`, approved by its admin."""
     submission = submit_plan(hospital.client, secure_train_xray_plan,
-                             inputs=split_assets(hospital.client, "xray", "train"),
+                             inputs=dict(split_assets(hospital.client, "xray", "train"),
+                                         **aggregation_inputs(hospital)),
                              constants={"config": plan.config(), "initial_weights": {},
-                                        "aggregator_keys": {"public_keys": keys}},
+                                        "aggregator_keys": spec.to_constant()},
                              reason="secure round")
     reviewers[hospital.name].approve(submission.request_id)
-    output = run_approved(hospital.client, submission)
-    assert set(output) == {"sealed_shares", "n_samples", "history"}
+    return run_approved(hospital.client, submission)
+
+
+def test_researcher_sees_only_ciphertext_of_a_hospital(federation):
+    domains, hospitals, reviewers = federation
+    plan = TrainingPlan(epochs=1, batch_size=32)
+    spec = new_round(hospitals, plan.config())
+    output = _contribution(hospitals[0], spec, plan, reviewers)
+    assert set(output) == {"sealed_shares", "n_samples", "history", "validation"}
+    assert output["validation"] is None
     assert all(isinstance(c, bytes) for c in output["sealed_shares"])
-    # what the researcher holds has no float arrays, and no share opens with a wrong key
     assert not any(isinstance(v, np.ndarray) for v in output.values())
+    # what leaves the hospital: one correction share (4 bytes per value) and two sealed seeds
+    n_values = sum(int(np.prod(v.shape)) for v in build_model("small_cnn").state_dict().values())
+    correction, *seeds = output["sealed_shares"]
+    assert n_values * 4 < len(correction) < n_values * 4 * 1.05
+    assert all(len(seed) < 200 for seed in seeds)
+    # the correction opens only with the hospital's own key, for this very round
     own_key = load_or_create_private_key(domains[0].state)
     other_key = load_or_create_private_key(domains[1].state)
-    opened = open_share(output["sealed_shares"][0], own_key)
-    assert opened.party == 0 and opened.n_parties == K
+    context = RoundContext(spec.context_id(), K)
+    opened = open_correction(own_key, correction, context)
     with pytest.raises(SharingError, match="cannot open"):
-        open_share(output["sealed_shares"][0], other_key)
-    # even opened, one share alone is noise: decoded, it is nowhere near trained weights
-    decoded = np.concatenate([decode(t.data) for t in opened.tensors.values()])
-    assert np.median(np.abs(decoded)) > 1e9
+        open_correction(other_key, correction, context)
+    with pytest.raises(SharingError, match="cannot open"):
+        open_correction(own_key, correction, RoundContext(spec.context_id()[::-1], K))
+    # even opened, the correction alone is noise: nowhere near trained weights (|w| < 10)
+    decoded = np.concatenate([t.data.view(np.int32) / 2.0 ** opened.frac_bits
+                              for t in opened.tensors.values()])
+    assert np.median(np.abs(decoded)) > 1.0
+
+
+def _post_aggregate(hospital, spec, ciphertexts, token=None):
+    import base64
+
+    import requests
+
+    return requests.post(f"{hospital.url}/pneumosyft/federation/aggregate", timeout=60,
+                         headers={"Authorization": f"Bearer {token or hospital.token}"},
+                         json={"aggregator_keys": spec.to_constant(),
+                               "ciphertexts": [base64.b64encode(c).decode()
+                                               for c in ciphertexts]})
+
+
+def test_an_aggregator_opens_only_whole_authenticated_rounds_once(federation, tmp_path):
+    """The attacks a researcher has against the aggregation route, each run for real."""
+    from common.sealing import generate_keypair, seal_from, seal_seed
+
+    domains, hospitals, reviewers = federation
+    plan = TrainingPlan(epochs=1, batch_size=32)
+    spec = new_round(hospitals, plan.config())
+    contributions = [_contribution(h, spec, plan, reviewers) for h in hospitals]
+    to_first = [c["sealed_shares"][0] for c in contributions]
+
+    # 1. forged seeds "from" the other hospitals, so the first one's correction would be
+    # opened alone: the plan runs in the sandbox and refuses the first forged seed
+    mine, _ = generate_keypair()
+    own_public = spec.keys()[0]
+    context = RoundContext(spec.context_id(), K)
+    forged = [to_first[0], seal_seed(mine, own_public, bytes(32), context),
+              seal_from(mine, own_public, bytes(32), context, purpose="seed")]
+    refused = _post_aggregate(hospitals[0], spec, forged)
+    assert refused.status_code == 409
+    assert "seed of party 1: cannot open" in refused.json()["error"]
+
+    # 2. a round this hospital never trained in
+    other = new_round(hospitals, plan.config())
+    refused = _post_aggregate(hospitals[0], other, to_first)
+    assert refused.status_code == 409 and "did not contribute" in refused.json()["error"]
+
+    # 3. the same round id with another party list or total
+    changed = RoundSpec(spec.round_id, spec.public_keys, spec.total_samples + 1)
+    refused = _post_aggregate(hospitals[0], changed, to_first)
+    assert refused.status_code == 409 and "another total" in refused.json()["error"]
+
+    # 4. another researcher
+    grace = domains[0].researcher_file(OTHER_RESEARCHER, tmp_path / "grace.json")
+    import json as json_module
+
+    grace_token = json_module.loads(Path(grace).read_text())["token"]
+    refused = _post_aggregate(hospitals[0], spec, to_first, token=grace_token)
+    assert refused.status_code == 409 and "another researcher" in refused.json()["error"]
+
+    # the genuine aggregation succeeds once, then never again for this round
+    first = _post_aggregate(hospitals[0], spec, to_first)
+    assert first.status_code == 200 and len(first.content) > 4 * 90_000
+    again = _post_aggregate(hospitals[0], spec, to_first)
+    assert again.status_code == 409 and "already aggregated" in again.json()["error"]
+
+    # 5. a second training run for the same round is withheld
+    with pytest.raises(DomainError, match="already has this hospital's contribution"):
+        _contribution(hospitals[1], spec, plan, reviewers)
+    audit = (domains[0].state.root / "audit.jsonl").read_text()
+    assert audit.count('"federation.aggregate"') >= 2
 
 
 def test_a_hospital_dropping_out_is_a_clear_error(federation):
     domains, hospitals, reviewers = federation
     plan = TrainingPlan(epochs=1, batch_size=32)
 
-    def approve_but_third_refuses(hospital, submission):
-        if hospital.name == hospitals[2].name and "aggregate" in submission.func_name:
+    def third_admin_denies(hospital, submission):
+        if hospital.name == hospitals[2].name:
             reviewers[hospital.name].deny(submission.request_id, reason="offline")
             return
         reviewers[hospital.name].approve(submission.request_id)
 
-    with pytest.raises(DomainError, match=f"aggregator {hospitals[2].name} dropped out"):
-        secure_round(hospitals, plan, {}, approve_but_third_refuses, 1)
+    with pytest.raises(DomainError, match=hospitals[2].name):
+        secure_round(hospitals, plan, {}, third_admin_denies, 1)
 
 
 def test_weighted_average_weights_by_sample_count():

@@ -38,10 +38,10 @@ from .plain_data import encode_parts
 KINDS = ("train", "evaluate", "secure_train", "aggregate", "train_private",
          "secure_train_private", "evaluate_private", "custom")
 
-# An aggregator's partial sum is one party's share of a state dict: 8 bytes per value
-# plus a header. resnet18's share is about 89 MB (11.2M values), so a 64 MiB bound
-# would withhold a legitimate resnet18 sum; 128 MiB leaves room for it and no more.
-MAX_PARTIAL_SUM_BYTES = 128 << 20
+# An aggregator's partial sum is one party's share of a state dict: 4 bytes per value
+# plus a header. resnet18's share is about 45 MB (11.2M values), so a 32 MiB bound
+# would withhold a legitimate resnet18 sum; 64 MiB leaves room for it and no more.
+MAX_PARTIAL_SUM_BYTES = 64 << 20
 _SHOWN_NAMES = 8  # names listed in a message before "..."
 _LISTED_KEYS = 5  # a dict with at most this many keys is described by all of them
 
@@ -54,6 +54,8 @@ class ContractContext:
     epochs: int | None = None         # the config's epochs
     n_samples: int | None = None      # number of images the plan was given
     n_parties: int | None = None      # secure_train: number of aggregator keys
+    own_index: int | None = None      # secure_train: this hospital's index among them
+    n_validation: int = 0             # train, secure_train: images held out to validate
     n_ciphertexts: int | None = None  # aggregate: number of sealed shares given
     max_custom_bytes: int = 1 << 20   # custom code: bound on the encoded result
     max_epsilon: float | None = None  # train_private: the ε the domain charged for
@@ -84,12 +86,32 @@ def check_result(kind: str, result: Any, context: ContractContext) -> None:
 # --------------------------------------------------------------------------- one per kind
 
 def _check_train(result: Any, context: ContractContext) -> None:
-    """The weights of exactly the model's state dict, a per-epoch history, n_samples."""
+    """The weights of exactly the model's state dict, a per-epoch history, n_samples,
+    and with images held out, their validation metrics."""
     _need(context, "train", "model", "epochs", "n_samples")
-    result = _exact_keys("result", result, ("weights", "history", "n_samples"))
+    result = _exact_keys("result", result, ("weights", "history", "n_samples",
+                                                   "validation"))
     _weights("weights", result["weights"], context.model)
     _history("history", result["history"], context.epochs)
     _exact_int("n_samples", result["n_samples"], context.n_samples, "images")
+    _validation(result, context)
+
+
+def _validation(result: Mapping[str, Any], context: ContractContext) -> None:
+    """Loss, accuracy and AUC (None with one class only) of the held-out images; None
+    when no image was held out."""
+    if not context.n_validation:
+        if result["validation"] is not None:
+            raise _violation("validation must be None: no image was held out")
+        return
+    metrics = _exact_keys("validation", result["validation"],
+                          ("loss", "accuracy", "auc", "n_samples"))
+    _float("validation.loss", metrics["loss"], 0.0)
+    _float("validation.accuracy", metrics["accuracy"], 0.0, 1.0)
+    if metrics["auc"] is not None:
+        _float("validation.auc", metrics["auc"], 0.0, 1.0)
+    _exact_int("validation.n_samples", metrics["n_samples"], context.n_validation,
+               "held-out images")
 
 
 def _check_evaluate(result: Any, context: ContractContext) -> None:
@@ -118,21 +140,25 @@ def _check_evaluate(result: Any, context: ContractContext) -> None:
 
 
 def _check_secure_train(result: Any, context: ContractContext) -> None:
-    """One sealed share per aggregator key, each exactly a share's length, plus the
-    history and n_samples of train."""
-    _need(context, "secure_train", "model", "epochs", "n_samples", "n_parties")
-    result = _exact_keys("result", result, ("sealed_shares", "n_samples", "history"))
-    lengths = _sealed_share_lengths(context.model, context.n_parties)
+    """One ciphertext per party of the round, each exactly as long as what it must be
+    (a sealed seed; at the hospital's own index its sealed correction share), plus the
+    history, n_samples and validation of train."""
+    _need(context, "secure_train", "model", "epochs", "n_samples", "n_parties", "own_index")
+    result = _exact_keys("result", result, ("sealed_shares", "n_samples", "history",
+                                                   "validation"))
+    lengths = _contribution_lengths(context.model, context.n_parties, context.own_index)
     shares = _sized_list("sealed_shares", result["sealed_shares"], len(lengths), "items",
-                         ", one per aggregator key")
+                         ", one per party of the round")
     for party, (sealed, length) in enumerate(zip(shares, lengths)):
         path = f"sealed_shares[{party}]"
         _bytes(path, sealed)
         if len(sealed) != length:
-            raise _violation(f"{path} is {len(sealed)} bytes; a sealed share of the "
+            what = "sealed correction share" if party == context.own_index else "sealed seed"
+            raise _violation(f"{path} is {len(sealed)} bytes; a {what} of the "
                              f"{context.model} model for party {party} is {length} bytes")
     _history("history", result["history"], context.epochs)
     _exact_int("n_samples", result["n_samples"], context.n_samples, "images")
+    _validation(result, context)
 
 
 def _check_aggregate(result: Any, context: ContractContext) -> None:
@@ -149,7 +175,8 @@ def _check_train_private(result: Any, context: ContractContext) -> None:
     """train's contract, plus the ε Opacus accounted, which may not exceed the charge."""
     _need(context, "train_private", "model", "epochs", "n_samples", "max_epsilon")
     result = _exact_keys("result", result, ("weights", "history", "n_samples", "privacy"))
-    _check_train({k: result[k] for k in ("weights", "history", "n_samples")}, context)
+    _check_train({k: result[k] for k in ("weights", "history", "n_samples")}
+                 | {"validation": None}, context)
     _privacy_spent(result["privacy"], context)
 
 
@@ -158,8 +185,8 @@ def _check_secure_train_private(result: Any, context: ContractContext) -> None:
     _need(context, "secure_train_private", "max_epsilon")
     result = _exact_keys("result", result, ("sealed_shares", "n_samples", "history",
                                             "privacy"))
-    _check_secure_train({k: result[k] for k in ("sealed_shares", "n_samples", "history")},
-                        context)
+    _check_secure_train({k: result[k] for k in ("sealed_shares", "n_samples", "history")}
+                        | {"validation": None}, context)
     _privacy_spent(result["privacy"], context)
 
 
@@ -363,44 +390,28 @@ def _confusion_matrix(path: str, value: Any, n_samples: int) -> list[list[int]]:
 
 
 @functools.lru_cache(maxsize=None)
-def _sealed_share_lengths(model: str, n_parties: int) -> tuple[int, ...]:
-    """The exact byte length of party i's sealed share of `model`, for each i.
+def _contribution_lengths(model: str, n_parties: int, own_index: int) -> tuple[int, ...]:
+    """The exact byte length of each entry of a hospital's contribution to a round of
+    `n_parties`: a sealed seed for every other party, the sealed correction share at
+    `own_index`. Computed with the project's own functions, by contributing a zero
+    float32 state dict of `model` to a throwaway round of that many parties."""
+    from common.aggregation import RoundSpec, contribute
+    from common.sealing import generate_keypair, key_to_text
 
-    Computed with the project's own functions: a zero float32 state dict (what
-    ``weights_to_numpy`` gives, times n_samples) shared with ``share_state_dict``,
-    serialised with ``wire.dumps`` and sealed to a throwaway key.
-
-    The lengths may differ by party index: the wire header is JSON holding
-    ``"party": i``, so its length grows with the digits of i, and the header is
-    space-padded to a multiple of 8 bytes, which may or may not absorb the extra
-    digit. Everything else in it (n_parties, frac_bits, names, shapes, dtypes) is the
-    same for every party, the payload is 8 bytes per value, and a sealed box adds a
-    constant overhead. So one length is computed per digit count of the index, from a
-    share relabelled as that party: exact for every index, without holding n shares
-    of the model at once (n may be up to 512).
-    """
-    from common import wire
-    from common.sealing import generate_keypair, seal
-    from common.secret_sharing import SharedStateDict, share_state_dict
-
-    if n_parties < 1:
-        raise ValueError(f"context.n_parties must be at least 1, got {n_parties}")
+    if not 0 <= own_index < n_parties:
+        raise ValueError(f"context.own_index {own_index} is not below n_parties {n_parties}")
     zeros = {name: np.zeros(shape, np.float32) for name, shape in _model_shapes(model).items()}
-    (share,) = share_state_dict(zeros, 1)
-    _, public_key = generate_keypair()
-    by_digits: dict[int, int] = {}
-    for party in range(n_parties):
-        if len(str(party)) not in by_digits:
-            relabelled = SharedStateDict(party, n_parties, share.frac_bits, share.tensors)
-            by_digits[len(str(party))] = len(seal(wire.dumps(relabelled), public_key))
-    return tuple(by_digits[len(str(party))] for party in range(n_parties))
+    pairs = [generate_keypair() for _ in range(max(n_parties, 2))]
+    spec = RoundSpec.new([key_to_text(public) for _, public in pairs[:n_parties]], 1)
+    return tuple(len(sealed) for sealed in contribute(pairs[own_index][0], zeros, 1, spec))
 
 
 def _partial_sum(path: str, value: Any, context: ContractContext) -> None:
-    """Bounded bytes that ``common.wire`` parses as one party's sum of uint64 shares."""
+    """Bounded bytes that ``common.wire`` parses as one party's sum of shares in the
+    round's ring (``common.aggregation``: 32-bit words, its fractional bits)."""
     from common import wire
     from common.errors import SharingError
-    from common.secret_sharing import FRAC_BITS
+    from common.aggregation import FRAC_BITS, RING_BITS
 
     data = _bytes(path, value)
     if len(data) > MAX_PARTIAL_SUM_BYTES:
@@ -416,8 +427,9 @@ def _partial_sum(path: str, value: Any, context: ContractContext) -> None:
         raise _violation(f"{path} has {shared.frac_bits} fractional bits; shares have "
                          f"{FRAC_BITS}")
     for name, tensor in shared.tensors.items():
-        if tensor.data.dtype != np.uint64:
-            raise _violation(f"{path}[{name!r}] holds {tensor.data.dtype} words, not uint64")
+        if tensor.data.dtype != np.dtype(f"uint{RING_BITS}"):
+            raise _violation(f"{path}[{name!r}] holds {tensor.data.dtype} words, "
+                             f"not uint{RING_BITS}")
     if context.n_parties is not None and shared.n_parties != context.n_parties:
         raise _violation(f"{path} is a share among {shared.n_parties} parties; expected "
                          f"{context.n_parties}")

@@ -50,11 +50,14 @@ def build_worker(state: StateDir, config: DomainConfig) -> Any:
 
 
 def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: Any,
-              audit: Any, overrides: Any, ledger: Any) -> Any:
+              audit: Any, overrides: Any, ledger: Any, executor: Any) -> Any:
     """The FastAPI app: syft's routes under /api/v2, ours under /pneumosyft, the gate in front
     of every route (``app.state.gate``), all deciding on the same policy snapshot."""
     from fastapi import APIRouter, FastAPI
 
+    from domain_setup.aggregation_key import load_private_key_if_enabled
+    from domain_setup.server.aggregation_route import make_aggregation_router
+    from domain_setup.server.blob_upload import make_blob_router
     from domain_setup.server.cli_credentials import write_connection
     from domain_setup.server.gate import GateMiddleware, TokenGate
     from domain_setup.server.privacy_routes import make_privacy_router
@@ -77,6 +80,10 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
                        prefix="/pneumosyft")
     app.include_router(make_privacy_router(worker, gate, ledger),
                        prefix="/pneumosyft/privacy")
+    app.include_router(make_blob_router(worker, gate), prefix="/pneumosyft/blob")
+    app.include_router(make_aggregation_router(gate, executor,
+                                               lambda: load_private_key_if_enabled(state)),
+                       prefix="/pneumosyft/federation")
     install_refusal_handler(app)
 
     @app.get("/health")
@@ -132,13 +139,14 @@ class SandboxPool:
 
 
 def plan_executor(config: DomainConfig, policies: Any, audit: Any, sandboxes: SandboxPool,
-                  worker: Any, ledger: Any) -> Any:
-    """The sandbox dispatch with this domain's `--plan-timeout` / `--plan-memory-mb` and
-    its privacy ledger."""
+                  worker: Any, ledger: Any, rounds: Any) -> Any:
+    """The sandbox dispatch with this domain's `--plan-timeout` / `--plan-memory-mb`, its
+    privacy ledger and its ledger of secure-aggregation rounds."""
     from domain_setup.server.execution import PlanExecutor
 
     return PlanExecutor(policies=policies, config_extra=dict(config.extra),
-                        sandbox_factory=sandboxes, audit=audit, worker=worker, ledger=ledger)
+                        sandbox_factory=sandboxes, audit=audit, worker=worker, ledger=ledger,
+                        rounds=rounds)
 
 
 def serve(state: StateDir) -> None:
@@ -153,6 +161,7 @@ def serve(state: StateDir) -> None:
     from domain_setup.server import approval_guard, syft_patches
     from domain_setup.server.audit import AuditLog
     from domain_setup.server.privacy_ledger import PrivacyLedger
+    from domain_setup.server.round_ledger import RoundLedger
 
     policies = LivePolicies(load_domain_policies(config))
     audit = AuditLog(state.root)
@@ -161,7 +170,8 @@ def serve(state: StateDir) -> None:
     sandboxes.check(sandbox_limits(policies.current.approval, config.extra))
     worker = build_worker(state, config)
     ledger = PrivacyLedger.of_state(state.root)  # one per server: executor, guard, routes
-    executor = plan_executor(config, policies, audit, sandboxes, worker, ledger)
+    executor = plan_executor(config, policies, audit, sandboxes, worker, ledger,
+                             RoundLedger.of_state(state.root))
     syft_patches.apply_all(config.host, config.port, executor)
     overrides = approval_guard.Overrides()
     approval_guard.bind_verdicts(worker, policies, overrides, audit, ledger)
@@ -170,7 +180,7 @@ def serve(state: StateDir) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("pneumosyft.execution").setLevel(logging.INFO)
     app = build_app(state, config, worker, policies=policies, audit=audit, overrides=overrides,
-                    ledger=ledger)
+                    ledger=ledger, executor=executor)
     state.pid_path.write_text(str(os.getpid()))
     try:
         uvicorn.run(app, host=config.host, port=config.port, log_level="warning",

@@ -19,22 +19,28 @@ result was withheld. The admin reads the rest in the domain log.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 from typing import Any, Callable
 
 import numpy as np
 
 from common import syft_compat
+from common.aggregation import RoundSpec, private_key_bytes
+from common.errors import SharingError
+from common.training import held_out_count
 from domain_setup.catalogue import code_sha256, identify, runnable
 from domain_setup.policies import sandbox_limits
 from domain_setup.sandbox import (ContractContext, ContractViolation, PlanError, PlanFailed,
                                   ResultRefused, Sandbox, SandboxLimits, check_result)
 from domain_setup.server.privacy_charge import PRIVATE_KINDS, PrivacyCharge, PrivacyRefused
 from domain_setup.server.privacy_ledger import PrivacyLedger
+from domain_setup.server.round_ledger import RoundLedger, RoundRefused
 from domain_setup.verdicts import asset_names_of, code_bindings
 
 log = logging.getLogger("pneumosyft.execution")
 RELEASE_KINDS = ("train", "evaluate", "secure_train", *PRIVATE_KINDS)
+SECURE_KINDS = ("secure_train", "secure_train_private")
 
 
 class Withheld(Exception):
@@ -46,8 +52,9 @@ class PlanExecutor:
 
     def __init__(self, *, policies: Any, config_extra: dict, sandbox_factory:
                  Callable[[SandboxLimits], Sandbox], audit: Any, worker: Any,
-                 ledger: PrivacyLedger):
+                 ledger: PrivacyLedger, rounds: RoundLedger):
         self.ledger = ledger
+        self.rounds = rounds
         self.policies = policies
         self.config_extra = config_extra
         self.sandbox_factory = sandbox_factory
@@ -72,6 +79,8 @@ class PlanExecutor:
                 source, function = runnable(code_item.raw_code)
             except ValueError as exc:
                 raise Withheld(str(exc)) from None
+            if kind in SECURE_KINDS:
+                self._contribute(inputs, requester)
             if kind in PRIVATE_KINDS:
                 charge = self._charge(kind, code_item, inputs, context.credentials, requester)
                 contract = dataclasses.replace(contract, max_epsilon=charge.target_epsilon)
@@ -98,6 +107,45 @@ class PlanExecutor:
         return output_type(user_code_id=code_item.id, stdout="", stderr="", result=result,
                            errored=False)
 
+    def _contribute(self, inputs: dict, requester: str) -> None:
+        """Record this run as the domain's one contribution to the round it names."""
+        try:
+            self.rounds.contribute(RoundSpec.from_constant(inputs.get("aggregator_keys")),
+                                   requester)
+        except (RoundRefused, SharingError) as exc:
+            raise Withheld(str(exc)) from None
+
+    def aggregate(self, spec: RoundSpec, ciphertexts: list, private_key: bytes,
+                  requester: str) -> bytes:
+        """Run the catalogue's aggregation of `spec`'s round on exactly `ciphertexts`
+        (one per party) in the sandbox, once per round; the partial sum, or Withheld."""
+        from common.vetted_plans import aggregate_round_plan
+
+        try:
+            self.rounds.claim(spec, requester)
+        except RoundRefused as exc:
+            raise Withheld(str(exc)) from None
+        details = {"requester": requester, "plan": "aggregate", "round": spec.round_id}
+        source, function = runnable(inspect.getsource(aggregate_round_plan))
+        inputs = {"aggregation_key": private_key, "aggregator_keys": spec.to_constant(),
+                  "ciphertexts": ciphertexts}
+        try:
+            run = self.sandbox_factory(self.limits()).run(source, function, inputs)
+            check_result("aggregate", run.result,
+                         ContractContext(n_ciphertexts=len(ciphertexts),
+                                         n_parties=spec.n_parties))
+        except PlanError as exc:
+            self.rounds.unclaim(spec.round_id)
+            message = _researcher_message("aggregate", exc)
+            self.audit.record(requester, "federation.aggregate", target=spec.round_id,
+                              outcome=_outcome(exc), reason=message, **details)
+            raise Withheld(message) from None
+        self.rounds.released(spec.round_id)
+        self.audit.record(requester, "federation.aggregate", target=spec.round_id, **details,
+                          parties=str(spec.n_parties), seconds=f"{run.seconds:.2f}",
+                          warm="yes" if run.warm else "no")
+        return run.result["partial_sum"]
+
     def _charge(self, kind: str, code_item: Any, inputs: dict, credentials: Any,
                 email: str) -> PrivacyCharge:
         """Charge the requester's ledger for this DP run (Withheld when it may not run)."""
@@ -123,21 +171,22 @@ class PlanExecutor:
         rules = self.policies.current.approval
         if kind == "custom":
             return ContractContext(max_custom_bytes=rules.custom_max_result_bytes)
-        if kind == "aggregate":
-            shares = inputs.get("sealed_shares")
-            ciphertexts = shares.get("ciphertexts") if isinstance(shares, dict) else None
-            if not isinstance(ciphertexts, list):
-                raise Withheld("sealed_shares must be {'ciphertexts': [bytes, ...]}")
-            return ContractContext(n_ciphertexts=len(ciphertexts))
         config = inputs.get("config") or {}
-        n_samples = len(inputs["images"])
-        if n_samples < rules.min_samples:
+        n_images = len(inputs["images"])
+        if n_images < rules.min_samples:
             raise Withheld(f"a {kind} release needs at least {rules.min_samples} images; "
-                           f"this split has {n_samples}")
-        keys = (inputs.get("aggregator_keys") or {}).get("public_keys")
-        return ContractContext(model=config.get("model"), epochs=config.get("epochs"),
-                               n_samples=n_samples,
-                               n_parties=len(keys) if isinstance(keys, list) else None)
+                           f"this split has {n_images}")
+        held_out = held_out_count(n_images, config.get("validation_fraction", 0.0))
+        context = ContractContext(model=config.get("model"), epochs=config.get("epochs"),
+                                  n_samples=n_images - held_out, n_validation=held_out)
+        if kind not in SECURE_KINDS:
+            return context
+        try:
+            spec = RoundSpec.from_constant(inputs.get("aggregator_keys"))
+            own = spec.index_of(private_key_bytes(inputs.get("aggregation_key")))
+        except (SharingError, ValueError, TypeError) as exc:
+            raise Withheld(f"aggregator_keys: {exc}") from None
+        return dataclasses.replace(context, n_parties=spec.n_parties, own_index=own)
 
 
 def _plain(name: str, value: Any) -> Any:

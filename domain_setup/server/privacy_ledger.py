@@ -22,16 +22,14 @@ import json
 import os
 import sqlite3
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from common.dp_accounting import Mechanism, epsilon as composed_epsilon
 from common.errors import PneumoSyftError
+from domain_setup.server.sqlite_store import SqliteStore
 
 LEDGER_FILE = "privacy.sqlite3"
-BUSY_TIMEOUT_SECONDS = 30
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS releases (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -80,40 +78,15 @@ class Account:
         return max(0.0, budget + self.granted - self.spent)
 
 
-class PrivacyLedger:
+class PrivacyLedger(SqliteStore):
     """The domain's ledger (one SQLite file; safe across threads and processes)."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        if not self.path.exists():
-            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
-        with self._connection() as db:
-            db.executescript(SCHEMA)
+    SCHEMA = SCHEMA
 
     @classmethod
     def of_state(cls, state_root: str | os.PathLike) -> "PrivacyLedger":
         """The ledger of the domain whose state directory is `state_root`."""
         return cls(Path(state_root) / LEDGER_FILE)
-
-    @contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None)
-        try:
-            db.execute("PRAGMA synchronous=FULL")
-            yield db
-        finally:
-            db.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._connection() as db:
-            db.execute("BEGIN IMMEDIATE")  # one writer at a time, across processes
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
 
     # -- writing -------------------------------------------------------------------------
     def charge(self, email: str, dataset: str, *, request_id: str, kind: str,
