@@ -39,6 +39,22 @@ bench: install
 	$(PY) bench/bench_secret_sharing.py
 	$(PY) bench/bench_federated_round.py
 	$(PY) bench/bench_dp.py
+	$(PY) bench/bench_upload.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# PneumoSyft against Flower, plain and secure (bench/bench_vs_flower.py). Flower gets a venv
+# of its own (it needs a newer numpy than syft 0.9.5 allows); ARGS="--n 600" passes options.
+FLOWER_VENV  := bench/.flower-venv
+FLOWER_STAMP := $(FLOWER_VENV)/.requirements-installed
+
+.PHONY: bench-flower
+
+$(FLOWER_STAMP): bench/flower-requirements.txt
+	@test -x $(FLOWER_VENV)/bin/python || $(PYTHON) -m venv $(FLOWER_VENV)
+	$(FLOWER_VENV)/bin/python -m pip install --quiet -r bench/flower-requirements.txt
+	@touch $(FLOWER_STAMP)
+
+bench-flower: install $(FLOWER_STAMP)
+	$(PY) bench/bench_vs_flower.py $(ARGS)
