@@ -884,3 +884,12 @@ def test_plain_data_encode_refuses_what_it_cannot_carry():
     cycle.append(cycle)
     with pytest.raises(ResultNotPlainData, match="deeper than 32"):
         encode(cycle)
+
+
+def test_a_light_sandbox_runs_numpy_plans_without_torch():
+    """preload_torch=False (the aggregation's sandbox): numpy only, torch never imported."""
+    sandbox = Sandbox(SandboxLimits(), preload_torch=False)
+    source = ("def plan():\n    import sys\n    import numpy\n"
+              "    return {'torch': 'torch' in sys.modules, 'sum': int(numpy.arange(4).sum())}\n")
+    assert sandbox.run(source, "plan", {}).result == {"torch": False, "sum": 6}
+    assert Sandbox(SandboxLimits()).run(source, "plan", {}).result["torch"] is True

@@ -130,14 +130,15 @@ class Sandbox:
     ``vetted_packages`` are directories (e.g. the project's ``common``) bound read-only
     at ``/opt/pneumosyft/<name>`` and importable inside; ``python`` is the interpreter
     run inside (its prefixes are bound read-only); ``torch_threads`` is passed to
-    ``torch.set_num_threads``. ``bwrap`` and ``cgroup_parent`` (a cgroup path under
+    ``torch.set_num_threads``; ``preload_torch=False`` makes a light sandbox whose runner
+    imports numpy only (plans without torch: the aggregation). ``bwrap`` and ``cgroup_parent`` (a cgroup path under
     which run cgroups are made; default: this process's cgroup) are for unusual hosts.
     """
 
     def __init__(self, limits: SandboxLimits | None = None, *, vetted_packages: Sequence[Path] = (),
                  python: str = sys.executable, torch_threads: int | None = None,
                  bwrap: str = "bwrap", cgroup_parent: str | None = None,
-                 warm: bool = False) -> None:
+                 warm: bool = False, preload_torch: bool = True) -> None:
         self.limits = limits if limits is not None else SandboxLimits()
         if not isinstance(self.limits, SandboxLimits):
             raise SandboxError(f"limits must be SandboxLimits, got {type(limits).__name__}")
@@ -149,6 +150,7 @@ class Sandbox:
             raise SandboxError(f"vetted packages with the same name: {names}")
         self.python = python
         self.torch_threads = torch_threads
+        self.preload_torch = preload_torch
         self.bwrap = bwrap
         self.cgroup_parent = cgroup_parent
         self._lock = threading.Lock()
@@ -313,7 +315,8 @@ class Sandbox:
         argv = ["/bin/sh", "-c", LAUNCH_SCRIPT, "sh", *map(str, cgroup.dirs), "--",
                 *bwrap_command(interpreter=env.interpreter, vetted_packages=self.vetted_packages,
                                tmpfs_bytes=self.limits.tmpfs_bytes, seccomp_fd=seccomp_fd,
-                               result_fd=result_write, bwrap=env.bwrap)]
+                               result_fd=result_write, bwrap=env.bwrap,
+                               preload_torch=self.preload_torch)]
         launched = time.monotonic()
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -7,7 +7,8 @@ strict seccomp stage on all its threads, then compiles and runs the researcher's
 fresh namespace and calls ``function(**kwargs)``. The result goes back as plain
 data on fd 3, or an ERROR frame with the exception type, a one-line message and
 a short traceback. The researcher's prints go to the real stdout/stderr. Its one
-argument is the inherited fd of the result pipe, which it moves to fd 3 first.
+argument is the inherited fd of the result pipe, which it moves to fd 3 first;
+with a second, ``--numpy-only``, it does not import torch (a light sandbox).
 
 It imports only the standard library, numpy, torch and its sibling modules
 (bound read-only at /opt/pneumosyft/pneumosyft_sandbox); the vetted packages are
@@ -80,9 +81,8 @@ def prepare(header: dict, kwargs_data: bytearray) -> dict:
     os.dup2(devnull, 0)
     os.close(devnull)
     set_rlimits(header["limits"])
-    import torch  # imported already, in main
-
-    if header.get("torch_threads"):
+    torch = sys.modules.get("torch")  # imported already, in main (unless --numpy-only)
+    if torch is not None and header.get("torch_threads"):
         torch.set_num_threads(int(header["torch_threads"]))
     kwargs = plain_data.decode(kwargs_data, max_bytes=len(kwargs_data), allow_tensors=True)
     if not isinstance(kwargs, dict):
@@ -146,7 +146,8 @@ def main() -> None:
     try:
         try:
             import numpy  # noqa: F401  (imported while trusted, before any request)
-            import torch  # noqa: F401
+            if "--numpy-only" not in sys.argv[2:]:
+                import torch  # noqa: F401
 
             header, kwargs_data = protocol.read_request(0)
             protocol.write_json_frame(out, protocol.TIMING,

@@ -97,9 +97,11 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
 
 
 class SandboxPool:
-    """One `Sandbox` per set of limits (its set-up, the seccomp filters, is reused). The
-    sandbox of the limits asked for last keeps a warm spare (numpy and torch imported,
-    never used by anyone); the others run cold."""
+    """One `Sandbox` per set of limits and kind (its set-up, the seccomp filters, is
+    reused). For the limits asked for last, the full sandbox keeps a warm spare (numpy and
+    torch imported, never used by anyone) and so does the light one (numpy only: the
+    aggregation, which must not wait for a spare importing torch after a training run);
+    the others run cold."""
 
     def __init__(self, torch_threads: int | None):
         self.torch_threads = torch_threads
@@ -108,18 +110,20 @@ class SandboxPool:
         self._warm_limits: Any = None
         atexit.register(self.close)
 
-    def __call__(self, limits: Any) -> Any:
+    def __call__(self, limits: Any, *, light: bool = False) -> Any:
         from domain_setup.sandbox import Sandbox
 
         with self._lock:
             if self._warm_limits != limits:
                 if self._warm_limits is not None:  # approval.yaml's limits changed
-                    self._by_limits[self._warm_limits].close()
-                self._by_limits[limits] = Sandbox(
-                    limits, vetted_packages=[PROJECT_ROOT / "common"],
-                    torch_threads=self.torch_threads, warm=True)
+                    for kind in (False, True):
+                        self._by_limits[(self._warm_limits, kind)].close()
+                for kind in (False, True):
+                    self._by_limits[(limits, kind)] = Sandbox(
+                        limits, vetted_packages=[PROJECT_ROOT / "common"],
+                        torch_threads=self.torch_threads, warm=True, preload_torch=not kind)
                 self._warm_limits = limits
-            return self._by_limits[limits]
+            return self._by_limits[(limits, light)]
 
     def close(self) -> None:
         """Kill the spares (at exit)."""
@@ -133,6 +137,7 @@ class SandboxPool:
 
         try:
             self(limits).check_available()
+            self(limits, light=True).prewarm()
         except SandboxError as exc:
             raise DomainError(f"the sandbox for researcher code is unavailable: {exc} "
                               "(the domain never runs submitted code without it)") from None

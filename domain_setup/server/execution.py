@@ -130,7 +130,7 @@ class PlanExecutor:
         inputs = {"aggregation_key": private_key, "aggregator_keys": spec.to_constant(),
                   "ciphertexts": ciphertexts}
         try:
-            run = self.sandbox_factory(self.limits()).run(source, function, inputs)
+            run = self.sandbox_factory(self.limits(), light=True).run(source, function, inputs)
             check_result("aggregate", run.result,
                          ContractContext(n_ciphertexts=len(ciphertexts),
                                          n_parties=spec.n_parties))
