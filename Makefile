@@ -40,6 +40,7 @@ bench: install
 	$(PY) bench/bench_federated_round.py
 	$(PY) bench/bench_dp.py
 	$(PY) bench/bench_upload.py
+	$(PY) bench/bench_scale.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
