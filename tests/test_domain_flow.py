@@ -30,7 +30,7 @@ def test_train_approve_fetch_evaluate(hospital, ada):
     plan = TrainingPlan(model="small_cnn", epochs=2, batch_size=32)
 
     mock_result = plan.run_locally(train["images"].mock, train["labels"].mock)
-    assert set(mock_result) == {"weights", "history", "n_samples"}
+    assert set(mock_result) == {"weights", "history", "n_samples", "validation"}
 
     submission = submit_plan(ada, train_xray_plan, inputs=train,
                              constants={"config": plan.config(), "initial_weights": {}},
