@@ -89,6 +89,7 @@ class RoundLog:
 
 
 Approver = Callable[[Hospital, Submission], None]
+AGGREGATION_TIMEOUT_SECONDS = 600
 
 
 def join(connection_file: str, *, dataset: str = "xray") -> Hospital:
@@ -231,12 +232,16 @@ def request_partial_sum(aggregator: Hospital, spec: RoundSpec, ciphertexts: list
 
     import requests
 
-    from common.connection import HTTP_TIMEOUT, auth_headers, gate_reason
+    from common.connection import auth_headers, gate_reason
 
     body = {"aggregator_keys": spec.to_constant(),
             "ciphertexts": [base64.b64encode(c).decode() for c in ciphertexts]}
-    response = requests.post(f"{aggregator.url}/pneumosyft/federation/aggregate", json=body,
-                             headers=auth_headers(aggregator.token), timeout=HTTP_TIMEOUT)
+    try:  # the aggregation runs in the domain's sandbox: allow it the time a run takes
+        response = requests.post(f"{aggregator.url}/pneumosyft/federation/aggregate", json=body,
+                                 headers=auth_headers(aggregator.token),
+                                 timeout=AGGREGATION_TIMEOUT_SECONDS)
+    except requests.RequestException as exc:
+        raise DomainError(f"aggregation request failed: {type(exc).__name__}") from None
     if response.status_code != 200:
         raise DomainError(gate_reason(response))
     return response.content

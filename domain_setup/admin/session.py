@@ -15,7 +15,7 @@ from typing import Any
 
 import requests
 
-from common.connection import HTTP_TIMEOUT, auth_headers, connect_client, gate_reason
+from common.connection import auth_headers, connect_client, gate_reason
 from common.errors import DomainError
 from common.secure_files import read_json
 from domain_setup.server.cli_credentials import (CLI_SESSION_TTL_SECONDS, cli_session_token,
@@ -23,6 +23,8 @@ from domain_setup.server.cli_credentials import (CLI_SESSION_TTL_SECONDS, cli_se
 from domain_setup.state import StateDir
 
 RENEW_BEFORE_SECONDS = 300
+# a privacy quote or a policy reload on a busy 2-core host can take longer than a ping
+ROUTE_TIMEOUT_SECONDS = 60
 
 
 class AdminSession:
@@ -61,7 +63,10 @@ class AdminSession:
         """JSON request to a /pneumosyft route; refusals become one-line errors."""
         try:
             response = requests.request(method, f"{self.url}{path}", headers=auth_headers(self.token),
-                                        timeout=HTTP_TIMEOUT, **kwargs)
+                                        timeout=ROUTE_TIMEOUT_SECONDS, **kwargs)
+        except requests.Timeout:
+            raise DomainError(f"the domain at {self.url} did not answer {path} within "
+                              f"{ROUTE_TIMEOUT_SECONDS} s") from None
         except requests.RequestException:
             raise DomainError(f"cannot reach the domain at {self.url}: is it running?") from None
         if response.status_code != 200:
