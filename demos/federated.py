@@ -187,9 +187,9 @@ def print_goals(table: list) -> None:
 def print_table(table: list, n: int, size: int, rounds: int, epochs: int) -> None:
     print(f"\n== held-out results (SYNTHETIC chest X-rays: {n} images at {size} px, "
           f"{len(HOSPITALS)} hospitals, {rounds} rounds x {epochs} epoch(s))")
-    print(f"{'partitions':<14}{'model':<24}{'accuracy':>9}{'AUC':>8}")
+    print(f"{'partitions':<14}{'model':<34}{'accuracy':>9}{'AUC':>8}")
     for partitioning, name, metrics in table:
-        print(f"{partitioning:<14}{name:<24}{metrics['accuracy']:>9.3f}{metrics['auc']:>8.3f}")
+        print(f"{partitioning:<14}{name:<34}{metrics['accuracy']:>9.3f}{metrics['auc']:>8.3f}")
 
 
 def plot_curves(curves: dict, path: Path) -> None:
