@@ -21,8 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from common.errors import PneumoSyftError
 from demos.local_domain import LocalDomain, threads_per_domain
 
