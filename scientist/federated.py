@@ -60,13 +60,6 @@ class Hospital:
     url: str = ""
     token: str = field(default="", repr=False)
 
-    def training_images(self) -> int:
-        """How many training images the hospital's dataset holds (from the asset's shape)."""
-        shape = split_assets(self.client, self.dataset, "train")["images"].shape
-        if not shape:
-            raise DomainError(f"{self.name}: the training images asset has no shape")
-        return int(shape[0])
-
 
 @dataclass
 class RoundLog:
@@ -216,13 +209,23 @@ def aggregation_inputs(hospital: Hospital) -> dict:
     return {"aggregation_key": hospital.aggregation_key}
 
 
-def new_round(hospitals: list[Hospital], config: dict) -> RoundSpec:
-    """A fresh round over `hospitals`: their keys, and the images they will train on."""
+def new_round(hospitals: list[Hospital], config: dict,
+              train_assets: list[dict] | None = None) -> RoundSpec:
+    """A fresh round over `hospitals`: their keys, and the images they will train on
+    (counted from the shapes of their training assets, `split_assets(..., "train")`,
+    looked up here unless given)."""
     missing = [h.name for h in hospitals if not h.public_key]
     if missing:
         raise DomainError(f"no aggregation public key for {', '.join(missing)}")
+    if train_assets is None:
+        train_assets = [split_assets(h.client, h.dataset, "train") for h in hospitals]
     fraction = float(config.get("validation_fraction", 0.0))
-    trained = [n - held_out_count(n, fraction) for n in (h.training_images() for h in hospitals)]
+    trained = []
+    for hospital, assets in zip(hospitals, train_assets):
+        shape = assets["images"].shape
+        if not shape:
+            raise DomainError(f"{hospital.name}: the training images asset has no shape")
+        trained.append(int(shape[0]) - held_out_count(int(shape[0]), fraction))
     return RoundSpec.new([h.public_key for h in hospitals], total_samples=sum(trained))
 
 
@@ -257,11 +260,12 @@ def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
     config = config or plan.config()
     log = RoundLog(round=round_number, secure=True)
     started = time.perf_counter()
-    spec = new_round(hospitals, config)
+    train_assets = at_every_hospital(
+        hospitals, lambda h: split_assets(h.client, h.dataset, "train"))
+    spec = new_round(hospitals, config, train_assets)
 
     def train_and_share_at(hospital: Hospital) -> dict:
-        inputs = dict(split_assets(hospital.client, hospital.dataset, "train"),
-                      **aggregation_inputs(hospital))
+        inputs = dict(train_assets[hospitals.index(hospital)], **aggregation_inputs(hospital))
         result = _submit_and_run(
             hospital, secure_train_private_xray_plan if privacy else secure_train_xray_plan,
             inputs, _with_privacy({"config": config, "initial_weights": weights,

@@ -428,6 +428,24 @@ def test_one_seed_gives_unrelated_words_to_each_array_whatever_the_order():
     assert not np.array_equal(a, expand_seed(seed, N_WORDS))  # a derived key per array
 
 
+def assert_both_reconstructions(correction, seeds, shares, weights, decodings=None):
+    """From the seeds and from the expanded shares, the weights come back: same names,
+    shapes and dtypes, floats within MAX_ERROR (and equal to `decodings` when given),
+    integers exactly."""
+    for restored in (reconstruct_seeded_state_dict(correction, seeds),
+                     reconstruct_state_dict(shares)):
+        assert list(restored) == list(weights)
+        for name, value in weights.items():
+            got = restored[name]
+            assert got.shape == value.shape and got.dtype == value.dtype
+            if value.dtype.kind == "f":
+                if decodings is not None:
+                    assert np.array_equal(got.reshape(-1), decodings[name]), name
+                assert np.abs(got - value).max(initial=0) <= MAX_ERROR
+            else:
+                assert np.array_equal(got, value)
+
+
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
 def test_seeded_shares_reconstruct_exactly_for_every_own_index(n):
     weights = seeded_weights(n)
@@ -437,16 +455,7 @@ def test_seeded_shares_reconstruct_exactly_for_every_own_index(n):
         assert (correction.party, correction.n_parties, correction.frac_bits) == (own, n, F)
         assert [k for k, seed in enumerate(seeds) if seed is None] == [own]
         shares = [correction, *expand_all(seeds, layout, n)]
-        for restored in (reconstruct_seeded_state_dict(correction, seeds),
-                         reconstruct_state_dict(shares)):
-            assert list(restored) == list(weights)
-            for name, value in weights.items():
-                got = restored[name]
-                assert got.shape == value.shape and got.dtype == value.dtype
-                if value.dtype.kind == "f":
-                    assert np.abs(got - value).max(initial=0) <= MAX_ERROR
-                else:
-                    assert np.array_equal(got, value)
+        assert_both_reconstructions(correction, seeds, shares, weights)
         # Exact in the ring: the n shares add up to the encoding, word for word.
         total = reconstruct([np.concatenate([p.tensors[name].data for name in weights])
                              for p in shares])
@@ -637,17 +646,7 @@ def test_ring32_seeded_shares_reconstruct_exactly_at_the_limit(n):
             words = ring_sum([p.tensors[name].data for p in shares])
             assert words.dtype == np.uint32
             assert np.array_equal(words, encodings[name]), name
-        for restored in (reconstruct_seeded_state_dict(correction, seeds),
-                         reconstruct_state_dict(shares)):
-            assert list(restored) == list(weights)
-            for name, value in weights.items():
-                got = restored[name]
-                assert got.shape == value.shape and got.dtype == value.dtype
-                if value.dtype.kind == "f":
-                    assert np.array_equal(got.reshape(-1), decodings[name]), name
-                    assert np.abs(got - value).max(initial=0) <= MAX_ERROR
-                else:
-                    assert np.array_equal(got, value)
+        assert_both_reconstructions(correction, seeds, shares, weights, decodings)
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 5])
