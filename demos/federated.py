@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from common.errors import PneumoSyftError
-from demos.local_domain import LocalDomain, threads_per_domain
+from demos.local_domain import LocalDomain, start_domains, threads_per_domain
 
 ACCOUNTS = Path(__file__).resolve().parent.parent / "policies" / "accounts.yaml"
 RESEARCHER = "ada@pneumosyft-research.org"
@@ -53,26 +53,23 @@ def hospital_names(count: int) -> tuple[str, ...]:
 
 def start_hospitals(workdir: Path, n: int, size: int, names: tuple[str, ...] = HOSPITALS,
                     partitionings: dict | None = None) -> dict[str, LocalDomain]:
-    """Start one domain per name; each uploads its partition of every partitioning
-    (default: IID and label-skewed) of the same n synthetic images."""
-    domains: dict[str, LocalDomain] = {}
-    try:
-        for i, name in enumerate(names, start=1):
-            domain = LocalDomain.start_new(name, workdir / f"hospital-{i}",
-                                           torch_threads=threads_per_domain(len(names)))
-            domains[name] = domain
-            for partitioning, skew in (partitionings or PARTITIONINGS).items():
-                extra = ("--label-skew", str(skew)) if skew else ()
-                domain.cli("upload", "synthetic", "--name", DATASETS[partitioning], "--n", str(n),
-                           "--size", str(size), "--partition", f"{i}/{len(names)}", *extra)
-            domain.cli("accounts", "apply", str(ACCOUNTS))
-            domain.cli("federation", "enable")
-            print(f"  {name}: up at {domain.url}", flush=True)
-    except BaseException:
-        for domain in domains.values():
-            domain.stop()
-        raise
-    return domains
+    """Start one domain per name (at once); each uploads its partition of every
+    partitioning (default: IID and label-skewed) of the same n synthetic images,
+    applies the accounts and joins the federation."""
+
+    def prepare(index: int, domain: LocalDomain) -> None:
+        for partitioning, skew in (partitionings or PARTITIONINGS).items():
+            extra = ("--label-skew", str(skew)) if skew else ()
+            domain.cli("upload", "synthetic", "--name", DATASETS[partitioning], "--n", str(n),
+                       "--size", str(size), "--partition", f"{index + 1}/{len(names)}", *extra)
+        domain.cli("accounts", "apply", str(ACCOUNTS))
+        domain.cli("federation", "enable")
+        print(f"  {domain.name}: up at {domain.url}", flush=True)
+
+    domains = start_domains([(name, workdir / f"hospital-{i}") for i, name in
+                             enumerate(names, start=1)],
+                            torch_threads=threads_per_domain(len(names)), prepare=prepare)
+    return {domain.name: domain for domain in domains}
 
 
 def local_reference(data, plan, skew, epochs_total: int) -> dict:

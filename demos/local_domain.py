@@ -16,13 +16,16 @@ import os
 import socket
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from common.errors import DomainError
 from domain_setup import PROJECT_ROOT
 from domain_setup.state import StateDir
 
+_IN_PROCESS_CLI = threading.Lock()  # redirect_stdout swaps sys.stdout for every thread
 
 
 def threads_per_domain(domains: int) -> int:
@@ -81,28 +84,33 @@ class LocalDomain:
                               f"{(result.stderr or result.stdout).strip()[-500:]}")
         return result
 
-    def cli(self, *args: str) -> str:
-        """Run a CLI command that must succeed; returns its standard output.
-
-        The command goes through the CLI's own `main` (the same parser, commands and
-        error handling) in this process, which has syft imported already: a new
-        process would spend about 7 s importing it. `start`, which passes the server
-        its thread caps through the environment, runs as its own process, and so
-        does `run`, for exit codes and stderr seen from outside."""
-        if args and args[0] == "start":
-            return self.run(*args, env=self.server_env).stdout
+    def attempt(self, *args: str) -> subprocess.CompletedProcess:
+        """Run a CLI command through the CLI's own `main` (the same parser, commands and
+        error handling) in this process, which has syft imported already (a new process
+        spends about 7 s importing it); returns its exit code, stdout and stderr, as
+        `run(..., check=False)` would."""
         from domain_setup.admin.cli import main
 
         out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with _IN_PROCESS_CLI, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 code = main([*args, "--state-dir", str(self.state.root)])
             except SystemExit as exc:  # argparse's usage errors
-                code = exc.code
-        if code != 0:
+                code = exc.code if isinstance(exc.code, int) else 2
+        return subprocess.CompletedProcess(["domain_setup", *args], code,
+                                           out.getvalue(), err.getvalue())
+
+    def cli(self, *args: str) -> str:
+        """Run a CLI command that must succeed (see `attempt`); returns its stdout.
+        `start`, which passes the server its thread caps through the environment, runs
+        as a process of its own."""
+        if args and args[0] == "start":
+            return self.run(*args, env=self.server_env).stdout
+        result = self.attempt(*args)
+        if result.returncode != 0:
             raise DomainError(f"`domain_setup {' '.join(args)}` failed: "
-                              f"{(err.getvalue() or out.getvalue()).strip()[-500:]}")
-        return out.getvalue()
+                              f"{(result.stderr or result.stdout).strip()[-500:]}")
+        return result.stdout
 
     def start(self) -> None:
         self.run("start", env=self.server_env)
@@ -130,3 +138,34 @@ class LocalDomain:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def start_domains(specs: list[tuple[str, Path]], *, torch_threads: int | None = None,
+                  prepare: Callable[[int, LocalDomain], None] | None = None) -> list[LocalDomain]:
+    """Start one domain per (name, state_dir) at once (a start is mostly its server
+    importing syft), then `prepare(index, domain)` each in turn (uploads, accounts).
+    On any failure every domain started is stopped and the first error raised.
+
+        domains = start_domains([("St Mary", root / "h1"), ("County", root / "h2")],
+                                prepare=lambda i, d: d.cli("federation", "enable"))
+    """
+    with ThreadPoolExecutor(max(1, len(specs))) as pool:
+        futures = [pool.submit(LocalDomain.start_new, name, state_dir, torch_threads=torch_threads)
+                   for name, state_dir in specs]
+    domains, failures = [], []
+    for future in futures:
+        try:
+            domains.append(future.result())
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after the cleanup
+            failures.append(exc)
+    try:
+        if failures:
+            raise failures[0]
+        for index, domain in enumerate(domains):
+            if prepare is not None:
+                prepare(index, domain)
+    except BaseException:
+        for domain in domains:
+            domain.stop()
+        raise
+    return domains

@@ -113,7 +113,7 @@ def test_bad_data_files_upload_nothing(hospital, tmp_path):
     }
     (tmp_path / "c.npz").write_bytes(b"this is not a zip file")
     for name, (path, fragment) in cases.items():
-        result = hospital.run("upload", f"pneumoniamnist:{path}", "--name", "bad", check=False)
+        result = hospital.attempt("upload", f"pneumoniamnist:{path}", "--name", "bad")
         _one_line_error(result, fragment)
     folder = tmp_path / "kermany"
     for split in ("train", "test"):
@@ -126,10 +126,10 @@ def test_bad_data_files_upload_nothing(hospital, tmp_path):
             Image.new("L", (40, 40), 90).save(folder / split / label / "ok.jpeg")
     corrupt = folder / "train" / "PNEUMONIA" / "person1_bacteria_1.jpeg"
     corrupt.write_bytes(b"\xff\xd8 not really a jpeg")
-    result = hospital.run("upload", f"folder:{folder}", "--name", "bad", check=False)
+    result = hospital.attempt("upload", f"folder:{folder}", "--name", "bad")
     _one_line_error(result, "person1_bacteria_1.jpeg")
-    _one_line_error(hospital.run("upload", "ftp:somewhere", "--name", "bad", check=False), "ftp")
-    _one_line_error(hospital.run("upload", "synthetic", "--name", "Bad Name!", check=False),
+    _one_line_error(hospital.attempt("upload", "ftp:somewhere", "--name", "bad"), "ftp")
+    _one_line_error(hospital.attempt("upload", "synthetic", "--name", "Bad Name!"),
                     "invalid dataset name")
     _one_line_error(hospital.run("upload", "synthetic", "--name", "xray", *("--n", "100"),
                                  check=False), "already exists")
@@ -150,11 +150,11 @@ def test_good_npz_and_kermany_uploads(hospital, tmp_path):
 def test_malformed_accounts_file_changes_nothing(hospital, tmp_path):
     bad = tmp_path / "accounts.yaml"
     bad.write_text("accounts:\n  - name: Eve\n    email: eve@hospital.local\n    role: admin\n")
-    _one_line_error(hospital.run("accounts", "apply", str(bad), check=False), "accounts.yaml:3:")
+    _one_line_error(hospital.attempt("accounts", "apply", str(bad)), "accounts.yaml:3:")
     unknown_role = tmp_path / "roles.yaml"
     unknown_role.write_text("accounts:\n  - name: Eve\n    email: eve@evil-corp.com\n"
                             "    role: superuser\n")
-    _one_line_error(hospital.run("accounts", "apply", str(unknown_role), check=False),
+    _one_line_error(hospital.attempt("accounts", "apply", str(unknown_role)),
                     "roles.yaml:4:")
     from domain_setup.admin.session import AdminSession
 

@@ -78,10 +78,10 @@ def test_denied_request_reports_the_reason(hospital, ada):
 
 
 def test_unknown_request_id_is_a_clear_error(hospital):
-    bad = hospital.run("review", "show", "0123456789abcdef", check=False)
+    bad = hospital.attempt("review", "show", "0123456789abcdef")
     assert bad.returncode == 1
     assert bad.stderr.strip() == "error: no request with id 0123456789abcdef"
-    malformed = hospital.run("review", "approve", "../../etc/passwd", check=False)
+    malformed = hospital.attempt("review", "approve", "../../etc/passwd")
     assert malformed.returncode == 1
     assert "invalid request id" in malformed.stderr
 
@@ -121,6 +121,6 @@ def test_nested_code_is_a_violation_that_needs_override(hospital, ada, tmp_path)
 
     shown = hospital.cli("review", "show", request_id)
     assert "nested code" in shown
-    refused = hospital.run("review", "approve", request_id, check=False)
+    refused = hospital.attempt("review", "approve", request_id)
     assert refused.returncode == 1
     assert "violates the approval rules" in refused.stderr and "nested code" in refused.stderr

@@ -11,9 +11,10 @@ from common.aggregation import RoundSpec
 from common.errors import DomainError, SharingError
 from common.models import build_model
 from common.sealing import RoundContext, open_correction
-from conftest import ACCOUNTS_YAML, OTHER_RESEARCHER, RESEARCHER
+from conftest import OTHER_RESEARCHER, RESEARCHER
 from domain_setup.aggregation_key import load_or_create_private_key
-from demos.local_domain import LocalDomain, threads_per_domain
+from demos.federated import start_hospitals
+from demos.local_domain import threads_per_domain
 from domain_setup.admin import AdminClient
 from scientist import TrainingPlan
 from scientist.federated import (aggregation_inputs, join, new_round, plain_round, run_rounds,
@@ -28,17 +29,10 @@ K = 3
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     """Three small hospital domains, each with one IID partition and its aggregation key."""
-    root = tmp_path_factory.mktemp("federation")
-    domains = []
+    names = tuple(f"Hospital {i}" for i in range(1, K + 1))
+    domains = list(start_hospitals(tmp_path_factory.mktemp("federation"), 600, 28, names,
+                                   partitionings={"IID": None}).values())
     try:
-        for i in range(1, K + 1):
-            domain = LocalDomain.start_new(f"Hospital {i}", root / f"h{i}",
-                                           torch_threads=threads_per_domain(K))
-            domains.append(domain)
-            domain.cli("upload", "synthetic", "--name", "xray", "--n", "600", "--size", "28",
-                       "--partition", f"{i}/{K}")
-            domain.cli("accounts", "apply", str(ACCOUNTS_YAML))
-            domain.cli("federation", "enable")
         reviewers = {d.name: AdminClient(d.state).reviewer for d in domains}
         hospitals = [join(str(d.researcher_file(RESEARCHER))) for d in domains]
         yield domains, hospitals, reviewers

@@ -15,14 +15,13 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
 import numpy as np
 import pytest
 
-from conftest import ACCOUNTS_YAML, PROJECT_ROOT, RESEARCHER
+from conftest import PROJECT_ROOT, RESEARCHER
 
 NOTEBOOKS = PROJECT_ROOT / "notebooks"
 KERNEL_NAME = "pneumosyft-test"
@@ -30,7 +29,7 @@ CELL_TIMEOUT_SECONDS = 600
 # Set to a folder to keep the executed notebooks (with outputs) there, e.g. as CI artifacts.
 EXECUTED_DIR_ENV = "PNEUMOSYFT_EXECUTED_NOTEBOOKS"
 FEDERATION = ("St Mary", "Royal Infirmary", "County General")
-FEDERATED_SET = ("--n", "600", "--size", "28")  # 160 training and 40 test images each
+FEDERATED_SET = (600, 28)  # images in all and px: 160 training and 40 test images each
 
 pytestmark = pytest.mark.domain
 
@@ -209,35 +208,10 @@ def test_03_secret_shared_weights(kernel_dir):
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory):
     """Three small hospitals, one IID partition each, all secure-aggregation parties."""
-    from demos.local_domain import LocalDomain, threads_per_domain
+    from demos.federated import start_hospitals
 
-    root = tmp_path_factory.mktemp("federation")
-
-    def start(index: int) -> LocalDomain:
-        domain = LocalDomain.start_new(FEDERATION[index], root / f"hospital-{index + 1}",
-                                       torch_threads=threads_per_domain(len(FEDERATION)))
-        try:
-            domain.cli("upload", "synthetic", "--name", "xray", *FEDERATED_SET,
-                       "--partition", f"{index + 1}/{len(FEDERATION)}")
-            domain.cli("accounts", "apply", str(ACCOUNTS_YAML))
-            domain.cli("federation", "enable")
-        except BaseException:
-            domain.stop()
-            raise
-        return domain
-
-    with ThreadPoolExecutor(len(FEDERATION)) as pool:
-        futures = [pool.submit(start, i) for i in range(len(FEDERATION))]
-    domains, failures = [], []
-    for future in futures:
-        try:
-            domains.append(future.result())
-        except Exception as exc:
-            failures.append(exc)
-    if failures:
-        for domain in domains:
-            domain.stop()
-        raise failures[0]
+    domains = list(start_hospitals(tmp_path_factory.mktemp("federation"), *FEDERATED_SET,
+                                   FEDERATION, partitionings={"IID": None}).values())
     try:
         yield domains
     finally:
