@@ -64,12 +64,12 @@ def start_hospitals(workdir: Path, n: int, size: int, names: tuple[str, ...] = H
                        "--size", str(size), "--partition", f"{index + 1}/{len(names)}", *extra)
         domain.cli("accounts", "apply", str(ACCOUNTS))
         domain.cli("federation", "enable")
-        print(f"  {domain.name}: up at {domain.url}", flush=True)
+        print(f"  {names[index]}: up at {domain.url}", flush=True)
 
     domains = start_domains([(name, workdir / f"hospital-{i}") for i, name in
                              enumerate(names, start=1)],
                             torch_threads=threads_per_domain(len(names)), prepare=prepare)
-    return {domain.name: domain for domain in domains}
+    return dict(zip(names, domains))
 
 
 def local_reference(data, plan, skew, epochs_total: int) -> dict:

@@ -102,10 +102,8 @@ class LocalDomain:
 
     def cli(self, *args: str) -> str:
         """Run a CLI command that must succeed (see `attempt`); returns its stdout.
-        `start`, which passes the server its thread caps through the environment, runs
-        as a process of its own."""
-        if args and args[0] == "start":
-            return self.run(*args, env=self.server_env).stdout
+        Start domains with `start_new` or `start`: they run `start` as a process of its
+        own, which passes the server its thread caps through the environment."""
         result = self.attempt(*args)
         if result.returncode != 0:
             raise DomainError(f"`domain_setup {' '.join(args)}` failed: "

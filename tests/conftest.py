@@ -2,8 +2,9 @@
 
 A session-wide hospital domain is started once (small synthetic set at 28 px,
 accounts from policies/accounts.yaml) and stopped at the end of the session.
-`LocalDomain.cli` runs the CLI's `main` in the test process (syft is imported once);
-tests of exit codes and error output use `LocalDomain.run`, a process of its own.
+`LocalDomain.cli` and `LocalDomain.attempt` run the CLI's `main` in the test process
+(syft is imported once); `LocalDomain.run` is a process of its own, for the checks of
+exit codes and error output seen from outside.
 """
 
 from __future__ import annotations
