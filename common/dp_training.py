@@ -44,7 +44,8 @@ def train_private(images: Any, labels: Any, *, noise_multiplier: float, max_grad
     Returns ``{"weights", "history": {"loss", "accuracy"}, "n_samples", "model",
     "epsilon", "delta", "noise_multiplier", "max_grad_norm", "steps"}``; ``epsilon``
     is Opacus' RDP accounting of this run at `delta`. The federated knobs of a
-    training config (``proximal_mu``, ``class_balancing``, ``validation_fraction``)
+    training config (``proximal_mu``, ``class_balancing``, ``validation_fraction``,
+    ``optimiser``, ``local_steps``)
     are accepted only at their defaults: DP-SGD here implements none of them.
     """
     from opacus import PrivacyEngine

@@ -22,6 +22,7 @@ from common.errors import DataError
 from common.models import MIN_IMAGE_SIZE, build_model
 
 ROC_THRESHOLDS = np.linspace(0.0, 1.0, 101)
+OPTIMISERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 _EVAL_BATCH = 256
 
 
@@ -130,10 +131,27 @@ def held_out_count(n: int, fraction: float) -> int:
     return min(max(1, int(round(n * float(fraction)))), n - 1)
 
 
-def validation_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+VALIDATION_SEED = 7919
+
+
+def passes_made(n_train: int, *, epochs: int, batch_size: int, local_steps: int = 0) -> int:
+    """How many passes over `n_train` images `train` makes (one history entry each):
+    `epochs`, or fewer when `local_steps` runs out first (a pass is ceil(n / batch) steps).
+
+        >>> passes_made(200, epochs=5, batch_size=32, local_steps=15)
+        3
+    """
+    if not local_steps:
+        return int(epochs)
+    per_pass = max(1, -(-int(n_train) // int(batch_size)))
+    return min(int(epochs), -(-int(local_steps) // per_pass))
+
+
+def validation_split(n: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Indices (train, validation) of n images, `held_out_count(n, fraction)` of them
-    held out at random (seeded by `seed`)."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    held out at random, the same ones whatever the training seed: a federation varies
+    the seed every round (batch order), and its held-out images must stay held out."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(VALIDATION_SEED))
     held = held_out_count(n, fraction)
     return order[held:], order[:held]
 
@@ -147,9 +165,14 @@ def train(images: Any, labels: Any, *, model: str = "small_cnn", epochs: int = 3
           lr: float = 1e-3, batch_size: int = 64, seed: int = 0,
           initial_weights: dict[str, np.ndarray] | None = None,
           proximal_mu: float = 0.0, class_balancing: str = "none",
-          validation_fraction: float = 0.0) -> dict:
-    """Train `model` with Adam and cross-entropy; deterministic for a given seed.
+          validation_fraction: float = 0.0, optimiser: str = "adam",
+          local_steps: int = 0) -> dict:
+    """Train `model` with Adam (or plain SGD) and cross-entropy; deterministic for a seed.
 
+    `local_steps` > 0 stops after that many optimiser steps (at most `epochs` passes):
+    in a federation every hospital then takes the same number of steps, however many
+    images it holds, and with `optimiser="sgd"` its update is the sum of its gradient
+    steps, which a server optimiser (FedAvgM) can carry momentum across;
     `proximal_mu` > 0 adds FedProx's proximal term towards `initial_weights`;
     `class_balancing="balanced"` weighs the loss by inverse class frequency;
     `validation_fraction` holds out that share of the images, never trained on, and
@@ -166,8 +189,14 @@ def train(images: Any, labels: Any, *, model: str = "small_cnn", epochs: int = 3
         raise ValueError("epochs and batch_size must be positive")
     if not 0.0 <= float(validation_fraction) < 1.0 or float(proximal_mu) < 0.0:
         raise ValueError("validation_fraction must be in [0, 1) and proximal_mu >= 0")
-    trained_on, held_out = validation_split(len(x), float(validation_fraction), seed)
+    if optimiser not in OPTIMISERS or int(local_steps) < 0:
+        raise ValueError(f"optimiser must be one of {', '.join(OPTIMISERS)} and "
+                         "local_steps >= 0")
+    trained_on, held_out = validation_split(len(x), float(validation_fraction))
     x_train, y_train = x[trained_on], y[trained_on]
+    passes = passes_made(len(x_train), epochs=int(epochs), batch_size=int(batch_size),
+                         local_steps=int(local_steps))
+    steps_left = int(local_steps) or passes * len(x_train)  # at most one step per image
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = _model(model, x.shape[-1], initial_weights or None)
@@ -175,24 +204,28 @@ def train(images: Any, labels: Any, *, model: str = "small_cnn", epochs: int = 3
         validation = (validation_metrics(x[held_out], y[held_out], weights_to_numpy(module),
                                          model) if len(held_out) else None)
         order = torch.Generator().manual_seed(seed)
-        optimiser = torch.optim.Adam(module.parameters(), lr=lr)
+        step = OPTIMISERS[optimiser](module.parameters(), lr=lr)
         loss_fn = nn.CrossEntropyLoss(weight=class_weights(y_train, class_balancing))
         history: dict[str, list[float]] = {"loss": [], "accuracy": []}
         module.train()
-        for _ in range(int(epochs)):
-            total_loss, correct = 0.0, 0
+        for _ in range(passes):
+            total_loss, correct, seen = 0.0, 0, 0
             for batch in torch.randperm(len(x_train), generator=order).split(int(batch_size)):
+                if steps_left == 0:
+                    break
                 logits = module(x_train[batch])
                 loss = loss_fn(logits, y_train[batch])
                 if proximal_mu:
                     loss = loss + _proximal_term(module, anchor, float(proximal_mu))
-                optimiser.zero_grad()
+                step.zero_grad()
                 loss.backward()
-                optimiser.step()
+                step.step()
+                steps_left -= 1
                 total_loss += float(loss.detach()) * len(batch)
                 correct += int((logits.argmax(1) == y_train[batch]).sum())
-            history["loss"].append(total_loss / len(x_train))
-            history["accuracy"].append(correct / len(x_train))
+                seen += len(batch)
+            history["loss"].append(total_loss / seen)
+            history["accuracy"].append(correct / seen)
     result = {"weights": weights_to_numpy(module), "history": history,
               "n_samples": int(len(x_train)), "model": model}
     if validation is not None:

@@ -55,7 +55,10 @@ class Parameter:
         if self.kind is int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
                                  or (self.minimum is not None and value < self.minimum)):
             return f"{self.name} must be a positive integer" if self.minimum == 1 else \
-                f"{self.name} must be an integer"
+                f"{self.name} must be an integer" if self.minimum is None else \
+                f"{self.name} must be an integer of at least {self.minimum:g}"
+        if self.kind is int and self.maximum is not None and value > self.maximum:
+            return f"{self.name} must be at most {self.maximum:g}"
         if self.kind is float:
             if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 return f"{self.name} must be a number"
@@ -71,7 +74,8 @@ TRAINING_PARAMETERS: tuple[Parameter, ...] = (
               policy_choices="models"),
     Parameter("epochs", int, 3, "passes over the training images", minimum=1,
               policy_max="max_epochs"),
-    Parameter("lr", float, 1e-3, "Adam learning rate", minimum=0.0, maximum=1.0),
+    Parameter("lr", float, 1e-3, "learning rate of the local optimiser", minimum=0.0,
+              maximum=1.0),
     Parameter("batch_size", int, 64, "images per optimiser step", minimum=1,
               policy_max="max_batch_size", policy_min="min_batch_size"),
     Parameter("seed", int, 0, "seed of initialisation and batch order"),
@@ -84,9 +88,22 @@ TRAINING_PARAMETERS: tuple[Parameter, ...] = (
     Parameter("validation_fraction", float, 0.0, "share of each hospital's training images "
               "held out to validate the model it receives", minimum=0.0, maximum=0.5,
               includes_minimum=True, optional=True, federated=True),
+    Parameter("optimiser", str, "adam", "local optimiser: 'adam', or 'sgd' (plain steps, "
+              "which a server optimiser such as FedAvgM turns into momentum across hospitals)",
+              choices=lambda: optimiser_names(), optional=True, federated=True),
+    Parameter("local_steps", int, 0, "at most this many optimiser steps per round (0: every "
+              "batch of every epoch); equal steps at every hospital, however many images it has",
+              minimum=0, maximum=100_000, optional=True, federated=True),
 )
 CLASS_BALANCING = ("none", "balanced")
 PARAMETERS_BY_NAME = {p.name: p for p in TRAINING_PARAMETERS}
+
+
+def optimiser_names() -> tuple[str, ...]:
+    """The local optimisers `common.training.train` knows."""
+    from common.training import OPTIMISERS
+
+    return tuple(OPTIMISERS)
 
 
 def default_training_config() -> dict:
@@ -108,8 +125,9 @@ def validate_training_config(config: dict) -> dict:
 
 
 def federated_knobs_set(values: dict) -> list[str]:
-    """The federated-training parameters (FedProx, class balancing, validation) that
-    `values` sets away from their defaults: what DP-SGD training refuses.
+    """The federated-training parameters (FedProx, class balancing, validation, local
+    optimiser and steps) that `values` sets away from their defaults: what DP-SGD
+    training refuses.
 
         >>> federated_knobs_set({"proximal_mu": 0.1, "class_balancing": "none"})
         ['proximal_mu']

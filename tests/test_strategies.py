@@ -108,7 +108,9 @@ def test_validation_holds_images_out_and_measures_the_model_received():
     # the metrics are those of the received model on exactly the held-out images
     from common.training import validation_split
 
-    _, held_out = validation_split(300, 0.2, seed=0)
+    _, held_out = validation_split(300, 0.2)
+    # the same images stay held out whatever the seed (a federation varies it each round)
+    assert torch.equal(validation_split(300, 0.2)[1], held_out)
     expected = evaluate(images[held_out.numpy()], labels[held_out.numpy()], received)
     assert result["validation"]["accuracy"] == pytest.approx(expected["accuracy"])
     assert result["validation"]["auc"] == pytest.approx(expected["auc"])
@@ -139,3 +141,54 @@ def test_config_schema_bounds_the_new_knobs_and_dp_refuses_them():
         TrainingPlan(validation_fraction=0.6)
     with pytest.raises(PneumoSyftError, match="unknown class_balancing"):
         TrainingPlan(class_balancing="weighted")
+
+
+def test_local_steps_bound_sgd_training_to_exactly_that_many_steps():
+    from common.models import build_model
+    from common.training import prepare, validation_split
+
+    images, labels = generate(200, size=28, seed=5)
+    start = train(images, labels, epochs=1, seed=0)["weights"]
+    one = train(images, labels, epochs=5, batch_size=32, seed=3, optimiser="sgd", lr=0.1,
+                local_steps=1, initial_weights=start)
+    # one plain SGD step on the first batch of seed 3's order, recomputed by hand
+    x, y = prepare(images, labels)
+    trained_on, _ = validation_split(200, 0.0)  # all of them, in the split's order
+    x, y = x[trained_on], y[trained_on]
+    module = build_model("small_cnn", image_size=28)
+    module.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in start.items()})
+    module.train()
+    batch = torch.randperm(200, generator=torch.Generator().manual_seed(3))[:32]
+    torch.nn.functional.cross_entropy(module(x[batch]), y[batch]).backward()
+    for name, parameter in module.named_parameters():
+        np.testing.assert_allclose(one["weights"][name],
+                                   (parameter - 0.1 * parameter.grad).detach().numpy(),
+                                   rtol=1e-5, atol=1e-6)
+    # the history covers only the images stepped on: 1 epoch entry for 1 step, 3 for 15
+    assert len(one["history"]["loss"]) == 1
+    fifteen = train(images, labels, epochs=5, batch_size=32, seed=3, optimiser="sgd",
+                    local_steps=15, initial_weights=start)
+    assert len(fifteen["history"]["loss"]) == 3  # 7 batches per pass: 7 + 7 + 1
+    # without local_steps every batch of every epoch is a step, as before
+    assert len(train(images, labels, epochs=2, batch_size=32, seed=3,
+                     optimiser="sgd")["history"]["loss"]) == 2
+
+
+def test_optimiser_and_local_steps_are_validated_and_refused_by_dp():
+    from common.dp_training import train_private
+    from common.errors import PneumoSyftError
+
+    assert TrainingPlan(optimiser="sgd", local_steps=10).config()["local_steps"] == 10
+    with pytest.raises(PneumoSyftError, match="unknown optimiser 'rmsprop'; one of adam, sgd"):
+        TrainingPlan(optimiser="rmsprop")
+    with pytest.raises(PneumoSyftError, match="local_steps must be an integer of at least 0"):
+        TrainingPlan(local_steps=-1)
+    with pytest.raises(PneumoSyftError, match="local_steps must be at most 100000"):
+        TrainingPlan(local_steps=10**6)
+    with pytest.raises(PneumoSyftError, match="local_steps must be an integer"):
+        TrainingPlan(local_steps=2.5)
+    images, labels = generate(60, size=28, seed=0)
+    for knob in ({"optimiser": "sgd"}, {"local_steps": 5}):
+        with pytest.raises(ValueError, match=f"DP-SGD training does not take {next(iter(knob))}"):
+            train_private(images, labels, noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-5,
+                          **knob)

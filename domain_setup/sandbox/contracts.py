@@ -51,7 +51,8 @@ class ContractContext:
     """What the server knows about a run, against which its result is checked."""
 
     model: str | None = None          # the config's model (train, evaluate, secure_train)
-    epochs: int | None = None         # the config's epochs
+    epochs: int | None = None         # the passes training makes (epochs, or fewer:
+                                      # common.training.passes_made)
     n_samples: int | None = None      # number of images the plan was given
     n_parties: int | None = None      # secure_train: number of aggregator keys
     own_index: int | None = None      # secure_train: this hospital's index among them

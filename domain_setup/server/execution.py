@@ -28,7 +28,7 @@ import numpy as np
 from common import syft_compat
 from common.aggregation import RoundSpec, private_key_bytes
 from common.errors import SharingError
-from common.training import held_out_count
+from common.training import held_out_count, passes_made
 from domain_setup.catalogue import code_sha256, identify, runnable
 from domain_setup.policies import sandbox_limits
 from domain_setup.sandbox import (ContractContext, ContractViolation, PlanError, PlanFailed,
@@ -177,7 +177,8 @@ class PlanExecutor:
             raise Withheld(f"a {kind} release needs at least {rules.min_samples} images; "
                            f"this split has {n_images}")
         held_out = held_out_count(n_images, config.get("validation_fraction", 0.0))
-        context = ContractContext(model=config.get("model"), epochs=config.get("epochs"),
+        context = ContractContext(model=config.get("model"),
+                                  epochs=_passes(config, n_images - held_out),
                                   n_samples=n_images - held_out, n_validation=held_out)
         if kind not in SECURE_KINDS:
             return context
@@ -187,6 +188,17 @@ class PlanExecutor:
         except (SharingError, ValueError, TypeError) as exc:
             raise Withheld(f"aggregator_keys: {exc}") from None
         return dataclasses.replace(context, n_parties=spec.n_parties, own_index=own)
+
+
+def _passes(config: dict, n_train: int) -> Any:
+    """The history entries a training run of `config` must return (its epochs, fewer
+    with local_steps; the config as given when it is not one the catalogue accepts)."""
+    numbers = [config.get(k) for k in ("epochs", "batch_size")] + [config.get("local_steps", 0)]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in numbers) \
+            or not numbers[0] or not numbers[1]:
+        return config.get("epochs")
+    return passes_made(n_train, epochs=numbers[0], batch_size=numbers[1],
+                       local_steps=numbers[2])
 
 
 def _plain(name: str, value: Any) -> Any:
