@@ -306,14 +306,18 @@ def run_rounds(hospitals: list[Hospital], plan: TrainingPlan, *, rounds: int, se
                privacy: dict | None = None, strategy: Strategy | None = None,
                patience: int | None = None) -> tuple[dict, list]:
     """Up to `rounds` rounds, each starting from the last global model, which
-    `strategy` (default FedAvg) makes from the round's average. With `privacy`, every
-    hospital trains with DP-SGD and charges its own ledger each round. With `patience`
-    (the plan needs a validation_fraction), stop once the hospitals' weighted
-    validation AUC has not improved for that many rounds, and return the best model."""
+    `strategy` (default FedAvg) makes from the round's average. Round r trains with
+    seed ``plan.seed + r - 1``: each round draws fresh batches (the held-out images
+    stay the same). With `privacy`, every hospital trains with DP-SGD and charges its
+    own ledger each round. With `patience` (the plan needs a validation_fraction),
+    stop once the hospitals' weighted validation loss has not improved for that many
+    rounds, and return the model that validated best."""
     if int(rounds) < 1:
         raise ValueError(f"rounds must be at least 1, got {rounds}")
     if patience is not None and not plan.validation_fraction:
         raise ValueError("patience needs validation: set the plan's validation_fraction")
+    if patience is not None and int(patience) < 1:
+        raise ValueError(f"patience must be at least 1 round, got {patience}")
     strategy = strategy or FedAvg()
     config = strategy.client_config(plan.config())
     weights = dict(initial_weights or {})
@@ -322,11 +326,12 @@ def run_rounds(hospitals: list[Hospital], plan: TrainingPlan, *, rounds: int, se
     since_best = 0
     step = secure_round if secure else plain_round
     for r in range(1, rounds + 1):
-        average, log = step(hospitals, plan, weights, approver, r, privacy, config)
+        average, log = step(hospitals, plan, weights, approver, r, privacy,
+                            dict(config, seed=plan.seed + r - 1))
         summary = log.validation_summary()
-        if patience is not None and summary and summary.get("auc") is not None and weights:
-            if best is None or summary["auc"] > best[0]:
-                best, since_best = (summary["auc"], weights), 0
+        if patience is not None and summary and summary.get("loss") is not None and weights:
+            if best is None or summary["loss"] < best[0]:
+                best, since_best = (summary["loss"], weights), 0
             else:
                 since_best += 1
         weights = strategy.next_global(weights, average)

@@ -203,6 +203,46 @@ def test_a_hospital_dropping_out_is_a_clear_error(federation):
         secure_round(hospitals, plan, {}, third_admin_denies, 1)
 
 
+def test_sgd_steps_pass_the_catalogue_and_patience_returns_the_best_validated_model(federation):
+    """Equal SGD steps per hospital run through the catalogue plan; patience stops on
+    the hospitals' weighted validation loss and returns the model that validated best,
+    not the last one."""
+    import math
+
+    from common.training import train
+    from datasets.xray import generate
+    from scientist.strategies import Strategy
+
+    domains, hospitals, reviewers = federation
+    images, labels = generate(400, size=28, seed=11)
+    good = train(images, labels, epochs=3, seed=0)["weights"]  # trained here, on other data
+
+    class ThenBlank(Strategy):
+        """A strategy that answers every round with a blank model (every value 0)."""
+
+        def next_global(self, current, average):
+            return {name: np.zeros_like(value) for name, value in average.items()}
+
+    plan = TrainingPlan(epochs=5, batch_size=32, optimiser="sgd", lr=0.05, local_steps=3,
+                        validation_fraction=0.1)
+    weights, logs = run_rounds(hospitals, plan, rounds=6, secure=False,
+                               approver=_approve(reviewers), initial_weights=good,
+                               strategy=ThenBlank(), patience=1)
+    # round 1 validated the good model, round 2 the blank one (loss log 2, measured in
+    # each domain): no improvement for 1 round, so it stops and returns the good model
+    assert [log.round for log in logs] == [1, 2]
+    first, second = (log.validation_summary() for log in logs)
+    assert first["loss"] < math.log(2)
+    assert second["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert all(np.array_equal(weights[name], good[name]) for name in good)
+    # 3 steps of 32 images: one partial pass at every hospital, whatever its size
+    for log in logs:
+        assert {len(h["loss"]) for h in log.histories.values()} == {1}
+    with pytest.raises(ValueError, match="patience must be at least 1"):
+        run_rounds(hospitals, plan, rounds=2, secure=False, approver=_approve(reviewers),
+                   patience=0)
+
+
 def test_weighted_average_weights_by_sample_count():
     a = {"w": np.array([1.0, 2.0], np.float32)}
     b = {"w": np.array([3.0, 6.0], np.float32)}
