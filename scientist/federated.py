@@ -138,13 +138,25 @@ def at_every_hospital(hospitals: list[Hospital], work: Callable[[Hospital], Any]
 
 
 def weighted_average(updates: list[tuple[dict, int]]) -> dict[str, np.ndarray]:
-    """Plain federated averaging: sum of n_k * w_k over the total count."""
+    """Plain federated averaging, the sum of w_k x n_k / total, computed the way a secure
+    round computes it: each scaled model rounded to the round's fixed point (2^-24,
+    `common.aggregation.FRAC_BITS`) and the integers summed exactly. A plain and a
+    secure round from the same models therefore return the same bits, and a
+    comparison of the two measures secure aggregation, not float rounding."""
+    from common.aggregation import FRAC_BITS
+    from common.secret_sharing import decode, encode
+
     total = sum(n for _, n in updates)
     if total <= 0:
         raise DomainError("no samples in this round")
-    names = updates[0][0].keys()
-    return {name: (sum(w[name].astype(np.float64) * n for w, n in updates) / total
-                   ).astype(np.float32) for name in names}
+    average = {}
+    for name in updates[0][0]:
+        words = np.zeros(np.shape(updates[0][0][name]), dtype=np.uint64)
+        for w, n in updates:
+            np.add(words, encode(np.asarray(w[name], np.float64) * (float(n) / total),
+                                 FRAC_BITS), out=words)
+        average[name] = decode(words, FRAC_BITS).astype(np.float32)
+    return average
 
 
 def weighted_validation(by_hospital: dict) -> dict | None:
