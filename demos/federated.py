@@ -245,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=2,
                         help="FedAvg (Adam) local epochs per round (default 2); baselines "
                              "train rounds x epochs")
-    parser.add_argument("--plot", type=Path, help="save held-out AUC per round per strategy as a PNG")
+    parser.add_argument("--plot", type=Path,
+                        help="save held-out AUC per round per strategy as a PNG")
     parser.add_argument("--epsilon", type=float, default=1.0,
                         help="also run secure FedAvg with DP-SGD inside each hospital, this ε "
                              "per round (default 1; 0 skips it)")
