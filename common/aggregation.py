@@ -124,6 +124,29 @@ def private_key_bytes(asset: Any) -> bytes:
     return np.asarray(asset).astype(np.uint8).tobytes()
 
 
+def scaled_contribution(weights: Mapping[str, np.ndarray], n_samples: int,
+                        total_samples: int) -> dict[str, np.ndarray]:
+    """weights x n_samples / total_samples in float64: one hospital's term of the round's
+    weighted sum, shared by `contribute` and summed in the clear by `fixed_point_sum`."""
+    scale = float(n_samples) / total_samples
+    return {name: np.asarray(value, np.float64) * scale for name, value in weights.items()}
+
+
+def fixed_point_sum(contributions: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The plain counterpart of a secure round: the contributions rounded to the round's
+    fixed point (2^-FRAC_BITS) and summed exactly, decoded to float32 as `combine`
+    decodes the partial sums; from the same contributions it returns the same bits."""
+    from common.secret_sharing import decode, encode
+
+    total = {}
+    for name in contributions[0]:
+        words = np.zeros(np.shape(contributions[0][name]), dtype=np.uint64)
+        for contribution in contributions:
+            np.add(words, encode(contribution[name], FRAC_BITS), out=words)
+        total[name] = decode(words, FRAC_BITS).astype(np.float32)
+    return total
+
+
 def contribute(private_key: bytes, weights: Mapping[str, np.ndarray], n_samples: int,
                spec: RoundSpec) -> list[bytes]:
     """This hospital's sealed contribution: K ciphertexts, entry k for aggregator k
@@ -132,8 +155,7 @@ def contribute(private_key: bytes, weights: Mapping[str, np.ndarray], n_samples:
     from common.sealing import seal_seeded_shares
 
     spec.index_of(private_key)
-    scale = float(n_samples) / spec.total_samples
-    scaled = {name: np.asarray(value, np.float64) * scale for name, value in weights.items()}
+    scaled = scaled_contribution(weights, n_samples, spec.total_samples)
     correction, seeds = seal_seeded_shares(scaled, private_key, spec.keys(), spec.context_id(),
                                            frac_bits=FRAC_BITS, ring_bits=RING_BITS)
     return [correction if seed is None else seed for seed in seeds]

@@ -12,6 +12,8 @@ weights, Python floats and lists, never a module or a tensor.
 
 from __future__ import annotations
 
+import math
+
 from typing import Any
 
 import numpy as np
@@ -196,7 +198,7 @@ def train(images: Any, labels: Any, *, model: str = "small_cnn", epochs: int = 3
     x_train, y_train = x[trained_on], y[trained_on]
     passes = passes_made(len(x_train), epochs=int(epochs), batch_size=int(batch_size),
                          local_steps=int(local_steps))
-    steps_left = int(local_steps) or passes * len(x_train)  # at most one step per image
+    steps_left = int(local_steps) or math.inf  # without a cap, `passes` bounds the steps
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = _model(model, x.shape[-1], initial_weights or None)

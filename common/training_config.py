@@ -69,6 +69,13 @@ class Parameter:
         return None
 
 
+def optimiser_names() -> tuple[str, ...]:
+    """The local optimisers `common.training.train` knows."""
+    from common.training import OPTIMISERS
+
+    return tuple(OPTIMISERS)
+
+
 TRAINING_PARAMETERS: tuple[Parameter, ...] = (
     Parameter("model", str, "small_cnn", "architecture (common.models)", choices=model_names,
               policy_choices="models"),
@@ -90,20 +97,13 @@ TRAINING_PARAMETERS: tuple[Parameter, ...] = (
               includes_minimum=True, optional=True, federated=True),
     Parameter("optimiser", str, "adam", "local optimiser: 'adam', or 'sgd' (plain steps, "
               "which a server optimiser such as FedAvgM turns into momentum across hospitals)",
-              choices=lambda: optimiser_names(), optional=True, federated=True),
+              choices=optimiser_names, optional=True, federated=True),
     Parameter("local_steps", int, 0, "at most this many optimiser steps per round (0: every "
               "batch of every epoch); equal steps at every hospital, however many images it has",
               minimum=0, maximum=100_000, optional=True, federated=True),
 )
 CLASS_BALANCING = ("none", "balanced")
 PARAMETERS_BY_NAME = {p.name: p for p in TRAINING_PARAMETERS}
-
-
-def optimiser_names() -> tuple[str, ...]:
-    """The local optimisers `common.training.train` knows."""
-    from common.training import OPTIMISERS
-
-    return tuple(OPTIMISERS)
 
 
 def default_training_config() -> dict:

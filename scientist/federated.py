@@ -40,7 +40,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from common.aggregation import AGGREGATION_ASSET, AGGREGATION_DATASET, RoundSpec, combine
+from common.aggregation import (AGGREGATION_ASSET, AGGREGATION_DATASET, RoundSpec, combine,
+                                fixed_point_sum, scaled_contribution)
 from common.errors import DomainError
 from common.training import held_out_count
 from common.vetted_plans import secure_train_private_xray_plan, train_private_xray_plan
@@ -139,24 +140,13 @@ def at_every_hospital(hospitals: list[Hospital], work: Callable[[Hospital], Any]
 
 def weighted_average(updates: list[tuple[dict, int]]) -> dict[str, np.ndarray]:
     """Plain federated averaging, the sum of w_k x n_k / total, computed the way a secure
-    round computes it: each scaled model rounded to the round's fixed point (2^-24,
-    `common.aggregation.FRAC_BITS`) and the integers summed exactly. A plain and a
-    secure round from the same models therefore return the same bits, and a
-    comparison of the two measures secure aggregation, not float rounding."""
-    from common.aggregation import FRAC_BITS
-    from common.secret_sharing import decode, encode
-
+    round computes it (`common.aggregation.fixed_point_sum`): a plain and a secure round
+    from the same models return the same bits, so a comparison of the two measures
+    secure aggregation, not float rounding."""
     total = sum(n for _, n in updates)
     if total <= 0:
         raise DomainError("no samples in this round")
-    average = {}
-    for name in updates[0][0]:
-        words = np.zeros(np.shape(updates[0][0][name]), dtype=np.uint64)
-        for w, n in updates:
-            np.add(words, encode(np.asarray(w[name], np.float64) * (float(n) / total),
-                                 FRAC_BITS), out=words)
-        average[name] = decode(words, FRAC_BITS).astype(np.float32)
-    return average
+    return fixed_point_sum([scaled_contribution(w, n, total) for w, n in updates])
 
 
 def weighted_validation(by_hospital: dict) -> dict | None:

@@ -27,8 +27,9 @@ import numpy as np
 
 from common import syft_compat
 from common.aggregation import RoundSpec, private_key_bytes
-from common.errors import SharingError
+from common.errors import PneumoSyftError, SharingError
 from common.training import held_out_count, passes_made
+from common.training_config import validate_training_config
 from domain_setup.catalogue import code_sha256, identify, runnable
 from domain_setup.policies import sandbox_limits
 from domain_setup.sandbox import (ContractContext, ContractViolation, PlanError, PlanFailed,
@@ -191,14 +192,14 @@ class PlanExecutor:
 
 
 def _passes(config: dict, n_train: int) -> Any:
-    """The history entries a training run of `config` must return (its epochs, fewer
-    with local_steps; the config as given when it is not one the catalogue accepts)."""
-    numbers = [config.get(k) for k in ("epochs", "batch_size")] + [config.get("local_steps", 0)]
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in numbers) \
-            or not numbers[0] or not numbers[1]:
+    """The history entries a training run of `config` must return: its epochs, fewer
+    with local_steps (the epochs as given for a config the catalogue would refuse)."""
+    try:
+        validate_training_config(config)
+        return passes_made(n_train, epochs=config["epochs"], batch_size=config["batch_size"],
+                           local_steps=config.get("local_steps", 0))
+    except (PneumoSyftError, KeyError):
         return config.get("epochs")
-    return passes_made(n_train, epochs=numbers[0], batch_size=numbers[1],
-                       local_steps=numbers[2])
 
 
 def _plain(name: str, value: Any) -> Any:
