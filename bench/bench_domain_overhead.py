@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from workload import training_workload_args  # noqa: E402  (bench/ is on sys.path)
 from datasets.xray import load_synthetic  # noqa: E402
-from demos.local_domain import LocalDomain  # noqa: E402
+from demos.local_domain import TRUSTED, LocalDomain  # noqa: E402
 from scientist import TrainingPlan, connect  # noqa: E402
 from scientist.plans import train_xray_plan  # noqa: E402
 from scientist.submission import run_approved, split_assets, submit_plan  # noqa: E402
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_synthetic(n=args.n, size=args.size)  # the tensors the domain holds
     with tempfile.TemporaryDirectory(prefix="pneumosyft-bench-") as workdir:
         with LocalDomain.start_new("Bench General", Path(workdir) / "state",
-                                   torch_threads=THREADS) as domain:
+                                   torch_threads=THREADS, extra_args=TRUSTED) as domain:
             upload_output = domain.cli("upload", "synthetic", "--name", "xray", "--n",
                                        str(args.n), "--size", str(args.size))
             domain.cli("accounts", "apply", str(ACCOUNTS))

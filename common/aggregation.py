@@ -2,17 +2,20 @@
 hospital contributes, what an aggregator releases, and how the researcher combines it.
 
 A round is a `RoundSpec`: a fresh random id, the parties' public keys (every
-hospital is also an aggregator) and the total sample count the weights are divided
-by. Hospital i trains, scales its weights by n_i / total and seals them as seeded
+hospital is also an aggregator), the total sample count the weights are divided by,
+and the digest of the model every party trains (`model_digest`: the training config and
+the initial weights), so that no party can be handed another model than the rest
+without the round failing to open. Hospital i trains, scales its weights by n_i / total and seals them as seeded
 shares in the 32-bit ring (`contribute`): to each other party k a 32-byte seed,
 sealed from i to k; to itself one correction share. Every ciphertext is
-authenticated as coming from party i for exactly this spec (its id, keys and total),
+authenticated as coming from party i for exactly this spec (its id, keys, total and model),
 so nobody who holds only public keys, the researcher included, can make or
 re-address one. Aggregator k opens exactly one contribution from every party and
 releases their sum (`aggregate`); the researcher adds the K sums (`combine`).
 What leaves a hospital is about one float32 model plus 84 bytes per other party.
 
-    spec = RoundSpec.new(public_keys, total_samples=1920)
+    spec = RoundSpec.new(public_keys, total_samples=1920,
+                         model=model_digest(config, initial_weights))
     sealed = contribute(key_i, weights, n_samples=640, spec=spec)  # K entries
     partial_k = aggregate(key_k, spec, [sealed_i[k] for sealed_i in contributions])
     average = combine([partial_0, ..., partial_K-1])          # = sum n_i w_i / total
@@ -21,6 +24,7 @@ What leaves a hospital is about one float32 model plus 84 bytes per other party.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 from dataclasses import dataclass
@@ -37,6 +41,21 @@ FRAC_BITS = 24  # weights scaled by n_i/total stay below 2^(31-24)/K = 128/K in 
 MIN_PARTIES = 2
 MAX_TOTAL_SAMPLES = 10**9
 _ROUND_ID = re.compile(r"[0-9a-f]{32}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+SPEC_KEYS = ("round", "public_keys", "total_samples", "model")
+
+
+def model_digest(config: Mapping[str, Any], initial_weights: Mapping[str, Any] | None) -> str:
+    """sha256 of what a round's parties must all train: the training config (canonical
+    JSON) and the initial weights (names, shapes and float32 bytes, by name; none for a
+    fresh model, which the config's seed then fixes)."""
+    digest = hashlib.sha256(json.dumps(dict(config), sort_keys=True,
+                                       separators=(",", ":")).encode())
+    for name in sorted(initial_weights or {}):
+        value = np.ascontiguousarray(np.asarray(initial_weights[name]), dtype="<f4")
+        digest.update(f"\n{name}:{value.shape}\n".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -46,13 +65,14 @@ class RoundSpec:
     round_id: str
     public_keys: tuple[str, ...]
     total_samples: int
+    model: str  # model_digest of the config and initial weights every party trains
 
     @classmethod
-    def new(cls, public_keys: Sequence[str], total_samples: int) -> "RoundSpec":
+    def new(cls, public_keys: Sequence[str], total_samples: int, model: str) -> "RoundSpec":
         """A round with a fresh 128-bit random id."""
         return cls.from_constant({"round": secrets.token_hex(16),
                                   "public_keys": list(public_keys),
-                                  "total_samples": total_samples})
+                                  "total_samples": total_samples, "model": model})
 
     @classmethod
     def from_constant(cls, value: Any) -> "RoundSpec":
@@ -60,18 +80,19 @@ class RoundSpec:
         (SharingError with the first problem).
 
             >>> RoundSpec.from_constant({"round": "0" * 32, "public_keys": ["a"],
-            ...                          "total_samples": 10})
+            ...                          "total_samples": 10, "model": "0" * 64})
             Traceback (most recent call last):
             common.errors.SharingError: a round needs 2 to 512 parties, got 1
         """
         from common.sealing import key_from_text
         from common.secret_sharing import MAX_PARTIES
 
-        if not isinstance(value, Mapping) or set(value) != {"round", "public_keys",
-                                                            "total_samples"}:
+        if not isinstance(value, Mapping) or set(value) != set(SPEC_KEYS):
             raise SharingError("aggregator_keys must be {'round': 32 hex digits, "
-                               "'public_keys': [key, ...], 'total_samples': int}")
+                               "'public_keys': [key, ...], 'total_samples': int, "
+                               "'model': 64 hex digits}")
         round_id, keys, total = value["round"], value["public_keys"], value["total_samples"]
+        model = value["model"]
         if not isinstance(round_id, str) or not _ROUND_ID.fullmatch(round_id):
             raise SharingError("the round id must be 32 lowercase hex digits")
         if not isinstance(keys, (list, tuple)) or not MIN_PARTIES <= len(keys) <= MAX_PARTIES:
@@ -85,12 +106,15 @@ class RoundSpec:
         if isinstance(total, bool) or not isinstance(total, int) \
                 or not 1 <= total <= MAX_TOTAL_SAMPLES:
             raise SharingError(f"total_samples must be an integer from 1 to {MAX_TOTAL_SAMPLES}")
-        return cls(round_id, tuple(keys), int(total))
+        if not isinstance(model, str) or not _DIGEST.fullmatch(model):
+            raise SharingError("the round's model must be a model_digest: 64 lowercase hex "
+                               "digits")
+        return cls(round_id, tuple(keys), int(total), model)
 
     def to_constant(self) -> dict:
         """The request constant (``aggregator_keys``) for this spec."""
         return {"round": self.round_id, "public_keys": list(self.public_keys),
-                "total_samples": self.total_samples}
+                "total_samples": self.total_samples, "model": self.model}
 
     @property
     def n_parties(self) -> int:
@@ -102,9 +126,9 @@ class RoundSpec:
         return [key_from_text(k) for k in self.public_keys]
 
     def context_id(self) -> str:
-        """What every ciphertext of the round is bound to: id, total and all keys."""
+        """What every ciphertext of the round is bound to: id, total, all keys and the model."""
         digest = hashlib.sha256("\n".join(self.public_keys).encode()).hexdigest()
-        return f"{self.round_id}:{self.total_samples}:{digest}"
+        return f"{self.round_id}:{self.total_samples}:{digest}:{self.model}"
 
     def index_of(self, private_key: bytes) -> int:
         """The party index of the holder of `private_key` (SharingError if not a party)."""

@@ -24,8 +24,13 @@ DECISION_BIN = BINS // 2                 # scores >= 0.5 are called pneumonia
 
 
 def score_histogram(scores: Any, labels: Any) -> list[list[int]]:
-    """[[normal images per score bin], [pneumonia images per score bin]]."""
-    scores = np.clip(np.asarray(scores, dtype=np.float64), 0.0, 1.0)
+    """[[normal images per score bin], [pneumonia images per score bin]]. A score that is
+    not a number (weights crafted to overflow on a chosen image) counts in the lowest bin:
+    every image is in exactly one cell whatever the weights, so the histogram never fails
+    on one image (a failure would be a release the noise does not cover)."""
+    scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=0.0, posinf=1.0,
+                           neginf=0.0)
+    scores = np.clip(scores, 0.0, 1.0)
     labels = np.asarray(labels).reshape(-1)
     bins = np.minimum((scores * BINS).astype(int), BINS - 1)
     return [np.bincount(bins[labels == label], minlength=BINS).astype(int).tolist()

@@ -5,7 +5,7 @@ is a catalogue plan: the domain checks its constants against a schema and its
 inputs against the assets it must bind whole, and may approve it without a human
 reading the code. Any other code is custom code and always waits for an admin.
 Researchers import them through `scientist.plans`; the domain's catalogue
-(`domain_setup/catalogue.py`) fingerprints them. Changing a line here changes
+(`domain_setup/vetting/kinds/`) declares them. Changing a line here changes
 what the catalogue accepts: review such a change like a policy change.
 """
 
@@ -53,33 +53,34 @@ def aggregate_round_plan(aggregation_key, aggregator_keys, ciphertexts):
 
 
 def train_private_xray_plan(images, labels, config, initial_weights, privacy):
-    """Train with DP-SGD; the domain sets privacy's delta and noise multiplier for the
-    epsilon the researcher asked for; return the weights, history and epsilon spent."""
+    """Train with DP-SGD; the domain sets privacy's delta, noise multiplier and the seed of
+    the noise and of the batches for the epsilon the researcher asked for; return the
+    weights and the epsilon spent, nothing un-noised (no loss or accuracy history)."""
     from common.dp_training import train_private
 
     result = train_private(images, labels, noise_multiplier=privacy["noise_multiplier"],
                            max_grad_norm=privacy["max_grad_norm"], delta=privacy["delta"],
+                           noise_seed=privacy.get("noise_seed"),
                            **config, initial_weights=initial_weights or None)
-    return {"weights": result["weights"], "history": result["history"],
-            "n_samples": result["n_samples"],
+    return {"weights": result["weights"], "n_samples": result["n_samples"],
             "privacy": {"epsilon": result["epsilon"], "delta": result["delta"]}}
 
 
 def secure_train_private_xray_plan(images, labels, config, initial_weights, aggregator_keys,
                                    aggregation_key, privacy):
-    """Train with DP-SGD (the domain's delta and noise), then seal the weights as seeded
-    shares for the round's parties; return the epsilon spent with them."""
+    """Train with DP-SGD (the domain's delta, noise and seed), then seal the weights as
+    seeded shares for the round's parties; return the epsilon spent with them."""
     from common.aggregation import RoundSpec, contribute, private_key_bytes
     from common.dp_training import train_private
 
     spec = RoundSpec.from_constant(aggregator_keys)
     result = train_private(images, labels, noise_multiplier=privacy["noise_multiplier"],
                            max_grad_norm=privacy["max_grad_norm"], delta=privacy["delta"],
+                           noise_seed=privacy.get("noise_seed"),
                            **config, initial_weights=initial_weights or None)
     sealed = contribute(private_key_bytes(aggregation_key), result["weights"],
                         result["n_samples"], spec)
     return {"sealed_shares": sealed, "n_samples": result["n_samples"],
-            "history": result["history"],
             "privacy": {"epsilon": result["epsilon"], "delta": result["delta"]}}
 
 

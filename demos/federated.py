@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 from common.errors import PneumoSyftError
-from demos.local_domain import LocalDomain, start_domains, threads_per_domain
+from demos.local_domain import (TRUSTED, LocalDomain, join_federation, start_domains,
+                                threads_per_domain)
 
 ACCOUNTS = Path(__file__).resolve().parent.parent / "policies" / "accounts.yaml"
 RESEARCHER = "ada@pneumosyft-research.org"
@@ -53,10 +54,13 @@ def hospital_names(count: int) -> tuple[str, ...]:
 
 
 def start_hospitals(workdir: Path, n: int, size: int, names: tuple[str, ...] = HOSPITALS,
-                    partitionings: dict | None = None) -> dict[str, LocalDomain]:
+                    partitionings: dict | None = None,
+                    policies: tuple[str, ...] = TRUSTED) -> dict[str, LocalDomain]:
     """Start one domain per name (at once); each uploads its partition of every
     partitioning (default: IID and label-skewed) of the same n synthetic images,
-    applies the accounts and joins the federation."""
+    applies the accounts; then all of them form one federation (`join_federation`).
+    The domains run the demos' policy folder (no DP required) unless `policies` says
+    otherwise (``()``: the shipped policies/)."""
 
     def prepare(index: int, domain: LocalDomain) -> None:
         for partitioning, skew in (partitionings or PARTITIONINGS).items():
@@ -64,12 +68,18 @@ def start_hospitals(workdir: Path, n: int, size: int, names: tuple[str, ...] = H
             domain.cli("upload", "synthetic", "--name", DATASETS[partitioning], "--n", str(n),
                        "--size", str(size), "--partition", f"{index + 1}/{len(names)}", *extra)
         domain.cli("accounts", "apply", str(ACCOUNTS))
-        domain.cli("federation", "enable")
         print(f"  {names[index]}: up at {domain.url}", flush=True)
 
     domains = start_domains([(name, workdir / f"hospital-{i}") for i, name in
                              enumerate(names, start=1)],
-                            torch_threads=threads_per_domain(len(names)), prepare=prepare)
+                            torch_threads=threads_per_domain(len(names)), prepare=prepare,
+                            extra_args=policies)
+    try:
+        join_federation(domains)
+    except BaseException:
+        for domain in domains:
+            domain.stop()
+        raise
     return dict(zip(names, domains))
 
 

@@ -26,6 +26,10 @@ from domain_setup import PROJECT_ROOT
 from domain_setup.state import StateDir
 
 _IN_PROCESS_CLI = threading.Lock()  # redirect_stdout swaps sys.stdout for every thread
+# The demos' policy folder: the shipped rules, but no dataset requires DP (so that plain
+# training and evaluation can be shown); `start --policies` takes it.
+TRUSTED_POLICIES = PROJECT_ROOT / "demos" / "policies"
+TRUSTED = ("--policies", str(TRUSTED_POLICIES))
 
 
 def threads_per_domain(domains: int) -> int:
@@ -139,16 +143,19 @@ class LocalDomain:
 
 
 def start_domains(specs: list[tuple[str, Path]], *, torch_threads: int | None = None,
-                  prepare: Callable[[int, LocalDomain], None] | None = None) -> list[LocalDomain]:
+                  prepare: Callable[[int, LocalDomain], None] | None = None,
+                  extra_args: tuple[str, ...] = ()) -> list[LocalDomain]:
     """Start one domain per (name, state_dir) at once (a start is mostly its server
-    importing syft), then `prepare(index, domain)` each in turn (uploads, accounts).
-    On any failure every domain started is stopped and the first error raised.
+    importing syft; `extra_args` go to each `start`), then `prepare(index, domain)` each
+    in turn (uploads, accounts). On any failure every domain started is stopped and the
+    first error raised.
 
         domains = start_domains([("St Mary", root / "h1"), ("County", root / "h2")],
                                 prepare=lambda i, d: d.cli("federation", "enable"))
     """
     with ThreadPoolExecutor(max(1, len(specs))) as pool:
-        futures = [pool.submit(LocalDomain.start_new, name, state_dir, torch_threads=torch_threads)
+        futures = [pool.submit(LocalDomain.start_new, name, state_dir, torch_threads=torch_threads,
+                               extra_args=extra_args)
                    for name, state_dir in specs]
     domains, failures = [], []
     for future in futures:
@@ -167,3 +174,18 @@ def start_domains(specs: list[tuple[str, Path]], *, torch_threads: int | None = 
             domain.stop()
         raise
     return domains
+
+
+def join_federation(domains: list[LocalDomain]) -> None:
+    """Make every domain an aggregation party and list every other one as a member of its
+    federation, as each hospital's admin would (`federation enable`, then `federation
+    members add NAME --url URL --public-key KEY` for each of the others)."""
+    keys = {}
+    for domain in domains:
+        printed = domain.cli("federation", "enable")
+        keys[domain.name] = printed.rsplit(":", 1)[1].strip()
+    for domain in domains:
+        for other in domains:
+            if other is not domain:
+                domain.cli("federation", "members", "add", other.name, "--url", other.url,
+                           "--public-key", keys[other.name])

@@ -4,6 +4,10 @@ Admin: start a domain, upload synthetic X-rays, create accounts, issue a token.
 Researcher: connect, try the plan on the mock, submit. Admin: review, approve.
 Researcher: run it, fetch the weights, evaluate on the held-out split through a
 second approved request. Then a summary, and the domain is stopped.
+
+The domain runs the demos' policy folder (demos/policies/), in which no dataset requires
+differential privacy, so that plain training and evaluation can be shown; the shipped
+policies/ require DP on the X-rays (notebook 05 walks that path).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from common.errors import PneumoSyftError
-from demos.local_domain import LocalDomain
+from demos.local_domain import TRUSTED, LocalDomain
 
 RESEARCHER = "ada@pneumosyft-research.org"
 ACCOUNTS = Path(__file__).resolve().parent.parent / "policies" / "accounts.yaml"
@@ -62,7 +66,8 @@ def run(n_images: int, size: int, epochs: int, workdir: Path) -> dict:
     from scientist.submission import run_approved, split_assets, submit_plan, wait_for_approval
 
     clock = Stopwatch()
-    domain = LocalDomain.start_new("St Mary Pneumonia Unit", workdir / "hospital")
+    domain = LocalDomain.start_new("St Mary Pneumonia Unit", workdir / "hospital",
+                                   extra_args=TRUSTED)
     with domain:
         with clock.stage("admin", "start the domain"):
             print(domain.cli("status").rstrip())

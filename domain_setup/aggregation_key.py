@@ -39,8 +39,13 @@ def load_private_key_if_enabled(state: Any) -> bytes | None:
     return sealing.load_private_key(path) if path.exists() else None
 
 
-def published_public_key_text(state: Any) -> str | None:
+def published_public_key(state: Any) -> bytes | None:
     """The public key once `federation enable` made one, else None (never creates a key)."""
     private = load_private_key_if_enabled(state)
-    return None if private is None else sealing.key_to_text(
-        sealing.public_key_from_private(private))
+    return None if private is None else sealing.public_key_from_private(private)
+
+
+def published_public_key_text(state: Any) -> str | None:
+    """`published_public_key` as text others put in a round, or None."""
+    public = published_public_key(state)
+    return None if public is None else sealing.key_to_text(public)

@@ -3,7 +3,8 @@
 Secure round (K hospitals, each also an aggregator; `common.aggregation`):
 
 1. the researcher draws a fresh round (`RoundSpec`: random id, the K public keys, the
-   total image count); each hospital's admin approves its secure-training request,
+   total image count, the digest of the config and initial weights every hospital
+   trains); each hospital's admin approves its secure-training request,
    which names that round; the hospital trains from the global model, scales its
    weights by n_i / total and seals them as seeded shares: a 32-byte seed to each
    other hospital, one correction share to itself, all authenticated as its own
@@ -41,7 +42,7 @@ from typing import Any, Callable
 import numpy as np
 
 from common.aggregation import (AGGREGATION_ASSET, AGGREGATION_DATASET, RoundSpec, combine,
-                                fixed_point_sum, scaled_contribution)
+                                fixed_point_sum, model_digest, scaled_contribution)
 from common.errors import DomainError
 from common.training import held_out_count
 from common.vetted_plans import secure_train_private_xray_plan, train_private_xray_plan
@@ -64,8 +65,9 @@ class Hospital:
 
 @dataclass
 class RoundLog:
-    """What one round produced: per-hospital sample counts and histories, seconds taken
-    (in all, and per phase of a secure round: "train and share", "aggregate")."""
+    """What one round produced: per-hospital sample counts and histories (none with DP:
+    a DP plan releases nothing un-noised), seconds taken (in all, and per phase of a
+    secure round: "train and share", "aggregate")."""
 
     round: int
     secure: bool
@@ -168,8 +170,8 @@ def _with_privacy(constants: dict, privacy: dict | None) -> dict:
 
 def _record(log: RoundLog, hospital: Hospital, result: dict) -> None:
     log.n_samples[hospital.name] = int(result["n_samples"])
-    log.histories[hospital.name] = result["history"]
-    for key, into in (("privacy", log.privacy), ("validation", log.validation)):
+    for key, into in (("history", log.histories), ("privacy", log.privacy),
+                      ("validation", log.validation)):
         if key in result:
             into[hospital.name] = result[key]
 
@@ -212,10 +214,13 @@ def aggregation_inputs(hospital: Hospital) -> dict:
 
 
 def new_round(hospitals: list[Hospital], config: dict,
-              train_assets: list[dict] | None = None) -> RoundSpec:
-    """A fresh round over `hospitals`: their keys, and the images they will train on
+              train_assets: list[dict] | None = None,
+              initial_weights: dict | None = None) -> RoundSpec:
+    """A fresh round over `hospitals`: their keys, the images they will train on
     (counted from the shapes of their training assets, `split_assets(..., "train")`,
-    looked up here unless given)."""
+    looked up here unless given), and the model all of them train: `config` from
+    `initial_weights` (every hospital checks it, and the round opens only if all
+    trained the same)."""
     missing = [h.name for h in hospitals if not h.public_key]
     if missing:
         raise DomainError(f"no aggregation public key for {', '.join(missing)}")
@@ -228,7 +233,8 @@ def new_round(hospitals: list[Hospital], config: dict,
         if not shape:
             raise DomainError(f"{hospital.name}: the training images asset has no shape")
         trained.append(int(shape[0]) - held_out_count(int(shape[0]), fraction))
-    return RoundSpec.new([h.public_key for h in hospitals], total_samples=sum(trained))
+    return RoundSpec.new([h.public_key for h in hospitals], total_samples=sum(trained),
+                         model=model_digest(config, initial_weights or None))
 
 
 def request_partial_sum(aggregator: Hospital, spec: RoundSpec, ciphertexts: list[bytes]) -> bytes:
@@ -264,7 +270,7 @@ def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
     started = time.perf_counter()
     train_assets = at_every_hospital(
         hospitals, lambda h: split_assets(h.client, h.dataset, "train"))
-    spec = new_round(hospitals, config, train_assets)
+    spec = new_round(hospitals, config, train_assets, weights)
 
     def train_and_share_at(hospital: Hospital) -> dict:
         inputs = dict(train_assets[hospitals.index(hospital)], **aggregation_inputs(hospital))

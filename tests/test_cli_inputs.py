@@ -18,7 +18,9 @@ pytestmark = pytest.mark.domain
 COMMANDS = [["start"], ["stop"], ["status"], ["upload"], ["accounts", "apply"], ["token", "issue"],
             ["token", "list"], ["token", "revoke"], ["review", "list"], ["review", "show"],
             ["review", "approve"], ["review", "deny"], ["review", "auto"], ["federation", "enable"],
-            ["policies", "show"], ["policies", "reload"], ["audit"]]
+            ["federation", "members", "list"], ["federation", "members", "add"],
+            ["federation", "members", "remove"], ["policies", "show"], ["policies", "reload"],
+            ["audit"]]
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -160,6 +162,34 @@ def test_malformed_accounts_file_changes_nothing(hospital, tmp_path):
 
     emails = {u.email for u in AdminSession(hospital.state).client().api.services.user.get_all()}
     assert not any(e.startswith("eve@") for e in emails)
+
+
+def test_federation_members_are_added_listed_removed_and_bad_ones_refused(hospital):
+    """The admin keeps the member list; every bad input is a one-line error and changes
+    nothing; every change is audited."""
+    from common.sealing import generate_keypair, key_to_text
+
+    key = key_to_text(generate_keypair()[1])
+    added = hospital.cli("federation", "members", "add", "County General", "--url",
+                         "http://10.0.0.3:8081", "--public-key", key)
+    assert "County General" in added and key in added
+    for args, fragment in (
+            (("Bad Url", "--url", "ftp://x", "--public-key", key), "http(s)://HOST:PORT"),
+            (("Bad Key", "--url", "http://x:1", "--public-key", "nope"),
+             "aggregation public key"),
+            (("County General", "--url", "http://x:1", "--public-key",
+              key_to_text(generate_keypair()[1])), "same name"),
+            (("Twin", "--url", "http://x:1", "--public-key", key), "same aggregation key")):
+        result = hospital.attempt("federation", "members", "add", *args)
+        assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+        assert fragment in result.stderr, result.stderr
+    assert hospital.cli("federation", "members", "list").count("\n") == 2  # header + one
+    hospital.cli("federation", "members", "remove", "county general")
+    missing = hospital.attempt("federation", "members", "remove", "County General")
+    assert missing.returncode == 1 and "no member called" in missing.stderr
+    assert "(none)" in hospital.cli("federation", "members", "list")
+    actions = [e["action"] for e in hospital.admin.audit(action="federation.member.add")]
+    assert actions and hospital.admin.audit(action="federation.member.remove")
 
 
 def test_accounts_apply_is_idempotent(hospital):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from domain_setup.code_rules import Verdict, check_code, check_config
-from domain_setup.policy_files import load_approval_rules
+from domain_setup.vetting.linter import Verdict, check_code, check_config
+from domain_setup.policy.approval import load_approval_rules
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 MARK = "#!"  # marks the line a case's reason must name

@@ -1,4 +1,5 @@
-"""Output contracts (domain_setup/sandbox/contracts.py) against the real vetted plans.
+"""Output contracts (each plan kind's, domain_setup/vetting/kinds/) against the real vetted
+plans.
 
 The plans run locally on small synthetic data; their real outputs must pass, and each
 kind of tampering must be refused with one line that names the path.
@@ -15,13 +16,13 @@ import torch
 from common import sealing, wire
 from common.models import build_model
 from common.training import ROC_THRESHOLDS, weights_to_numpy
-from common.aggregation import RoundSpec
+from common.aggregation import RoundSpec, model_digest
 from common.vetted_plans import (aggregate_round_plan, evaluate_xray_plan,
                                  secure_train_xray_plan, train_xray_plan)
 from datasets.xray import generate
-from domain_setup.sandbox import (KINDS, ContractContext, ContractViolation, PlanError,
-                                  check_result, decode, encode)
-from domain_setup.sandbox.contracts import MAX_PARTIAL_SUM_BYTES
+from domain_setup.sandbox import ContractViolation, PlanError, decode, encode
+from domain_setup.vetting.contract_parts import MAX_PARTIAL_SUM_BYTES, ContractContext
+from domain_setup.vetting.registry import all_kinds, check_result
 
 CONFIG = {"model": "small_cnn", "epochs": 1, "lr": 1e-3, "batch_size": 16, "seed": 0}
 N_PARTIES = 3
@@ -55,7 +56,8 @@ def _key_asset(private: bytes) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def spec(keys):
-    return RoundSpec.new([sealing.key_to_text(pk) for _, pk in keys], total_samples=96)
+    return RoundSpec.new([sealing.key_to_text(pk) for _, pk in keys], total_samples=96,
+                         model=model_digest(CONFIG, None))
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +111,9 @@ def changed(result: dict, path: tuple, value=None, *, delete: bool = False) -> d
 
 def test_violation_is_a_plan_error_and_kinds_are_listed():
     assert issubclass(ContractViolation, PlanError)
-    assert KINDS == ("train", "evaluate", "secure_train", "aggregate", "train_private",
-                     "secure_train_private", "evaluate_private", "custom")
+    assert sorted(all_kinds()) == ["aggregate", "custom", "evaluate", "evaluate_private",
+                                   "secure_train", "secure_train_private", "train",
+                                   "train_private"]
 
 
 def test_real_outputs_pass_also_after_the_plain_data_round_trip(trained, evaluated, secure_runs,
@@ -144,7 +147,8 @@ def test_sealed_share_lengths_are_exact_per_party_index(data):
     header, so its length is computed apart from party 0..9's; a real run passes and a
     correction one byte short is refused."""
     pairs = [sealing.generate_keypair() for _ in range(11)]
-    round_ = RoundSpec.new([sealing.key_to_text(pk) for _, pk in pairs], total_samples=16)
+    round_ = RoundSpec.new([sealing.key_to_text(pk) for _, pk in pairs], total_samples=16,
+                           model=model_digest(CONFIG, None))
     images, labels = data[0][:16], data[1][:16]
     result = secure_train_xray_plan(images, labels, CONFIG, None, round_.to_constant(),
                                     _key_asset(pairs[10][0]))
@@ -329,7 +333,7 @@ def test_missing_context_and_unknown_kind_are_programming_errors(trained, aggreg
         check_result("train", trained, ContractContext(model="small_cnn"))
     with pytest.raises(ValueError, match=r"needs context\.n_ciphertexts"):
         check_result("aggregate", aggregated, ContractContext())
-    with pytest.raises(ValueError, match="unknown result kind 'fit'"):
+    with pytest.raises(ValueError, match="unknown plan kind 'fit'"):
         check_result("fit", trained, TRAIN)
     with pytest.raises(ValueError, match="non-negative int"):
         ContractContext(epochs=True)
@@ -359,6 +363,9 @@ def test_train_private_contract(trained_privately):
     context = ContractContext(model="small_cnn", epochs=1, n_samples=64,
                               max_epsilon=trained_privately["privacy"]["epsilon"])
     check_result("train_private", trained_privately, context)
+    # nothing un-noised: a DP plan that also returned its loss history is withheld
+    assert "history" in refused("train_private", changed(
+        trained_privately, ("history",), {"loss": [0.7], "accuracy": [0.5]}), context)
     assert "privacy.epsilon is" in refused(
         "train_private", trained_privately,
         ContractContext(model="small_cnn", epochs=1, n_samples=64, max_epsilon=0.5))
@@ -397,3 +404,66 @@ def test_validation_metrics_are_checked_against_the_held_out_count(data):
         "validation.auc")
     assert refused("train", result, ContractContext(model="small_cnn", epochs=1, n_samples=48)) \
         == "validation must be None: no image was held out"
+
+
+# --------------------------------------------------------------------------- releases
+
+def test_every_plan_kind_releases_exactly_its_declared_fields(data, trained, evaluated, keys,
+                                                              spec, secure_runs, aggregated,
+                                                              trained_privately):
+    """Walks the registry: each kind's real output goes through its contract, its privacy
+    mechanism (with the ``privacy`` field the server adds) and the release filter; what
+    leaves is exactly the declared fields, and every declared field leaves somewhere."""
+    from common.vetted_plans import (evaluate_private_xray_plan,
+                                     secure_train_private_xray_plan)
+
+    dp = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5}
+    images, labels = data
+    secure_private = secure_train_private_xray_plan(images[:32], labels[:32], CONFIG, None,
+                                                    spec.to_constant(), _key_asset(keys[0][0]),
+                                                    dp)
+    epsilon = trained_privately["privacy"]["epsilon"]
+    outputs = {
+        "train": (trained, TRAIN), "evaluate": (evaluated, EVALUATE),
+        "secure_train": (secure_runs[0], SECURE), "aggregate": (aggregated, AGGREGATE),
+        "train_private": (trained_privately, ContractContext(
+            model="small_cnn", n_samples=64, max_epsilon=epsilon)),
+        "secure_train_private": (secure_private, ContractContext(
+            model="small_cnn", n_samples=32, n_parties=N_PARTIES, own_index=0,
+            max_epsilon=secure_private["privacy"]["epsilon"])),
+        "evaluate_private": (evaluate_private_xray_plan(*data, trained["weights"], CONFIG, {}),
+                             EVALUATE),
+        "custom": ({"anything": [1, 2.5, "x"]}, CUSTOM)}
+    assert sorted(outputs) == sorted(all_kinds())
+    for name, (result, context) in outputs.items():
+        kind = all_kinds()[name]
+        check_result(name, result, context)
+        if kind.private:
+            accounting = kind.mechanism.size(target_epsilon=1.0, delta=1e-5, n_samples=64,
+                                             config=CONFIG)
+            result = dict(kind.mechanism.post_process(result, accounting), privacy={"spent": 1})
+        released = kind.release(result, trusted=True)
+        declared = {r.field for r in kind.releases}
+        assert set(released) == declared, name
+        assert all(r.what and r.bound.value in ("public", "dp", "trusted")
+                   for r in kind.releases), name
+        if not kind.needs_trust:  # a DP kind releases all of it without the admin's trust
+            assert kind.release(result, trusted=False) == released
+
+
+def test_a_field_without_a_declaration_is_never_released(trained, trained_privately):
+    """The release filter fails closed: a result holding a field its kind does not declare
+    (a plan change that forgot the registry, a contract that let it through) is withheld
+    whole, trusted or not; a ``trusted`` field leaves only where the admin trusts."""
+    from domain_setup.vetting.registry import ReleaseRefused
+
+    train, train_private = all_kinds()["train"], all_kinds()["train_private"]
+    with_loss = dict(trained_privately, history=trained["history"])
+    for trusted in (True, False):
+        with pytest.raises(ReleaseRefused, match="declares no bound for history"):
+            train_private.release(with_loss, trusted=trusted)
+    with pytest.raises(ReleaseRefused, match="declares no bound for secret"):
+        train.release(dict(trained, secret=1), trusted=True)
+    with pytest.raises(ReleaseRefused, match="history, validation, weights of train"):
+        train.release(trained, trusted=False)
+    assert train.release(trained, trusted=True) == trained

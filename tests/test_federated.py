@@ -13,7 +13,6 @@ from common.models import build_model
 from common.sealing import RoundContext, open_correction
 from conftest import OTHER_RESEARCHER, RESEARCHER
 from domain_setup.aggregation_key import load_or_create_private_key
-from demos.federated import start_hospitals
 from demos.local_domain import threads_per_domain
 from domain_setup.admin import AdminClient
 from scientist import TrainingPlan
@@ -27,18 +26,13 @@ K = 3
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory):
-    """Three small hospital domains, each with one IID partition and its aggregation key."""
-    names = tuple(f"Hospital {i}" for i in range(1, K + 1))
-    domains = list(start_hospitals(tmp_path_factory.mktemp("federation"), 600, 28, names,
-                                   partitionings={"IID": None}).values())
-    try:
-        reviewers = {d.name: AdminClient(d.state).reviewer for d in domains}
-        hospitals = [join(str(d.researcher_file(RESEARCHER))) for d in domains]
-        yield domains, hospitals, reviewers
-    finally:
-        for domain in domains:
-            domain.stop()
+def federation(federation_domains):
+    """The session's three hospitals (conftest): one IID partition each, aggregation parties
+    and members of each other's federation; Ada's handle on each, and their reviewers."""
+    domains = federation_domains
+    reviewers = {d.name: AdminClient(d.state).reviewer for d in domains}
+    hospitals = [join(str(d.researcher_file(RESEARCHER))) for d in domains]
+    return domains, hospitals, reviewers
 
 
 def _approve(reviewers):
@@ -157,7 +151,11 @@ def test_an_aggregator_opens_only_whole_authenticated_rounds_once(federation, tm
               seal_from(mine, own_public, bytes(32), context, purpose="seed")]
     refused = _post_aggregate(hospitals[0], spec, forged)
     assert refused.status_code == 409
-    assert "seed of party 1: cannot open" in refused.json()["error"]
+    assert refused.json()["error"] == ("the plan raised SharingError inside the sandbox (the "
+                                       "hospital admin has the details)")
+    refusal = [e for e in domains[0].admin.audit(action="federation.aggregate")
+               if e["target"] == spec.round_id][-1]
+    assert "seed of party 1: cannot open" in refusal["detail"]  # the plan refused, inside
 
     # 2. a round this hospital never trained in
     other = new_round(hospitals, plan.config())
@@ -165,7 +163,7 @@ def test_an_aggregator_opens_only_whole_authenticated_rounds_once(federation, tm
     assert refused.status_code == 409 and "did not contribute" in refused.json()["error"]
 
     # 3. the same round id with another party list or total
-    changed = RoundSpec(spec.round_id, spec.public_keys, spec.total_samples + 1)
+    changed = RoundSpec(spec.round_id, spec.public_keys, spec.total_samples + 1, spec.model)
     refused = _post_aggregate(hospitals[0], changed, to_first)
     assert refused.status_code == 409 and "another total" in refused.json()["error"]
 

@@ -11,20 +11,18 @@ from pathlib import Path
 import pytest
 
 from common.errors import PolicyError
-from domain_setup.roles import ROLES as ROLE_ORDER
-from domain_setup.roles import role_at_least
-from domain_setup.server.permissions import (
+from domain_setup.policy.roles import ROLES as ROLE_ORDER
+from domain_setup.policy.roles import role_at_least
+from domain_setup.policy.accounts import load_accounts
+from domain_setup.policy.approval import load_approval_rules
+from domain_setup.policy.permissions import (
+    ACTIONS,
     SYFT_PATH_ACTIONS,
     Permissions,
     action_for_path,
-)
-from domain_setup.policy_files import (
-    ACTIONS,
-    display_path,
-    load_accounts,
-    load_approval_rules,
     load_permissions,
 )
+from domain_setup.policy.schema import display_path
 
 POLICIES = Path(__file__).resolve().parent.parent / "policies"
 

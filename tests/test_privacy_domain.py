@@ -86,7 +86,7 @@ def test_dp_training_is_vetted_charged_and_returns_the_epsilon_spent(domain, ada
     assert f"privacy   ε 2 at δ 1e-05 on xray; {RESEARCHER} has spent 0.00 of 20" in shown
     assert "approved" in domain.cli("review", "auto", "--approve-compliant")
     result = run_approved(ada, submission)
-    assert set(result) == {"weights", "history", "n_samples", "privacy"}
+    assert set(result) == {"weights", "n_samples", "privacy"}  # nothing un-noised
     assert result["privacy"]["epsilon"] == 2.0 and result["privacy"]["delta"] == DELTA
     assert result["privacy"]["spent"] == pytest.approx(2.0, abs=0.03)
     assert result["privacy"]["left"] == pytest.approx(18.0, abs=0.03)

@@ -17,7 +17,7 @@ import pytest
 from common.dp_accounting import (Mechanism, dp_sgd_mechanism, epsilon,
                                   gaussian_count_mechanism)
 from common.errors import PolicyError
-from domain_setup.privacy_policy import load_privacy_rules
+from domain_setup.policy.privacy import load_privacy_rules
 from domain_setup.server.privacy_ledger import BudgetExceeded, PrivacyLedger
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

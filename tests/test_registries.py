@@ -16,8 +16,8 @@ from common.training_config import (
 )
 from datasets.xray import XRayData, XRaySplit, generate, load_source, register_source
 from datasets.xray.loaders import SYNTHETIC_LICENCE
-from domain_setup.code_rules import LIMITED_KEYS, check_config
-from domain_setup.policy_files import load_approval_rules
+from domain_setup.vetting.linter import LIMITED_KEYS, check_config
+from domain_setup.policy.approval import load_approval_rules
 from conftest import PROJECT_ROOT
 from scientist import TrainingPlan
 

@@ -530,7 +530,7 @@ def test_logs_are_bounded(sandbox):
     ("import torch\ndef main():\n    return {'w': torch.ones(2)}\n", "tensor.detach().numpy()"),
     ("def main():\n    return {'model': object()}\n", "not plain data"),
     ("import numpy as np\ndef main():\n    return np.zeros(9 * 2**20, np.uint8)\n",
-     "exceeds the 8 MB output limit"),
+     "exceeds the 8388608-byte output limit"),
     ("import os, struct\ndef main():\n    os.write(3, struct.pack('<cQ', b'R', 10**12))\n"
      "    return 1\n", "exceeds the 8 MB output limit"),
     ("import os, struct\ndef main():\n    os.write(3, struct.pack('<cQ', b'R', 5) + b'abcde')\n"
@@ -661,7 +661,8 @@ def warm_sandbox(**changes) -> Sandbox:
                    warm=True)
 
 
-def wait_for_spare(box: Sandbox, seconds: float = 30) -> None:
+def wait_for_spare(box: Sandbox, seconds: float = 120) -> None:
+    """Wait until the spare's runner is up (under a loaded suite, a start can take long)."""
     def runners() -> list[str]:
         return [line for line in sandbox_processes()
                 if not line.split()[1].endswith("bwrap") and " -I -B " in line]
@@ -893,3 +894,31 @@ def test_a_light_sandbox_runs_numpy_plans_without_torch():
               "    return {'torch': 'torch' in sys.modules, 'sum': int(numpy.arange(4).sum())}\n")
     assert sandbox.run(source, "plan", {}).result == {"torch": False, "sum": 6}
     assert Sandbox(SandboxLimits()).run(source, "plan", {}).result["torch"] is True
+
+
+def test_a_result_over_the_runs_bound_is_refused_by_its_size_before_it_is_read(sandbox):
+    """`max_result_bytes` (custom code: releases.custom_max_result_kb) bounds a run below the
+    sandbox's max_output_mb. The runner refuses a larger result while encoding it, and a
+    plan that writes a frame of its own to the result channel, bypassing the runner, is
+    refused from the frame's header: the server never reads or decodes the payload."""
+    with pytest.raises(ResultRefused) as caught:
+        sandbox.run("def main():\n    return bytes(3_000_000)\n", "main", {},
+                    max_result_bytes=1 << 20)
+    assert "result of 3000" in str(caught.value) and "1048576-byte output limit" in str(caught.value)
+    # a hand-made frame header announcing 6 MB (under max_output_mb, over this run's bound),
+    # then a few bytes: refused by the header, the plan killed, nothing read
+    source = textwrap.dedent("""
+    def main():
+        import os, struct
+        os.write(3, struct.pack("<cQ", b"R", 6_000_000) + b"x" * 1000)
+        import time
+        time.sleep(30)
+        return "never"
+    """)
+    started = time.monotonic()
+    with pytest.raises(ResultRefused) as caught:
+        sandbox.run(source, "main", {}, max_result_bytes=1 << 20)
+    assert "5.7 MB exceeds the 1 MB output limit" in str(caught.value)
+    assert time.monotonic() - started < 25  # refused at the header, not after the sleep
+    with pytest.raises(Exception, match="max_result_bytes must be a positive integer"):
+        sandbox.run("def main():\n    return 1\n", "main", {}, max_result_bytes=0)

@@ -8,6 +8,7 @@ import sys
 import threading
 
 from common import syft_compat
+from domain_setup.server import syft_guards  # noqa: F401  (its guards declare their targets)
 from domain_setup.server import syft_patches  # noqa: F401  (its patches declare their targets)
 
 

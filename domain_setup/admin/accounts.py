@@ -14,7 +14,7 @@ from pathlib import Path
 from common import syft_compat
 from common.errors import DomainError
 from common.secure_files import read_json, write_json_atomic
-from domain_setup.policy_files import load_accounts
+from domain_setup.policy.accounts import load_accounts
 from domain_setup.state import StateDir, generate_password, validate_password
 
 def password_env_name(email: str) -> str:

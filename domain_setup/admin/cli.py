@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from common.errors import PneumoSyftError
 from domain_setup.admin.client import AdminClient
-from domain_setup.roles import ROLES
+from domain_setup.policy.roles import ROLES
 from domain_setup.state import StateDir, resolve_state_dir
 
 
@@ -133,6 +133,11 @@ def _print_summary(summary: Any, *, with_code: bool) -> None:
         print(f"  - {reason}")
     print(f"sandbox   {summary.limits}")
     print(f"returns   {summary.returns}")
+    for name, bound, why in summary.releases:
+        print(f"releases  {name} [{bound}]: {why}")
+    if summary.round:
+        print(f"round     {summary.round['round']}: parties "
+              f"{', '.join(summary.round['parties'])}")
     quote = summary.privacy or {}
     if "spent_after" in quote:
         print(f"privacy   ε {quote['epsilon']:g} at δ {quote['delta']:g} on {quote['dataset']}; "
@@ -167,6 +172,19 @@ def cmd_review(args: argparse.Namespace, state: StateDir) -> int:
 
 def cmd_federation_enable(args: argparse.Namespace, state: StateDir) -> int:
     print(f"aggregation public key: {AdminClient(state).enable_federation()}")
+    return 0
+
+
+def cmd_federation_members(args: argparse.Namespace, state: StateDir) -> int:
+    admin = AdminClient(state)
+    if args.members_command == "add":
+        members = admin.add_federation_member(args.name, url=args.url,
+                                              public_key=args.public_key)
+    elif args.members_command == "remove":
+        members = admin.remove_federation_member(args.name)
+    else:
+        members = admin.federation_members()
+    _print_table(members, ["name", "url", "public_key"])
     return 0
 
 
@@ -306,6 +324,17 @@ def build_parser() -> argparse.ArgumentParser:
         dest="federation_command", required=True, metavar="ACTION")
     add("enable", cmd_federation_enable,
         "act as a secure-aggregation party (publishes the key asset)", federation)
+    members = federation.add_parser(
+        "members", help="the hospitals secure rounds may name (audited)").add_subparsers(
+        dest="members_command", required=True, metavar="ACTION")
+    add("list", cmd_federation_members, "list the federation's member hospitals", members)
+    p = add("add", cmd_federation_members, "add a member hospital", members)
+    p.add_argument("name", help="the hospital's name, e.g. \"Royal Infirmary\"")
+    p.add_argument("--url", required=True, help="its domain's URL, http(s)://HOST:PORT")
+    p.add_argument("--public-key", required=True,
+                   help="its aggregation public key (its admin's `federation enable` prints it)")
+    p = add("remove", cmd_federation_members, "remove a member hospital", members)
+    p.add_argument("name")
 
     policies = sub.add_parser("policies", help="the policy files in force").add_subparsers(
         dest="policies_command", required=True, metavar="ACTION")

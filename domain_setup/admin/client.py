@@ -139,7 +139,7 @@ class AdminClient:
         return self._reviewer
 
     def _approval_rules(self) -> Any:
-        from domain_setup.policies import DomainPolicies
+        from domain_setup.policy.snapshot import DomainPolicies
 
         in_force = self.policies()
         local = DomainPolicies.load(Path(in_force["directory"]))
@@ -193,6 +193,23 @@ class AdminClient:
         from domain_setup.admin.federation import enable_aggregation
 
         return enable_aggregation(self.session)
+
+    def federation_members(self) -> list[dict]:
+        """The hospitals this one runs secure rounds with: name, url, public_key."""
+        return self.session.request("GET", "/pneumosyft/federation/members")["members"]
+
+    def add_federation_member(self, name: str, *, url: str, public_key: str) -> list[dict]:
+        """Add a hospital to the federation (audited); returns the members."""
+        return self.session.request("POST", "/pneumosyft/federation/members",
+                                    json={"name": name, "url": url,
+                                          "public_key": public_key})["members"]
+
+    def remove_federation_member(self, name: str) -> list[dict]:
+        """Remove a hospital from the federation (audited); returns the members."""
+        from urllib.parse import quote
+
+        return self.session.request(
+            "DELETE", f"/pneumosyft/federation/members/{quote(name, safe='')}")["members"]
 
     def audit(self, *, since: str | None = None, actor: str | None = None,
               action: str | None = None, limit: int | None = None) -> list[dict]:

@@ -123,7 +123,7 @@ def _resolve_identity(state: StateDir, *, name: str | None, port: int | None, ho
 
 def start(state: StateDir, config: DomainConfig, *, progress=print) -> DomainConfig:
     """Start the domain in a detached process and wait until it answers."""
-    from domain_setup.policies import load_domain_policies
+    from domain_setup.policy.snapshot import load_domain_policies
 
     if not 1024 <= config.port <= 65535:
         raise DomainError(f"port {config.port} is outside 1024-65535")

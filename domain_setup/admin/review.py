@@ -1,8 +1,9 @@
 """`review`: the admin reads researchers' requests and approves or denies them.
 
-Each request gets the domain's verdict (`domain_setup.verdicts`): a vetted plan of
-the catalogue that fits its schema, custom code (with the linter's findings as
-notes), or a violation. Anything but a vetted plan is approved only with
+Each request gets the domain's verdict (`domain_setup.vetting.verdicts`): a vetted
+plan kind of the registry that fits its schema, custom code (with the linter's
+findings as notes), or a violation; the domain's quote (privacy cost, a secure round's
+parties) adds its problems. Anything but a vetted plan is approved only with
 ``override=True`` and a reason: the override is registered with the domain, which
 checks it when the approval arrives and audits both with the code's hash.
 """
@@ -16,7 +17,8 @@ from typing import Any
 from common import syft_compat
 from common.errors import DomainError
 from common.syft_requests import get_request, request_status
-from domain_setup.verdicts import Verdict, asset_names_of, code_bindings, judge_code
+from domain_setup.vetting.registry import identify
+from domain_setup.vetting.verdicts import Verdict, asset_names_of, code_bindings, judge_code
 
 _UID_RE = re.compile(r"^[0-9a-f]{8,32}$")
 
@@ -39,6 +41,8 @@ class RequestSummary:
     limits: str = ""  # the sandbox limits its run will have
     returns: str = ""  # the output contract its result must meet
     privacy: dict = field(default_factory=dict)  # the domain's privacy quote
+    round: dict | None = None  # a secure round's id, parties (by name) and problems
+    releases: list = field(default_factory=list)  # (field, bound, why) its kind may release
 
 
 def normalise_request_id(text: str) -> str:
@@ -50,21 +54,22 @@ def normalise_request_id(text: str) -> str:
 
 
 def summarise(request: Any, approval_rules: Any, asset_names: dict[str, str],
-              privacy: dict | None = None) -> RequestSummary:
+              quote: dict | None = None) -> RequestSummary:
     """Requester, code, inputs and the approval verdict of a syft request (with the
-    domain's privacy quote, whose problems are part of the verdict)."""
+    domain's quote, whose problems are part of the verdict)."""
     code = request.code
     inputs, constants = code_bindings(code, asset_names)
-    privacy = privacy or {}
+    quote = quote or {}
     verdict = judge_code(code, inputs, constants, approval_rules,
-                         privacy_problems=privacy.get("problems", ()))
+                         domain_problems=quote.get("problems", ()))
     return RequestSummary(
         id=str(request.id.no_dash), requester=request.requesting_user_email or "?",
         function=code.service_func_name, status=request_status(request),
         created=str(request.request_time)[:19], code=code.raw_code, inputs=inputs,
         constants={k: _describe_constant(v) for k, v in constants.items()},
         verdict_ok=not verdict.needs_override, verdict_reasons=verdict.all_reasons(),
-        verdict=verdict, privacy=privacy)
+        verdict=verdict, privacy=quote.get("privacy") or {}, round=quote.get("round"),
+        releases=[(r.field, r.bound.value, r.what) for r in identify(code.raw_code).releases])
 
 
 def _describe_constant(value: Any) -> Any:
@@ -95,8 +100,8 @@ class Reviewer:
         return [self._summarise(r, names) for r in self._requests()]
 
     def _summarise(self, request: Any, names: dict[str, str] | None = None) -> RequestSummary:
-        quote = self.session.request("GET", f"/pneumosyft/privacy/quote/"
-                                            f"{request.id.no_dash}")["quote"]
+        quote = self.session.request("GET", f"/pneumosyft/requests/"
+                                            f"{request.id.no_dash}/quote")["quote"]
         return summarise(request, self.rules, self._asset_names() if names is None else names,
                          quote)
 
@@ -129,13 +134,16 @@ class Reviewer:
         return summary
 
     def _limits(self) -> Any:
-        from domain_setup.policies import sandbox_limits
+        from domain_setup.policy.approval import sandbox_limits
 
         return sandbox_limits(self.rules, self.session.state.load_config().extra)
 
     def approve(self, request_id: str, *, override: bool = False, reason: str = "") -> RequestSummary:
         request = self.find(request_id)
-        summary = self._summarise(request)
+        return self._approve(request, self._summarise(request), override=override, reason=reason)
+
+    def _approve(self, request: Any, summary: RequestSummary, *, override: bool = False,
+                 reason: str = "") -> RequestSummary:
         if summary.status != "pending":
             raise DomainError(f"request {summary.id} is {summary.status}, not pending")
         verdict = summary.verdict
@@ -165,7 +173,10 @@ class Reviewer:
         if not reason.strip():
             raise DomainError("deny needs --reason TEXT")
         request = self.find(request_id)
-        summary = summarise(request, self.rules, self._asset_names())
+        return self._deny(request, summarise(request, self.rules, self._asset_names()),
+                          reason=reason)
+
+    def _deny(self, request: Any, summary: RequestSummary, *, reason: str) -> RequestSummary:
         if summary.status != "pending":
             raise DomainError(f"request {summary.id} is {summary.status}, not pending")
         request.deny(reason=reason)
@@ -179,18 +190,20 @@ class Reviewer:
         optionally approve the vetted plans that comply. Other custom code is never
         decided automatically: it stays pending for an admin."""
         done = []
-        for summary in self.list():
-            if summary.status != "pending":
-                continue
+        names = self._asset_names()
+        for request in self._requests():
+            if request_status(request) != "pending":
+                continue  # decided already: no quote, no verdict
+            summary = self._summarise(request, names)
             kind = summary.verdict.kind
             if kind == "violating" or (kind == "custom" and summary.verdict.notes):
-                self.deny(summary.id, reason="violates approval rules: "
-                          + "; ".join(summary.verdict_reasons))
+                self._deny(request, summary, reason="violates approval rules: "
+                           + "; ".join(summary.verdict_reasons))
                 done.append((summary, "denied"))
             elif kind == "custom":
                 done.append((summary, "left pending (custom code: needs an admin's review)"))
             elif approve_compliant:
-                self.approve(summary.id)
+                self._approve(request, summary)
                 done.append((summary, "approved"))
             else:
                 done.append((summary, "left pending (vetted plan, complies)"))

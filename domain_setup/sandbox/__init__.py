@@ -24,12 +24,10 @@ Errors: ``PlanTimeout``, ``PlanOutOfMemory``, ``PlanFailed`` (the researcher's
 exception, with its traceback), ``ResultRefused`` (not plain data, too large),
 ``SandboxCrashed``; all are ``PlanError`` and carry the run's stdout/stderr.
 
-Before a result is stored, ``check_result(kind, result, ContractContext(...))``
-holds it to its plan's output contract (``contracts.py``) and raises
-``ContractViolation`` (also a ``PlanError``) with one line naming the offending path.
+What a result may be beyond plain data is its plan kind's output contract
+(``domain_setup/vetting``), which raises ``ContractViolation`` (a ``PlanError``).
 """
 
-from .contracts import KINDS, ContractContext, check_result
 from .errors import (ContractViolation, LimitsError, PlainDataError, PlanError, PlanFailed,
                      PlanOutOfMemory, PlanTimeout, ResultNotPlainData, ResultRefused,
                      SandboxCrashed, SandboxError, SandboxUnavailable)
@@ -38,7 +36,7 @@ from .plain_data import decode, encode
 from .runner import Sandbox, SandboxRun
 
 __all__ = [
-    "KINDS", "ContractContext", "ContractViolation", "check_result",
+    "ContractViolation",
     "LimitsError", "PlainDataError", "PlanError", "PlanFailed", "PlanOutOfMemory", "PlanTimeout",
     "ResultNotPlainData", "ResultRefused", "Sandbox", "SandboxCrashed", "SandboxError",
     "SandboxLimits", "SandboxRun", "SandboxUnavailable", "decode", "encode",

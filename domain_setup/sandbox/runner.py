@@ -213,31 +213,43 @@ class Sandbox:
 
     # --- running -------------------------------------------------------------------
 
-    def run(self, source: str, function: str, kwargs: Mapping[str, Any]) -> SandboxRun:
+    def run(self, source: str, function: str, kwargs: Mapping[str, Any], *,
+            max_result_bytes: int | None = None) -> SandboxRun:
         """Run ``function(**kwargs)`` from the module ``source`` in a fresh sandbox.
 
-        ``kwargs`` is plain data (torch tensors allowed; they arrive as tensors). Raises
-        ``PlanTimeout``, ``PlanOutOfMemory``, ``PlanFailed``, ``ResultRefused`` or
-        ``SandboxCrashed``; nothing of the run is left running afterwards.
+        ``kwargs`` is plain data (torch tensors allowed; they arrive as tensors).
+        ``max_result_bytes`` (default: the limits' ``max_output_mb``, and never above it)
+        bounds the encoded result: a larger one is refused by its size, from the frame's
+        header, before any of it is read or decoded. Raises ``PlanTimeout``,
+        ``PlanOutOfMemory``, ``PlanFailed``, ``ResultRefused`` or ``SandboxCrashed``;
+        nothing of the run is left running afterwards.
         """
         if not isinstance(source, str) or not isinstance(function, str) or not function.isidentifier():
             raise SandboxError("run takes the source (str) and a function name (identifier)")
         if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
             raise SandboxError("kwargs must be a mapping with str keys")
         env = self._environment()
+        bound = self.limits.max_output_bytes
+        if max_result_bytes is not None:
+            if type(max_result_bytes) is not int or max_result_bytes < 1:
+                raise SandboxError(f"max_result_bytes must be a positive integer, got "
+                                   f"{max_result_bytes!r}")
+            bound = min(bound, max_result_bytes)
         request = protocol.request_parts(
             {"source": source, "function": function, "limits": self.limits.to_dict(),
+             "max_result_bytes": bound,
              "torch_threads": self.torch_threads, "plan_filter": env.plan_bpf,
              "seccomp_syscall": env.seccomp_syscall},
             plain_data.encode_parts(dict(kwargs), allow_tensors=True, name="kwargs"))
         spare = self._take_spare()
         started = spare or self._launch(env)
         try:
-            outcome = self._exchange(started, request, warm=spare is not None)
+            outcome = self._exchange(started, request, warm=spare is not None,
+                                     max_result_bytes=bound)
         finally:
             started.release()
             self._refill()
-        return self._interpret(outcome)
+        return self._interpret(outcome, bound)
 
     # --- the spare -------------------------------------------------------------------
 
@@ -331,7 +343,7 @@ class Sandbox:
         return _Started(proc, cgroup, result_read, launched)
 
     def _exchange(self, started: _Started, request: list[protocol.Chunk], *,
-                  warm: bool) -> _Outcome:
+                  warm: bool, max_result_bytes: int) -> _Outcome:
         """Hand the request to a started sandbox and collect what comes back; the run's
         clock (and its wall-clock limit) starts here."""
         proc, cgroup = started.proc, started.cgroup
@@ -343,7 +355,7 @@ class Sandbox:
                 stdin=proc.stdin, stdout=proc.stdout, stderr=proc.stderr,
                 result_fd=started.result_read, request=request, deadline=deadline,
                 max_log_bytes=self.limits.max_log_bytes,
-                max_result_bytes=self.limits.max_output_bytes)
+                max_result_bytes=max_result_bytes)
             timed_out = exchange.timed_out
             if timed_out or exchange.frames.violation:
                 started.stop()
@@ -371,7 +383,7 @@ class Sandbox:
 
     # --- results ---------------------------------------------------------------------
 
-    def _interpret(self, outcome: _Outcome) -> SandboxRun:
+    def _interpret(self, outcome: _Outcome, max_result_bytes: int) -> SandboxRun:
         exchange, limits = outcome.exchange, self.limits
         logs = {"stdout": exchange.stdout.text(), "stderr": exchange.stderr.text()}
         if outcome.timed_out:
@@ -399,7 +411,7 @@ class Sandbox:
         if kind == protocol.ERROR:
             raise self._error(self._report(payload, logs), logs)
         try:
-            value = plain_data.decode(payload, max_bytes=limits.max_output_bytes)
+            value = plain_data.decode(payload, max_bytes=max_result_bytes)
         except PlainDataError as exc:
             raise ResultRefused(f"result refused: {exc}", **logs) from None
         peak = outcome.peak_bytes / 2**20 if outcome.peak_bytes is not None else None

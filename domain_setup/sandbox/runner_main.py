@@ -109,7 +109,7 @@ def encode_result(value, max_bytes: int) -> list:
     size = sum(len(memoryview(part).cast("B")) for part in parts)
     if size > max_bytes:
         raise ResultNotPlainData(
-            f"result of {size / MB:.1f} MB exceeds the {max_bytes / MB:g} MB output limit")
+            f"result of {size} bytes exceeds the {max_bytes}-byte output limit")
     return parts
 
 
@@ -162,7 +162,7 @@ def main() -> None:
         except BaseException as exc:
             raise Stage("plan", exc) from None
         try:
-            parts = encode_result(result, int(header["limits"]["max_output_mb"]) * MB)
+            parts = encode_result(result, int(header["max_result_bytes"]))
         except BaseException as exc:
             raise Stage("result", exc) from None
         flush_std()

@@ -59,6 +59,7 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
     from domain_setup.server.aggregation_route import make_aggregation_router
     from domain_setup.server.blob_upload import make_blob_router
     from domain_setup.server.cli_credentials import write_connection
+    from domain_setup.server.federation_routes import make_federation_router
     from domain_setup.server.gate import GateMiddleware, TokenGate
     from domain_setup.server.privacy_routes import make_privacy_router
     from domain_setup.server.routes import install_refusal_handler, make_domain_router
@@ -76,7 +77,7 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
     syft_router.include_router(syft_compat.syft_routes(worker))
     app.include_router(syft_router, prefix="/api/v2")
     gate = TokenGate.for_domain(state, config, worker, policies=policies, audit=audit)
-    app.include_router(make_domain_router(state, config, worker, gate, overrides),
+    app.include_router(make_domain_router(state, config, worker, gate, overrides, ledger),
                        prefix="/pneumosyft")
     app.include_router(make_privacy_router(worker, gate, ledger),
                        prefix="/pneumosyft/privacy")
@@ -84,6 +85,7 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
     app.include_router(make_aggregation_router(gate, executor,
                                                lambda: load_private_key_if_enabled(state)),
                        prefix="/pneumosyft/federation")
+    app.include_router(make_federation_router(gate), prefix="/pneumosyft/federation")
     install_refusal_handler(app)
 
     @app.get("/health")
@@ -143,15 +145,18 @@ class SandboxPool:
                               "(the domain never runs submitted code without it)") from None
 
 
-def plan_executor(config: DomainConfig, policies: Any, audit: Any, sandboxes: SandboxPool,
-                  worker: Any, ledger: Any, rounds: Any) -> Any:
+def plan_executor(state: StateDir, config: DomainConfig, policies: Any, audit: Any,
+                  sandboxes: SandboxPool, worker: Any, ledger: Any, approvals: Any) -> Any:
     """The sandbox dispatch with this domain's `--plan-timeout` / `--plan-memory-mb`, its
-    privacy ledger and its ledger of secure-aggregation rounds."""
+    privacy ledger, its ledger of secure-aggregation rounds and its approvals."""
+    from domain_setup.aggregation_key import published_public_key
     from domain_setup.server.execution import PlanExecutor
+    from domain_setup.server.round_ledger import RoundLedger
 
     return PlanExecutor(policies=policies, config_extra=dict(config.extra),
                         sandbox_factory=sandboxes, audit=audit, worker=worker, ledger=ledger,
-                        rounds=rounds)
+                        rounds=RoundLedger.of_state(state.root), approvals=approvals,
+                        own_aggregation_key=lambda: published_public_key(state))
 
 
 def serve(state: StateDir) -> None:
@@ -162,24 +167,27 @@ def serve(state: StateDir) -> None:
     if str(PROJECT_ROOT) not in sys.path:
         # approved training plans import the hospital's vetted modules (common.*)
         sys.path.insert(0, str(PROJECT_ROOT))
-    from domain_setup.policies import LivePolicies, load_domain_policies, sandbox_limits
+    from domain_setup.policy.approval import sandbox_limits
+    from domain_setup.policy.snapshot import LivePolicies, load_domain_policies
     from domain_setup.server import approval_guard, syft_patches
     from domain_setup.server.audit import AuditLog
+    from domain_setup.aggregation_key import published_public_key
+    from domain_setup.server.approval_ledger import ApprovalLedger
     from domain_setup.server.privacy_ledger import PrivacyLedger
-    from domain_setup.server.round_ledger import RoundLedger
 
-    policies = LivePolicies(load_domain_policies(config))
+    policies = LivePolicies(load_domain_policies(config, state.root))
     audit = AuditLog(state.root)
     sandboxes = SandboxPool(torch_threads=int(os.environ.get("OMP_NUM_THREADS") or 0) or None)
     # no sandbox, no domain: nothing submitted ever runs in this process
     sandboxes.check(sandbox_limits(policies.current.approval, config.extra))
     worker = build_worker(state, config)
     ledger = PrivacyLedger.of_state(state.root)  # one per server: executor, guard, routes
-    executor = plan_executor(config, policies, audit, sandboxes, worker, ledger,
-                             RoundLedger.of_state(state.root))
+    approvals = ApprovalLedger.of_state(state.root)  # written by the guard, read by the dispatch
+    executor = plan_executor(state, config, policies, audit, sandboxes, worker, ledger, approvals)
     syft_patches.apply_all(config.host, config.port, executor)
     overrides = approval_guard.Overrides()
-    approval_guard.bind_verdicts(worker, policies, overrides, audit, ledger)
+    approval_guard.bind_verdicts(worker, policies, overrides, audit, ledger, approvals,
+                                 lambda: published_public_key(state))
     # the sandbox dispatch logs what failed inside a plan; the hospital admin needs it in
     # the domain log (the researcher only gets one line without values from inside)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")

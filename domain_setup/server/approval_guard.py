@@ -5,9 +5,11 @@ An admin or data owner registers an override for one request with a reason
 (``POST /pneumosyft/requests/{id}/override``, what ``review approve --override
 --reason`` does); it is good for that request's next approval within ten minutes.
 syft's ``Request.apply`` is wrapped: it computes the verdict on the server with
-the policy snapshot in force, refuses custom or violating code without an
-override (audited as ``request.approve`` refused), and audits every approval with
-the code's hash (``request.approve``, or ``request.override`` with the reason).
+the policy snapshot in force and the domain's quote (privacy, the round's parties),
+refuses custom or violating code without an override (audited as ``request.approve``
+refused), audits every approval with the code's hash (``request.approve``, or
+``request.override`` with the reason), and records it in the approval ledger, which
+the dispatch reads when the code runs (an override is the admin's explicit trust).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from typing import Any
 
 from common import syft_compat
 from common.syft_compat import requires
-from domain_setup.server.privacy_quote import quote_code
-from domain_setup.verdicts import asset_names_of, code_bindings, judge_code
+from domain_setup.server.request_quote import quote_request
+from domain_setup.vetting.verdicts import asset_names_of, code_bindings, judge_code
 
 OVERRIDE_TTL_SECONDS = 600
 _REQUEST = "syft.service.request.request:Request"
@@ -62,9 +64,11 @@ _STATUS_CHANGE = "syft.service.request.request:UserCodeStatusChange"
 @requires(f"{_REQUEST}.apply", f"{_REQUEST}.undo", f"{_REQUEST}.get_user_code", _STATUS_CHANGE,
           "syft.types.errors:SyftException")
 def bind_verdicts(worker: Any, policies: Any, overrides: Overrides, audit: Any,
-                  ledger: Any) -> None:
+                  ledger: Any, approvals: Any, own_key: Any) -> None:
     """Wrap syft's Request.apply so that every approval passes the verdict, and refuse to
-    apply or undo (deny) a request that is more than one code-status change (idempotent)."""
+    apply or undo (deny) a request that is more than one code-status change (idempotent).
+    `approvals` is the `ApprovalLedger`; `own_key()` this hospital's aggregation public
+    key (None before `federation enable`)."""
     request_type = syft_compat.resolve(_REQUEST)
     original = request_type.apply
     if getattr(original, "binds_verdicts", False):
@@ -94,28 +98,24 @@ def bind_verdicts(worker: Any, policies: Any, overrides: Overrides, audit: Any,
         approver = syft_compat.email_of(worker, context.credentials)
         datasets = syft_compat.all_datasets(worker)
         inputs, constants = code_bindings(code, asset_names_of(datasets))
-        privacy = quote_code(worker, policies.current, ledger, code, datasets)
+        quote = quote_request(worker, policies.current, ledger, code, own_key=own_key(),
+                              datasets=datasets)
         verdict = judge_code(code, inputs, constants, policies.current.approval,
-                             privacy_problems=privacy["problems"])
+                             domain_problems=quote["problems"])
         override = overrides.take(request_id) if verdict.needs_override else None
         details = {"requester": self.requesting_user_email or "?",
                    "function": code.service_func_name, "plan": verdict.plan or "custom",
                    "code_sha256": verdict.code_sha256}
-        foreign = foreign_inputs(worker, code, inputs)
-        if foreign:
+        refused = approval_refusal(verdict, override, foreign_inputs(worker, code, inputs),
+                                   request_id=request_id, requester=details["requester"])
+        if refused is not None:
+            audit_reason, public_message = refused
             audit.record(approver, "request.approve", target=request_id, outcome="refused",
-                         reason=f"inputs of another account: {', '.join(foreign)}", **details)
-            raise syft_exception(public_message=(
-                f"request {request_id}: input(s) {', '.join(foreign)} are objects that "
-                f"{details['requester']} cannot read; syft would run them with the domain's "
-                "rights, so no approval, not even an override, applies them"))
-        if verdict.needs_override and override is None:
-            audit.record(approver, "request.approve", target=request_id, outcome="refused",
-                         reason=verdict.headline, **details)
-            raise syft_exception(public_message=(
-                f"request {request_id}: {verdict.headline}; the domain approves it only "
-                f"with an override and a reason: python -m domain_setup review approve "
-                f"{request_id} --override --reason TEXT"))
+                         reason=audit_reason, **details)
+            raise syft_exception(public_message=public_message)
+        # recorded first: the researcher may run the code the moment syft has applied it
+        approvals.record(str(code.id.no_dash), request_id, approver=approver,
+                         override_reason=override.reason if override is not None else "")
         result = original(self, context)
         if override is not None:
             audit.record(approver, "request.override", target=request_id, reason=override.reason,
@@ -127,6 +127,24 @@ def bind_verdicts(worker: Any, policies: Any, overrides: Overrides, audit: Any,
     apply.binds_verdicts = True  # type: ignore[attr-defined]
     request_type.apply = apply
     request_type.undo = undo
+
+
+def approval_refusal(verdict: Any, override: Override | None, foreign: list[str], *,
+                     request_id: str, requester: str) -> tuple[str, str] | None:
+    """(audit reason, the approver's one line) when the approval must be refused: inputs
+    that are another account's objects (never, not even with an override), or a verdict
+    that needs an override and has none; None when the approval may go ahead."""
+    if foreign:
+        return (f"inputs of another account: {', '.join(foreign)}",
+                f"request {request_id}: input(s) {', '.join(foreign)} are objects that "
+                f"{requester} cannot read; syft would run them with the domain's rights, so "
+                "no approval, not even an override, applies them")
+    if verdict.needs_override and override is None:
+        return (verdict.headline,
+                f"request {request_id}: {verdict.headline}; the domain approves it only with "
+                f"an override and a reason: python -m domain_setup review approve "
+                f"{request_id} --override --reason TEXT")
+    return None
 
 
 def foreign_inputs(worker: Any, code: Any, inputs: dict[str, str]) -> list[str]:

@@ -15,7 +15,8 @@ exactly the one ``write_to_disk`` would have written.
 
 A blob is written once: the entry must exist, have been allocated by the caller's own
 account, not be written yet, and the body must have exactly the entry's ``file_size``
-bytes. Anything else is refused and leaves no file behind.
+bytes. Anything else is refused and leaves no file behind. syft's own
+``blob_storage.write_to_disk`` is held to the same rules (`server/syft_guards`).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def _entry(worker: Any, entry_id: str) -> Any:
         return None
 
 
-def _target(worker: Any, entry: Any) -> Path:
+def allocated_target(worker: Any, entry: Any) -> Path:
     """The allocated file, which must lie in the domain's blob directory."""
     base = Path(worker.blob_storage_client.config.base_directory).resolve()
     path = Path(entry.location.path)
@@ -81,6 +82,26 @@ def _finish(fd: int, partial: Path, target: Path) -> None:
         partial.unlink(missing_ok=True)
 
 
+def _partial(target: Path) -> Path:
+    return target.with_name(f".{target.name}.partial-{secrets.token_hex(4)}")
+
+
+def write_once(target: Path, chunks: list[bytes]) -> None:
+    """Write `chunks` to `target` as the route does: a private temporary file beside it,
+    fsync'd, then linked into place, which fails if the blob exists (BlobRefusal 409)."""
+    if target.exists():
+        raise BlobRefusal(409, "blob is already written")
+    partial = _partial(target)
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        _write_all(fd, chunks)
+    except BaseException:
+        os.close(fd)
+        partial.unlink(missing_ok=True)
+        raise
+    _finish(fd, partial, target)
+
+
 def make_blob_router(worker: Any, gate: Any) -> APIRouter:
     """The blob route; the caller's role must hold ``upload_dataset``."""
     from domain_setup.server.routes import route_caller
@@ -95,7 +116,7 @@ def make_blob_router(worker: Any, gate: Any) -> APIRouter:
         user = syft_compat.user_by_email(worker, account.email)
         if entry is None or user is None or str(entry.uploaded_by) != str(user.verify_key):
             raise BlobRefusal(404, "unknown blob entry, or allocated by another account")
-        target = _target(worker, entry)
+        target = allocated_target(worker, entry)
         if target.exists():
             raise BlobRefusal(409, "blob is already written")
         length = request.headers.get("content-length", "")
@@ -109,7 +130,7 @@ def make_blob_router(worker: Any, gate: Any) -> APIRouter:
             entry, target = await anyio.to_thread.run_sync(check, request, entry_id)
         except BlobRefusal as refusal:
             return JSONResponse({"error": refusal.reason}, status_code=refusal.status)
-        partial = target.with_name(f".{target.name}.partial-{secrets.token_hex(4)}")
+        partial = _partial(target)
         fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         written, batch, batch_bytes, finished = 0, [], 0, False
         try:

@@ -1,19 +1,23 @@
 """Approved code runs in the sandbox, never in the server: the dispatch syft's runs go to.
 
 syft 0.9.5 runs an approved function with ``exec`` inside the server process
-(``execute_byte_code``). The server replaces that with `PlanExecutor`: the
-private inputs become plain data, the function runs in a fresh sandbox
-(`domain_setup.sandbox`) under the limits of ``approval.yaml`` (``sandbox:``, with
-``start --plan-timeout/--plan-memory-mb`` on top), and its result is checked
-against the output contract of its kind (a catalogue plan's, or the plain-data
-bound of custom code) before syft stores anything. A result that breaks the
-contract is withheld. Every execution is audited with the code's hash, its kind,
-its outcome and its cost.
+(``execute_byte_code``). The server replaces that with `PlanExecutor`: the private
+inputs become plain data, the function runs in a fresh sandbox (`domain_setup.sandbox`)
+under the limits of ``approval.yaml`` (``sandbox:``, with ``start
+--plan-timeout/--plan-memory-mb`` on top), and what it returns goes through its plan
+kind (`domain_setup.vetting.registry`) before syft stores anything: the output
+contract, the privacy mechanism's post-processing, and the release filter, which lets
+out exactly the fields the kind declares, and ``trusted`` ones only where the admin
+trusts the researcher (the dataset does not require DP, or the request was approved
+with an override). Every execution is audited with the code's hash, its kind, its
+outcome and its cost.
 
-What the researcher sees of a failure is one line without any value from inside:
-the plan's exception type (custom code) or its message (vetted plans, whose
-messages are the hospital's own), a timeout, an out-of-memory kill, or why the
-result was withheld. The admin reads the rest in the domain log.
+An approval is for one run (`ApprovalLedger.claim_run`). Everything that can refuse a
+run is checked before any private data enters the sandbox (the round's parties and
+model, the privacy budget, the trust a kind needs);
+a refusal there refunds a charge. Once data has entered, a failure reaches the
+researcher as one fixed line (`domain_setup.vetting.failures`), never a value from
+inside, and the charge stays. The admin reads the rest in the domain log.
 """
 
 from __future__ import annotations
@@ -30,32 +34,39 @@ from common.aggregation import RoundSpec, private_key_bytes
 from common.errors import PneumoSyftError, SharingError
 from common.training import held_out_count, passes_made
 from common.training_config import validate_training_config
-from domain_setup.catalogue import code_sha256, identify, runnable
-from domain_setup.policies import sandbox_limits
-from domain_setup.sandbox import (ContractContext, ContractViolation, PlanError, PlanFailed,
-                                  ResultRefused, Sandbox, SandboxLimits, check_result)
-from domain_setup.server.privacy_charge import PRIVATE_KINDS, PrivacyCharge, PrivacyRefused
+from domain_setup.policy.approval import sandbox_limits
+from domain_setup.sandbox import (ContractViolation, PlanError, ResultRefused, Sandbox,
+                                  SandboxLimits)
+from domain_setup.server.approval_ledger import ApprovalLedger
+from domain_setup.server.privacy_charge import PrivacyCharge, PrivacyRefused
 from domain_setup.server.privacy_ledger import PrivacyLedger
 from domain_setup.server.round_ledger import RoundLedger, RoundRefused
-from domain_setup.verdicts import asset_names_of, code_bindings
+from domain_setup.server.round_quote import aggregation_problems, round_quote
+from domain_setup.vetting.constants import model_binding_problems
+from domain_setup.vetting.contract_parts import ContractContext
+from domain_setup.vetting.failures import researcher_message
+from domain_setup.vetting.registry import (PlanKind, ReleaseRefused, code_sha256, identify,
+                                           plan_kind, runnable)
+from domain_setup.vetting.verdicts import asset_names_of, code_bindings
 
 log = logging.getLogger("pneumosyft.execution")
-RELEASE_KINDS = ("train", "evaluate", "secure_train", *PRIVATE_KINDS)
-SECURE_KINDS = ("secure_train", "secure_train_private")
 
 
 class Withheld(Exception):
-    """A run whose result the researcher does not get, with the one line she sees."""
+    """A run refused before private data entered the sandbox, with the line she sees."""
 
 
 class PlanExecutor:
     """What syft calls instead of ``execute_byte_code`` for the private run."""
 
     def __init__(self, *, policies: Any, config_extra: dict, sandbox_factory:
-                 Callable[[SandboxLimits], Sandbox], audit: Any, worker: Any,
-                 ledger: PrivacyLedger, rounds: RoundLedger):
+                 Callable[..., Sandbox], audit: Any, worker: Any, ledger: PrivacyLedger,
+                 rounds: RoundLedger, approvals: ApprovalLedger,
+                 own_aggregation_key: Callable[[], bytes | None]):
         self.ledger = ledger
         self.rounds = rounds
+        self.approvals = approvals
+        self.own_aggregation_key = own_aggregation_key  # public key bytes, or None
         self.policies = policies
         self.config_extra = config_extra
         self.sandbox_factory = sandbox_factory
@@ -67,12 +78,14 @@ class PlanExecutor:
         return sandbox_limits(self.policies.current.approval, self.config_extra)
 
     def __call__(self, code_item: Any, kwargs: dict, context: Any, output_type: type) -> Any:
-        plan = identify(code_item.raw_code)
-        kind = plan.name if plan else "custom"
+        kind = identify(code_item.raw_code)
         requester = syft_compat.email_of(self.worker, context.credentials)
+        run_id = str(code_item.id.no_dash)
         details = {"requester": requester, "function": code_item.service_func_name,
-                   "plan": kind, "code_sha256": code_sha256(code_item.raw_code)}
+                   "plan": kind.name, "code_sha256": code_sha256(code_item.raw_code)}
+        limits = self.limits()
         charge: PrivacyCharge | None = None
+        data_entered = False
         try:
             inputs = {name: _plain(name, value) for name, value in kwargs.items()}
             contract = self._contract_context(kind, inputs)
@@ -80,108 +93,117 @@ class PlanExecutor:
                 source, function = runnable(code_item.raw_code)
             except ValueError as exc:
                 raise Withheld(str(exc)) from None
-            if kind in SECURE_KINDS:
-                self._contribute(inputs, requester)
-            if kind in PRIVATE_KINDS:
-                charge = self._charge(kind, code_item, inputs, context.credentials, requester)
+            if not self.approvals.claim_run(run_id):
+                raise Withheld("this request has run once already: an approval is for one "
+                               "run (submit the code again for another)")
+            dataset = self._dataset_of(code_item)
+            trusted = self._trusted(dataset, run_id)
+            if kind.needs_trust and not trusted:
+                raise Withheld(f"dataset {dataset} requires differential privacy; the "
+                               f"{kind.name} plan kind releases values without a bound")
+            if kind.secure:
+                self._contribute(inputs, requester, contract)
+            if kind.private:
+                charge = self._charge(kind, dataset, inputs, context.credentials, requester,
+                                      run_id)
                 contract = dataclasses.replace(contract, max_epsilon=charge.target_epsilon)
-            run = self.sandbox_factory(self.limits()).run(source, function, inputs)
-            check_result(kind, run.result, contract)
-            result = charge.release(run.result, self.ledger) if charge else run.result
-        except (Withheld, PlanError) as exc:
-            if charge is not None:
-                charge.refund(self.ledger, "nothing released")
-                self.audit.record(requester, "privacy.refund", target=str(code_item.id.no_dash),
+            sandbox = self.sandbox_factory(limits)
+            data_entered = True
+            run = sandbox.run(source, function, inputs,
+                              max_result_bytes=contract.max_custom_bytes if kind.whole_result
+                              else None)
+            kind.contract(run.result, contract)
+            released = charge.release(run.result, self.ledger) if charge else run.result
+            result = kind.release(released, trusted=trusted)
+        except (Withheld, PlanError, ReleaseRefused) as exc:
+            if charge is not None and not data_entered:
+                charge.refund(self.ledger, "refused before any data entered the sandbox")
+                self.audit.record(requester, "privacy.refund", target=run_id,
                                   dataset=charge.dataset, epsilon=f"{charge.target_epsilon:g}")
-            message = _researcher_message(kind, exc)
-            log.error("run of %s (%s) for %s failed: %s\n%s", code_item.service_func_name,
-                      kind, requester, exc, getattr(exc, "traceback", "") or "")
-            self.audit.record(requester, "execution", target=str(code_item.id.no_dash),
-                              outcome=_outcome(exc), reason=message, **details)
+            message = (str(exc) if isinstance(exc, Withheld) and not data_entered else
+                       researcher_message(kind=kind.name, error=exc, limits=limits))
+            log.error("run of %s (%s) for %s released nothing: %s\n%s",
+                      code_item.service_func_name, kind.name, requester, exc,
+                      getattr(exc, "traceback", "") or "")
+            self.audit.record(requester, "execution", target=run_id, outcome=_outcome(exc),
+                              reason=message, detail=" ".join(str(exc).split())[:500],
+                              charge_kept="yes" if charge and data_entered else "no",
+                              **details)
             return output_type(user_code_id=code_item.id, stdout="", stderr="", result=None,
                                errored=True, safe_error_message=message)
-        self.audit.record(requester, "execution", target=str(code_item.id.no_dash), **details,
+        self.audit.record(requester, "execution", target=run_id, **details,
+                          released=",".join(sorted(map(str, result))) if not kind.whole_result
+                          else "result",
                           seconds=f"{run.seconds:.2f}", start_seconds=f"{run.start_seconds:.3f}",
                           ready_seconds=f"{run.ready_seconds:.3f}",
                           warm="yes" if run.warm else "no",
                           peak_memory_mb=f"{run.peak_memory_mb or 0:.0f}")
-        return output_type(user_code_id=code_item.id, stdout="", stderr="", result=result,
+        return output_type(user_code_id=code_item.id, stdout="", stderr="",
+                           result=result["result"] if kind.whole_result else result,
                            errored=False)
 
-    def _contribute(self, inputs: dict, requester: str) -> None:
-        """Record this run as the domain's one contribution to the round it names."""
-        try:
-            self.rounds.contribute(RoundSpec.from_constant(inputs.get("aggregator_keys")),
-                                   requester)
-        except (RoundRefused, SharingError) as exc:
-            raise Withheld(str(exc)) from None
+    # --- before any data enters ------------------------------------------------------
 
-    def aggregate(self, spec: RoundSpec, ciphertexts: list, private_key: bytes,
-                  requester: str) -> bytes:
-        """Run the catalogue's aggregation of `spec`'s round on exactly `ciphertexts`
-        (one per party) in the sandbox, once per round; the partial sum, or Withheld."""
-        from common.vetted_plans import aggregate_round_plan
+    def _dataset_of(self, code_item: Any) -> str:
+        bound, _ = code_bindings(code_item, asset_names_of(syft_compat.all_datasets(self.worker)))
+        names = sorted({v.split("/", 1)[0] for k, v in bound.items()
+                        if "/" in v and k != "aggregation_key"})
+        return names[0] if names else "?"
 
+    def _trusted(self, dataset: str, run_id: str) -> bool:
+        """Does the admin trust this run with values no bound covers (``trusted``)?"""
+        rules = self.policies.current.privacy.dataset(dataset)
+        return rules is None or not rules.require_dp or self.approvals.overridden(run_id)
+
+    def _contribute(self, inputs: dict, requester: str, contract: ContractContext) -> None:
+        """Check the round again (members, this hospital, total, model) and record this run
+        as the domain's one contribution to it."""
         try:
-            self.rounds.claim(spec, requester)
+            spec = RoundSpec.from_constant(inputs.get("aggregator_keys"))
+        except SharingError as exc:
+            raise Withheld(f"aggregator_keys: {exc}") from None
+        quote = round_quote(self.policies.current, inputs, own_key=self.own_aggregation_key(),
+                            own_count=contract.n_samples)
+        problems = (quote or {}).get("problems", []) + model_binding_problems(spec, inputs)
+        if problems:
+            raise Withheld(f"the round is refused: {problems[0]}")
+        try:
+            self.rounds.contribute(spec, requester)
         except RoundRefused as exc:
             raise Withheld(str(exc)) from None
-        details = {"requester": requester, "plan": "aggregate", "round": spec.round_id}
-        source, function = runnable(inspect.getsource(aggregate_round_plan))
-        inputs = {"aggregation_key": private_key, "aggregator_keys": spec.to_constant(),
-                  "ciphertexts": ciphertexts}
-        try:
-            run = self.sandbox_factory(self.limits(), light=True).run(source, function, inputs)
-            check_result("aggregate", run.result,
-                         ContractContext(n_ciphertexts=len(ciphertexts),
-                                         n_parties=spec.n_parties))
-        except PlanError as exc:
-            self.rounds.unclaim(spec.round_id)
-            message = _researcher_message("aggregate", exc)
-            self.audit.record(requester, "federation.aggregate", target=spec.round_id,
-                              outcome=_outcome(exc), reason=message, **details)
-            raise Withheld(message) from None
-        self.rounds.released(spec.round_id)
-        self.audit.record(requester, "federation.aggregate", target=spec.round_id, **details,
-                          parties=str(spec.n_parties), seconds=f"{run.seconds:.2f}",
-                          warm="yes" if run.warm else "no")
-        return run.result["partial_sum"]
 
-    def _charge(self, kind: str, code_item: Any, inputs: dict, credentials: Any,
-                email: str) -> PrivacyCharge:
+    def _charge(self, kind: PlanKind, dataset: str, inputs: dict, credentials: Any,
+                email: str, run_id: str) -> PrivacyCharge:
         """Charge the requester's ledger for this DP run (Withheld when it may not run)."""
-        bound, _ = code_bindings(code_item, asset_names_of(syft_compat.all_datasets(self.worker)))
-        dataset = str(bound.get("images", "?")).split("/", 1)[0]
         policies = self.policies.current
         user = syft_compat.user_by_verify_key(self.worker, credentials)
         try:
             charge = PrivacyCharge.prepare(
                 kind, inputs, ledger=self.ledger, rules=policies.privacy.dataset(dataset),
                 dataset=dataset, email=email, groups=policies.groups_of(email),
-                role=syft_compat.role_of(user) if user is not None else "guest",
-                run_id=str(code_item.id.no_dash))
+                role=syft_compat.role_of(user) if user is not None else "guest", run_id=run_id)
         except PrivacyRefused as exc:
             raise Withheld(f"privacy: {exc}") from None
         account = self.ledger.account(email, dataset, delta=charge.rules.delta)
-        self.audit.record(email, "privacy.charge", target=str(code_item.id.no_dash),
-                          dataset=dataset, plan=kind, epsilon=f"{charge.target_epsilon:g}",
+        self.audit.record(email, "privacy.charge", target=run_id, dataset=dataset,
+                          plan=kind.name, epsilon=f"{charge.target_epsilon:g}",
                           spent=f"{account.spent:.3f}", left=f"{account.left(charge.budget):.3f}")
         return charge
 
-    def _contract_context(self, kind: str, inputs: dict) -> ContractContext:
+    def _contract_context(self, kind: PlanKind, inputs: dict) -> ContractContext:
         rules = self.policies.current.approval
-        if kind == "custom":
+        if kind.whole_result:
             return ContractContext(max_custom_bytes=rules.custom_max_result_bytes)
         config = inputs.get("config") or {}
         n_images = len(inputs["images"])
         if n_images < rules.min_samples:
-            raise Withheld(f"a {kind} release needs at least {rules.min_samples} images; "
+            raise Withheld(f"a {kind.name} release needs at least {rules.min_samples} images; "
                            f"this split has {n_images}")
         held_out = held_out_count(n_images, config.get("validation_fraction", 0.0))
         context = ContractContext(model=config.get("model"),
                                   epochs=_passes(config, n_images - held_out),
                                   n_samples=n_images - held_out, n_validation=held_out)
-        if kind not in SECURE_KINDS:
+        if not kind.secure:
             return context
         try:
             spec = RoundSpec.from_constant(inputs.get("aggregator_keys"))
@@ -189,6 +211,45 @@ class PlanExecutor:
         except (SharingError, ValueError, TypeError) as exc:
             raise Withheld(f"aggregator_keys: {exc}") from None
         return dataclasses.replace(context, n_parties=spec.n_parties, own_index=own)
+
+    # --- the aggregation route -------------------------------------------------------
+
+    def aggregate(self, spec: RoundSpec, ciphertexts: list, private_key: bytes,
+                  requester: str) -> bytes:
+        """Run the registry's aggregation of `spec`'s round on exactly `ciphertexts` (one
+        per party) in the sandbox, once per round; the partial sum, or Withheld."""
+        kind = plan_kind("aggregate")
+        problems = aggregation_problems(self.policies.current, spec, self.own_aggregation_key())
+        if problems:
+            self.audit.record(requester, "federation.aggregate", target=spec.round_id,
+                              outcome="refused", reason=problems[0])
+            raise Withheld(f"the round is refused: {problems[0]}")
+        try:
+            self.rounds.claim(spec, requester)
+        except RoundRefused as exc:
+            raise Withheld(str(exc)) from None
+        details = {"requester": requester, "plan": kind.name, "round": spec.round_id}
+        source, function = runnable(inspect.getsource(kind.function))
+        inputs = {"aggregation_key": private_key, "aggregator_keys": spec.to_constant(),
+                  "ciphertexts": ciphertexts}
+        limits = self.limits()
+        try:
+            run = self.sandbox_factory(limits, light=True).run(source, function, inputs)
+            kind.contract(run.result, ContractContext(n_ciphertexts=len(ciphertexts),
+                                                      n_parties=spec.n_parties))
+            released = kind.release(run.result, trusted=False)
+        except (PlanError, ReleaseRefused) as exc:
+            self.rounds.unclaim(spec.round_id)
+            message = researcher_message(kind=kind.name, error=exc, limits=limits)
+            self.audit.record(requester, "federation.aggregate", target=spec.round_id,
+                              outcome=_outcome(exc), reason=message,
+                              detail=" ".join(str(exc).split())[:500], **details)
+            raise Withheld(message) from None
+        self.rounds.released(spec.round_id)
+        self.audit.record(requester, "federation.aggregate", target=spec.round_id, **details,
+                          parties=str(spec.n_parties), seconds=f"{run.seconds:.2f}",
+                          warm="yes" if run.warm else "no")
+        return released["partial_sum"]
 
 
 def _passes(config: dict, n_train: int) -> Any:
@@ -212,18 +273,7 @@ def _plain(name: str, value: Any) -> Any:
     return data
 
 
-def _researcher_message(kind: str, exc: Exception) -> str:
-    if isinstance(exc, PlanFailed):
-        detail = (f"{exc.exc_type}: {exc.exc_message}" if kind != "custom"
-                  else f"{exc.exc_type} (the hospital admin has the details)")
-        return f"the plan failed inside the sandbox: {detail}"
-    if isinstance(exc, ContractViolation):
-        return f"result withheld: it breaks the {kind} output contract: {exc}"
-    return f"result withheld: {exc}"
-
-
 def _outcome(exc: Exception) -> str:
-    if isinstance(exc, (ContractViolation, ResultRefused, Withheld)):
+    if isinstance(exc, (Withheld, ReleaseRefused, ContractViolation, ResultRefused)):
         return "withheld"
     return type(exc).__name__
-

@@ -24,11 +24,11 @@ import anyio
 
 from common.errors import PneumoSyftError, TokenError
 from common import syft_compat
-from domain_setup.policies import LivePolicies
-from domain_setup.verdicts import asset_names_of
-from domain_setup.roles import role_at_least
+from domain_setup.policy.snapshot import LivePolicies
+from domain_setup.vetting.verdicts import asset_names_of
+from domain_setup.policy.roles import role_at_least
 from domain_setup.server.audit import AuditLog
-from domain_setup.server.permissions import ENABLE_SIGNUP, Permissions, action_for_path
+from domain_setup.policy.permissions import ENABLE_SIGNUP, Permissions, action_for_path
 from domain_setup.server.tokens import TokenAuthority, bearer_token
 
 OPEN_PATHS = frozenset({"/health"})

@@ -1,13 +1,15 @@
 """The privacy side of a run of a DP plan: size the noise, charge the ledger, release.
 
 Before the sandbox starts, `PrivacyCharge.prepare` reads the dataset's rules in
-``privacy.yaml``, sizes the mechanism for the ε the researcher asked for at the
+``privacy.yaml``, sizes the kind's mechanism for the ε the researcher asked for at the
 domain's δ (DP-SGD: the noise multiplier for this many steps; evaluation: Gaussian
 noise on the score histogram), charges the researcher's ledger atomically, and gives
-the plan the domain's privacy parameters in place of the request's. After the run,
-`release` turns the checked result into what leaves the domain (noisy metrics for an
-evaluation) with the ε spent and the budget left; `refund` takes the charge back
-when nothing was released.
+the plan the domain's privacy parameters (and the seed of its randomness) in place of
+the request's. After the run, `release` turns the checked result into what may leave
+(noisy metrics for an evaluation) with the ε spent and the budget left. `refund`
+takes the charge back, and only the dispatch calls it, only for a run refused before
+any private data entered the sandbox: a run that received data keeps its charge
+whatever happens to it.
 """
 
 from __future__ import annotations
@@ -15,14 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from common.dp_accounting import (Mechanism, dp_sgd_mechanism, gaussian_count_mechanism)
-from domain_setup.privacy_policy import DatasetPrivacy
+from common.dp_accounting import Mechanism
+from domain_setup.policy.privacy import DatasetPrivacy
 from domain_setup.server.privacy_ledger import BudgetExceeded, PrivacyLedger, Release
-
-PRIVATE_KINDS = ("train_private", "secure_train_private", "evaluate_private")
-DP_SGD_KINDS = ("train_private", "secure_train_private")
-RELEASED_KEYS = {"train_private": ("weights", "history", "n_samples"),
-                 "secure_train_private": ("sealed_shares", "n_samples", "history")}
 
 
 class PrivacyRefused(Exception):
@@ -33,7 +30,7 @@ class PrivacyRefused(Exception):
 class PrivacyCharge:
     """One DP run's charge (see the module docstring)."""
 
-    kind: str
+    kind: Any  # the PlanKind
     email: str
     dataset: str
     rules: DatasetPrivacy
@@ -43,7 +40,7 @@ class PrivacyCharge:
     release_record: Release
 
     @classmethod
-    def prepare(cls, kind: str, inputs: dict, *, ledger: PrivacyLedger,
+    def prepare(cls, kind: Any, inputs: dict, *, ledger: PrivacyLedger,
                 rules: DatasetPrivacy | None, dataset: str, email: str,
                 groups: tuple[str, ...], role: str, run_id: str) -> "PrivacyCharge":
         """Charge the ledger and put the domain's privacy parameters into `inputs`
@@ -60,38 +57,22 @@ class PrivacyCharge:
             raise PrivacyRefused(f"a release on {dataset} needs at least "
                                  f"{rules.min_samples_per_release} images; this split has "
                                  f"{n_samples}")
-        config = inputs.get("config") or {}
-        if kind in DP_SGD_KINDS:
-            mechanism = dp_sgd_mechanism(target_epsilon=target, delta=rules.delta,
-                                         n_samples=n_samples, batch_size=int(config["batch_size"]),
-                                         epochs=int(config["epochs"]))
-        else:
-            mechanism = gaussian_count_mechanism(target_epsilon=target, delta=rules.delta)
+        mechanism = kind.mechanism.size(target_epsilon=target, delta=rules.delta,
+                                        n_samples=n_samples, config=inputs.get("config") or {})
         budget = rules.budget_for(email, groups, role)
         try:
-            record = ledger.charge(email, dataset, request_id=run_id, kind=kind,
+            record = ledger.charge(email, dataset, request_id=run_id, kind=kind.name,
                                    mechanism=mechanism, epsilon=target, delta=rules.delta,
                                    budget=budget)
         except BudgetExceeded as exc:
             raise PrivacyRefused(str(exc)) from None
-        if kind in DP_SGD_KINDS:
-            inputs["privacy"] = {"noise_multiplier": mechanism.noise_multiplier,
-                                 "max_grad_norm": float(asked.get("max_grad_norm", 1.0)),
-                                 "delta": rules.delta}
-        else:  # the evaluation's noise is the server's: the plan gets nothing of it
-            inputs["privacy"] = {}
+        inputs["privacy"] = kind.mechanism.plan_privacy(mechanism, asked, delta=rules.delta)
         return cls(kind, email, dataset, rules, budget, target, mechanism, record)
 
     def release(self, result: dict, ledger: PrivacyLedger) -> dict:
-        """What leaves the domain: the result (evaluation: metrics of the noisy counts)
-        with the ε spent, the δ, and the researcher's total and budget left."""
-        from common.dp_metrics import add_gaussian_noise, metrics_from_histogram
-
-        if self.kind == "evaluate_private":
-            noisy = add_gaussian_noise(result["histogram"], self.mechanism.noise_multiplier)
-            released: dict[str, Any] = {"metrics": metrics_from_histogram(noisy)}
-        else:
-            released = {key: result[key] for key in RELEASED_KEYS[self.kind]}
+        """What may leave of a checked result (the mechanism's post-processing), with the
+        ε spent, the δ, and the researcher's total and budget left as ``privacy``."""
+        released = self.kind.mechanism.post_process(result, self.mechanism)
         account = ledger.account(self.email, self.dataset, delta=self.rules.delta)
         released["privacy"] = {"epsilon": self.target_epsilon, "delta": self.rules.delta,
                                "dataset": self.dataset, "spent": account.spent,
@@ -100,5 +81,5 @@ class PrivacyCharge:
         return released
 
     def refund(self, ledger: PrivacyLedger, reason: str) -> None:
-        """Take the charge back: nothing of the run was released."""
+        """Take the charge back: the run was refused before any data entered the sandbox."""
         ledger.refund(self.release_record.id, reason)

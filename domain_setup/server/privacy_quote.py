@@ -5,7 +5,9 @@ For a DP plan: the ε asked, the δ of the dataset, what the requester has spent
 composed total after this release, the budget and what would be left; problems when
 the dataset has no privacy rules, the ε passes the per-request maximum, or the total
 would pass the budget. For any other code on a dataset with ``require_dp: true``: a
-problem (training or evaluating there without DP is a violation).
+problem when its kind releases a field bounded only by the admin's trust (``trusted``,
+see `domain_setup.vetting.registry`): training or evaluating there without DP is a
+violation.
 """
 
 from __future__ import annotations
@@ -13,13 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from common import syft_compat
-from common.dp_accounting import (dp_sgd_mechanism, epsilon as composed_epsilon,
-                                  gaussian_count_mechanism)
-from domain_setup.catalogue import identify
-from domain_setup.server.privacy_charge import PRIVATE_KINDS
-from domain_setup.verdicts import asset_names_of, code_bindings
-
-NON_PRIVATE_RELEASES = ("train", "evaluate", "secure_train")
+from common.dp_accounting import epsilon as composed_epsilon
+from domain_setup.vetting.registry import identify
+from domain_setup.vetting.verdicts import asset_names_of, code_bindings
 
 
 def quote_code(worker: Any, policies: Any, ledger: Any, code: Any,
@@ -32,17 +30,17 @@ def quote_code(worker: Any, policies: Any, ledger: Any, code: Any,
     email = syft_compat.email_of(worker, code.user_verify_key)
     user = syft_compat.user_by_verify_key(worker, code.user_verify_key)
     role = syft_compat.role_of(user) if user is not None else "guest"
-    plan = identify(code.raw_code)
-    kind = plan.name if plan else "custom"
-    quote: dict[str, Any] = {"plan": kind, "requester": email, "problems": []}
+    kind = identify(code.raw_code)
+    quote: dict[str, Any] = {"plan": kind.name, "requester": email, "problems": []}
     for name in sorted(names):
         rules = policies.privacy.dataset(name)
-        if rules is not None and rules.require_dp and kind not in PRIVATE_KINDS \
-                and name != "aggregation":
+        if rules is not None and rules.require_dp and kind.needs_trust:
+            trusted = ", ".join(r.field for r in kind.releases if r.bound.value == "trusted")
             quote["problems"].append(
                 f"dataset {name} requires differential privacy: train with train_private and "
-                f"evaluate with evaluate_private ({kind} is not private)")
-    if kind not in PRIVATE_KINDS:
+                f"evaluate with evaluate_private ({kind.name} releases {trusted} without a "
+                "bound)")
+    if not kind.private:
         return quote
     dataset = str(inputs.get("images", "?")).split("/", 1)[0]
     rules = policies.privacy.dataset(dataset)
@@ -55,7 +53,7 @@ def quote_code(worker: Any, policies: Any, ledger: Any, code: Any,
     if not isinstance(target, (int, float)) or isinstance(target, bool) or target <= 0:
         return quote  # the catalogue's constant schema says what is wrong
     try:
-        n_samples = _asset_rows(datasets, inputs["images"])
+        n_samples = asset_rows(datasets, inputs["images"])
     except (KeyError, ValueError) as exc:
         quote["problems"].append(f"privacy: {exc}")
         return quote
@@ -67,13 +65,10 @@ def quote_code(worker: Any, policies: Any, ledger: Any, code: Any,
     account = ledger.account(email, dataset, delta=rules.delta)
     config = constants.get("config") if isinstance(constants.get("config"), dict) else {}
     try:
-        mechanism = (gaussian_count_mechanism(target_epsilon=float(target), delta=rules.delta)
-                     if kind == "evaluate_private" else dp_sgd_mechanism(
-                         target_epsilon=float(target), delta=rules.delta,
-                         n_samples=n_samples,
-                         batch_size=int(config.get("batch_size", 64)),
-                         epochs=int(config.get("epochs", 1))))
-    except (ValueError, TypeError) as exc:
+        mechanism = kind.mechanism.size(target_epsilon=float(target), delta=rules.delta,
+                                        n_samples=n_samples,
+                                        config={"batch_size": 64, "epochs": 1, **config})
+    except (ValueError, TypeError, KeyError) as exc:
         quote["problems"].append(f"privacy: {exc}")
         return quote
     after = composed_epsilon([r.mechanism for r in account.releases if r.status == "charged"]
@@ -91,7 +86,7 @@ def quote_code(worker: Any, policies: Any, ledger: Any, code: Any,
     return quote
 
 
-def _asset_rows(datasets: list, binding: str) -> int:
+def asset_rows(datasets: list, binding: str) -> int:
     dataset_name, asset_name = binding.split("/", 1)
     for dataset in datasets:
         if dataset.name == dataset_name:

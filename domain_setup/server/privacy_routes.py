@@ -2,7 +2,6 @@
 
     GET  /privacy                  every researcher's account on every dataset (data owner, admin)
     GET  /privacy/me               the caller's own accounts (any account)
-    GET  /privacy/quote/{request}  what a request would cost, and its problems (approvers)
     GET  /privacy/{email}          one researcher's accounts with their releases (approvers)
     POST /privacy/{email}/grant    {"dataset", "epsilon", "reason"}: add to a budget (admin)
 """
@@ -10,17 +9,13 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
 
 from fastapi import APIRouter, Request
 
-from common import syft_compat
 from domain_setup.server.privacy_ledger import Account, PrivacyLedger
-from domain_setup.server.privacy_quote import quote_code
 from domain_setup.server.routes import RouteRefusal, _error, _json_object, route_caller
 
-_REQUEST_ID = re.compile(r"[0-9a-f]{32}")
 MAX_GRANT_EPSILON = 100.0
 
 
@@ -73,15 +68,6 @@ def make_privacy_router(worker: Any, gate: Any, ledger: PrivacyLedger) -> APIRou
     def my_accounts(request: Request) -> Any:
         account = route_caller(gate, request, None, "read a privacy budget")
         return {"accounts": accounts_of(account.email, account.role, releases=True)}
-
-    @router.get("/quote/{request_id}")
-    def quote(request_id: str, request: Request) -> Any:
-        route_caller(gate, request, "approve_requests", "quote requests")
-        wanted = request_id.strip().lower().replace("-", "")
-        code = syft_compat.request_code(worker, wanted) if _REQUEST_ID.fullmatch(wanted) else None
-        if code is None:
-            return _error(404, f"no request with id {request_id[:64]!r}")
-        return {"quote": quote_code(worker, gate.policies.current, ledger, code)}
 
     @router.get("/{email}")
     def one_researcher(email: str, request: Request) -> Any:

@@ -73,8 +73,9 @@ class RoundLedger(SqliteStore):
             if owner != email:
                 raise RoundRefused(f"round {spec.round_id} is another researcher's")
             if digest != spec_digest(spec):
-                raise RoundRefused(f"round {spec.round_id} was trained with other parties or "
-                                   "another total; the aggregation must name the same round")
+                raise RoundRefused(f"round {spec.round_id} was trained with other parties, "
+                                   "another total or another model; the aggregation must name "
+                                   "the same round")
             if aggregation != "none":
                 raise RoundRefused(f"round {spec.round_id} was already aggregated here"
                                    if aggregation == "released" else

@@ -4,6 +4,8 @@
     GET  /pneumosyft/policies             the policy snapshot in force (read_audit)
     POST /pneumosyft/policies/reload      validate the policy files, put them in force
                                           (change_settings)
+    GET  /pneumosyft/requests/{id}/quote  the domain's quote: privacy cost, the round's
+                                          parties, every problem (approve_requests)
     POST /pneumosyft/requests/{id}/override  allow the next approval of custom or violating
                                           code, with a reason (approve_requests)
     GET  /pneumosyft/tokens               list issued tokens        (issue_tokens)
@@ -25,7 +27,7 @@ from fastapi.responses import JSONResponse
 
 from common.errors import PneumoSyftError
 from common import syft_compat
-from domain_setup.roles import ROLES, role_below
+from domain_setup.policy.roles import ROLES, role_below
 from domain_setup.server.approval_guard import OVERRIDE_TTL_SECONDS
 from domain_setup.server.audit import parse_since
 from domain_setup.server.tokens import parse_ttl
@@ -90,8 +92,9 @@ def route_caller(gate: Any, request: Request, action: str | None, what: str) -> 
 
 
 def make_domain_router(state: Any, config: Any, worker: Any, gate: Any,
-                       overrides: Any) -> APIRouter:
-    """Routes for tokens, audit and domain info; each checks the caller's permission."""
+                       overrides: Any, ledger: Any) -> APIRouter:
+    """Routes for tokens, audit, quotes and domain info; each checks the caller's
+    permission. `ledger` is the privacy ledger the quotes read."""
     router = APIRouter()
 
     def caller(request: Request, action: str, what: str) -> Any:
@@ -120,6 +123,19 @@ def make_domain_router(state: Any, config: Any, worker: Any, gate: Any,
             return _error(400, str(exc))
         gate.audit.record(account.email, "policies.reload", target=snapshot.digest[:16])
         return {"policies": snapshot.describe()}
+
+    @router.get("/requests/{request_id}/quote")
+    def quote(request_id: str, request: Request) -> Any:
+        from domain_setup.aggregation_key import published_public_key
+        from domain_setup.server.request_quote import quote_request
+
+        caller(request, "approve_requests", "quote requests")
+        wanted = request_id.strip().lower().replace("-", "")
+        code = syft_compat.request_code(worker, wanted) if _REQUEST_ID.fullmatch(wanted) else None
+        if code is None:
+            return _error(404, f"no request with id {request_id[:64]!r}")
+        return {"quote": quote_request(worker, gate.policies.current, ledger, code,
+                                       own_key=published_public_key(state))}
 
     @router.post("/requests/{request_id}/override")
     async def register_override(request_id: str, request: Request) -> Any:

@@ -147,11 +147,13 @@ def refuse_custom_policy_code() -> None:
 
 
 def apply_all(host: str, port: int, executor: Callable) -> None:
-    """Every patch in this module; the hospital's server calls this once at start.
+    """Every patch in this module, and the write and read guards of `syft_guards`; the
+    hospital's server calls this once at start.
 
     Refuses (DomainError) when the installed syft lacks a name any compat function or
     patch relies on, naming each, instead of running half-patched."""
     from common.errors import DomainError
+    from domain_setup.server.syft_guards import apply_guards  # registers its syft names
 
     problems = syft_compat.missing_names()
     if problems:
@@ -160,3 +162,4 @@ def apply_all(host: str, port: int, executor: Callable) -> None:
     refuse_custom_policy_code()
     skip_byte_walks()
     reach_self_in_process(host, port)
+    apply_guards()

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from common.errors import PneumoSyftError, TokenError
-from domain_setup.roles import ROLES
+from domain_setup.policy.roles import ROLES
 from common.secure_files import (
     ensure_private_dir,
     read_json,

@@ -2,13 +2,15 @@
 
 A request is one of three kinds:
 
-* ``vetted``: a catalogue plan (`domain_setup.catalogue`) with constants that fit its
-  schema and the approval limits, binding whole assets of the right split. It may
-  be approved without an override (``review auto --approve-compliant`` does).
+* ``vetted``: a plan kind of the registry (`domain_setup.vetting.registry`) with
+  constants that fit its schema and the approval limits, binding whole assets of the
+  right split. It may be approved without an override (``review auto
+  --approve-compliant`` does).
 * ``custom``: any other code. It always needs an admin's override with a reason;
-  the static linter's findings (`domain_setup.code_rules`) come along as notes.
-* ``violating``: a catalogue plan with bad constants or inputs, or code that
-  launches other syft functions. It too needs an override and a reason.
+  the advisory linter's findings (`domain_setup.vetting.linter`) come along as notes.
+* ``violating``: a vetted plan with bad constants or inputs, a secure round with a
+  party that is not a member of the federation, a release the privacy rules forbid,
+  or code that launches other syft functions. It too needs an override and a reason.
 
 The domain computes the same verdict when any client approves (`server/approval_guard`),
 so the CLI, a stock syft client and a web page are bound alike.
@@ -25,9 +27,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from common import syft_compat
-from domain_setup.catalogue import code_sha256, constant_problems, identify, input_problems
-from domain_setup.code_rules import check_code, check_config
-from domain_setup.policy_files import ApprovalRules
+from domain_setup.policy.approval import ApprovalRules
+from domain_setup.vetting.constants import constant_problems
+from domain_setup.vetting.linter import check_code, check_config
+from domain_setup.vetting.registry import CUSTOM, code_sha256, identify, input_problems
 
 CUSTOM_CODE = "custom code: needs an admin's review"
 NESTED_CODE = "calls other syft functions (nested code), which the rules do not check"
@@ -82,13 +85,14 @@ def code_bindings(code: Any, asset_names: dict[str, str]) -> tuple[dict, dict]:
 
 
 def judge_code(code: Any, inputs: dict[str, str], constants: dict,
-               rules: ApprovalRules, privacy_problems: list[str] | tuple = ()) -> Verdict:
+               rules: ApprovalRules, domain_problems: list[str] | tuple = ()) -> Verdict:
     """The verdict on a syft UserCode with its `code_bindings` (what the review and the
-    domain's guard both call); `privacy_problems` are the domain's privacy quote's
-    (`server/privacy_quote`): over budget, over the per-request ε, DP required."""
+    domain's guard both call); `domain_problems` are those of the domain's quote
+    (`server/request_quote`): over budget, over the per-request ε, DP required, a round
+    party that is not a member."""
     verdict = judge(code.raw_code, inputs=inputs, constants=constants, rules=rules,
                     nested=bool(syft_compat.nested_codes(code)))
-    problems = syft_compat.policy_problems(code) + list(privacy_problems)
+    problems = syft_compat.policy_problems(code) + list(domain_problems)
     if problems:
         verdict.kind, verdict.reasons = "violating", verdict.reasons + problems
     return verdict
@@ -98,14 +102,14 @@ def judge(source: str, *, inputs: dict[str, str], constants: dict, rules: Approv
           nested: bool = False) -> Verdict:
     """The verdict on `source` with its inputs ({kwarg: "dataset/asset" or "object ID"})
     and constants, under `rules`."""
-    plan = identify(source)
+    kind = identify(source)
     reasons = [NESTED_CODE] if nested else []
     config = constants.get(rules.config_parameter)
     if isinstance(config, dict):
         reasons += check_config(config, rules)
-    if plan is not None:
-        reasons += input_problems(plan, inputs) + constant_problems(plan, constants)
-        return Verdict("violating" if reasons else "vetted", plan.name, code_sha256(source),
+    if kind.name != CUSTOM:
+        reasons += input_problems(kind, inputs) + constant_problems(kind, constants)
+        return Verdict("violating" if reasons else "vetted", kind.name, code_sha256(source),
                        reasons)
     lint = check_code(source, rules, input_shapes={k: () for k in inputs})
     return Verdict("violating" if reasons else "custom", None, code_sha256(source), reasons,

@@ -1,4 +1,4 @@
-"""Strict loading of the policy YAML files, with `file:line: reason` errors.
+"""The schema engine of the policy files: strict YAML with `file:line: reason` errors.
 
 `load_policy(path, schema)` parses with a PyYAML SafeLoader subclass, keeps the
 composed node tree (every node knows its start line) and converts it against a
@@ -7,8 +7,10 @@ person can get wrong is a `PolicyError` naming the file and line: syntax errors,
 unknown keys (typos), wrong types, missing keys, duplicate keys (PyYAML would keep
 the last one silently), aliases, merge keys and custom tags.
 
-The three policy files have typed loaders: `load_accounts`, `load_permissions`
-and `load_approval_rules`.
+Each policy file has its own module beside this one (`accounts`, `permissions`,
+`approval`, `privacy`), which declares its schema with these parts.
+
+    data = load_policy("policies/accounts.yaml", ACCOUNTS_SCHEMA)
 """
 
 from __future__ import annotations
@@ -23,25 +25,13 @@ from typing import Any, Callable, Union
 import yaml
 
 from common.errors import PolicyError
-from common.training_config import policy_limited_parameters
-from domain_setup.roles import ROLES
-
-# ---------------------------------------------------------------------------
-# Vocabulary of the policy files
-# ---------------------------------------------------------------------------
-
-ACTIONS: tuple[str, ...] = (
-    "list_datasets", "read_mock", "read_private", "upload_dataset", "manage_accounts",
-    "change_settings", "submit_code", "approve_requests", "read_others_requests",
-    "issue_tokens", "revoke_tokens", "read_audit",
-)
-ANY_DATASET = "*"
+from domain_setup.policy.roles import ROLES
 
 _BLOCKED_TLDS = frozenset({"local", "localhost", "internal", "localdomain", "lan", "home",
                            "test", "invalid", "example"})
 _EMAIL_RE = re.compile(r"^[A-Za-z0-9._%+-]+@((?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+"
                        r"([A-Za-z]{2,}))$")
-_DOTTED_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+DOTTED_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -136,7 +126,7 @@ EMAIL = Scalar(str, email_problem)
 TEXT = Scalar(str, _non_empty)
 POSITIVE_INT = Scalar(int, _positive)
 POSITIVE_NUMBER = Scalar(float, lambda v: None if v > 0 else f"must be above 0, got {v}")
-DOTTED_NAME = _pattern(_DOTTED_RE, "dotted Python name")
+DOTTED_NAME = _pattern(DOTTED_RE, "dotted Python name")
 IDENTIFIER = _pattern(_IDENT_RE, "Python identifier")
 
 
@@ -322,43 +312,17 @@ def load_policy(path: str | Path, schema: Struct) -> dict:
 
 
 # ---------------------------------------------------------------------------
-# accounts.yaml
+# Who a rule is for (permissions.yaml's dataset rules, privacy.yaml's budgets)
 # ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Account:
-    """One person with an account on the domain (no password: see accounts.py)."""
+WHO_SCHEMA = {"users": ListOf(EMAIL, unique=str.lower, unique_what="user"),
+              "groups": names_list(what="group"),
+              "roles": names_list(choice(ROLES, "role"), what="role")}
 
-    email: str
-    name: str
-    role: str
-    institution: str | None = None
-    groups: tuple[str, ...] = ()
-
-
-ACCOUNTS_SCHEMA = Struct(required={
-    "accounts": ListOf(
-        Struct(required={"name": TEXT, "email": EMAIL, "role": choice(ROLES, "role")},
-               optional={"institution": TEXT, "groups": names_list(what="group")}),
-        unique=lambda account: account["email"].lower(), unique_what="email"),
-})
-
-
-def load_accounts(path: str | Path) -> list[Account]:
-    """The accounts of accounts.yaml, in file order."""
-    data = load_policy(path, ACCOUNTS_SCHEMA)
-    return [Account(email=a["email"], name=a["name"], role=a["role"],
-                    institution=a.get("institution"), groups=tuple(a.get("groups", ())))
-            for a in data["accounts"]]
-
-
-# ---------------------------------------------------------------------------
-# permissions.yaml
-# ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class DatasetAccess:
-    """Who may use one dataset (or every dataset, for the "*" entry)."""
+    """Who a rule is for: users (by email), groups and roles."""
 
     users: frozenset[str] = frozenset()   # lower-cased emails
     groups: frozenset[str] = frozenset()
@@ -375,146 +339,3 @@ class DatasetAccess:
         return cls(users=frozenset(u.lower() for u in rule.get("users", ())),
                    groups=frozenset(rule.get("groups", ())),
                    roles=frozenset(rule.get("roles", ())))
-
-
-@dataclass(frozen=True)
-class PermissionRules:
-    """The content of permissions.yaml."""
-
-    roles: dict[str, frozenset[str]]
-    datasets: dict[str, DatasetAccess]
-    allow_signup: bool = False
-    syft_paths: dict[str, frozenset[str]] = field(default_factory=dict)  # "*": every path
-
-
-_ACTION_LIST = names_list(choice(ACTIONS, "action"), what="action")
-# who a rule is for: the users, groups and roles of a dataset rule (and of a privacy budget)
-WHO_SCHEMA = {"users": ListOf(EMAIL, unique=str.lower, unique_what="user"),
-              "groups": names_list(what="group"),
-              "roles": names_list(choice(ROLES, "role"), what="role")}
-ANY_SYFT_PATH = "*"
-_SYFT_PATH_LIST = names_list(Scalar(str, lambda v: None if v == ANY_SYFT_PATH or _DOTTED_RE.match(v)
-                                    else f"{v!r} is not a syft service path"), what="path")
-PERMISSIONS_SCHEMA = Struct(
-    required={"roles": Struct(required={role: _ACTION_LIST for role in ROLES}),
-              "datasets": DictOf(Struct(optional=WHO_SCHEMA), key=TEXT),
-              "syft_paths": Struct(required={role: _SYFT_PATH_LIST for role in ROLES})},
-    optional={"allow_signup": Scalar(bool)},
-)
-
-
-def load_permissions(path: str | Path) -> PermissionRules:
-    """The role actions and dataset access rules of permissions.yaml."""
-    data = load_policy(path, PERMISSIONS_SCHEMA)
-    datasets = {name: DatasetAccess.of(rule) for name, rule in data["datasets"].items()}
-    return PermissionRules(roles={r: frozenset(a) for r, a in data["roles"].items()},
-                           datasets=datasets, allow_signup=data.get("allow_signup", False),
-                           syft_paths={r: frozenset(p) for r, p in data["syft_paths"].items()})
-
-
-# ---------------------------------------------------------------------------
-# approval.yaml
-# ---------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class ApprovalRules:
-    """The content of approval.yaml: what submitted code may contain and return."""
-
-    allowed_imports: tuple[str, ...]
-    forbidden_builtins: frozenset[str]
-    forbidden_modules: frozenset[str]
-    forbidden_apis: tuple[str, ...]
-    forbidden_attributes: frozenset[str]
-    limits: dict  # approval.yaml's limits on training parameters (common.training_config)
-    config_parameter: str
-    allowed_return_keys: frozenset[str]
-    public_inputs: frozenset[str]
-    vetted_calls: frozenset[str]
-    declassifying_calls: frozenset[str]
-    data_arguments: int
-    safe_calls: frozenset[str]
-    safe_attributes: frozenset[str]
-    sandbox: dict  # limits of every run of submitted code (domain_setup.sandbox.SandboxLimits)
-    min_samples: int  # images a vetted train or evaluate release covers at least
-    custom_max_result_bytes: int  # what custom code may return, encoded
-
-    @property
-    def max_epochs(self) -> int:
-        return self.limits["max_epochs"]
-
-    @property
-    def allowed_models(self) -> tuple[str, ...]:
-        return tuple(self.limits["models"])
-
-
-def _limits_schema() -> dict:
-    """The ``limits:`` keys, one per policy limit of the training config."""
-    schema: dict = {}
-    for parameter in policy_limited_parameters():
-        for name in (parameter.policy_max, parameter.policy_min):
-            if name:
-                schema[name] = POSITIVE_INT
-        if parameter.policy_choices:
-            schema[parameter.policy_choices] = names_list(IDENTIFIER, what=parameter.name)
-    return schema
-
-
-def _min_above_max_problem(limits: dict) -> str | None:
-    for parameter in policy_limited_parameters():
-        low, high = parameter.policy_min, parameter.policy_max
-        if low and high and limits[low] > limits[high]:
-            return f"{low} {limits[low]} is above {high} {limits[high]}"
-    return None
-
-
-SANDBOX_LIMIT_KEYS = ("timeout_seconds", "memory_mb", "cpu_seconds", "max_file_mb",
-                      "max_processes", "max_open_files", "tmpfs_mb", "max_output_mb",
-                      "max_log_kb")  # the fields of domain_setup.sandbox.SandboxLimits
-DEFAULT_MIN_SAMPLES = 20
-DEFAULT_CUSTOM_MAX_RESULT_KB = 1024
-_DOTTED_LIST = names_list(DOTTED_NAME, what="name")
-_IDENT_LIST = names_list(IDENTIFIER, what="name")
-APPROVAL_SCHEMA = Struct(required={
-    "imports": Struct(required={"allowed": _DOTTED_LIST}),
-    "forbidden": Struct(required={"builtins": _IDENT_LIST, "modules": _IDENT_LIST,
-                                  "apis": _DOTTED_LIST, "attributes": _IDENT_LIST}),
-    "limits": Struct(required={**_limits_schema(), "config_parameter": IDENTIFIER},
-                     check=_min_above_max_problem),
-    "returns": Struct(required={"allowed_keys": _IDENT_LIST, "public_inputs": _IDENT_LIST,
-                                "vetted_calls": _DOTTED_LIST,
-                                "declassifying_calls": _DOTTED_LIST,
-                                "data_arguments": POSITIVE_INT},
-                      optional={"safe_calls": _IDENT_LIST, "safe_attributes": _IDENT_LIST}),
-}, optional={
-    "sandbox": Struct(optional={key: POSITIVE_NUMBER if key == "timeout_seconds" else POSITIVE_INT
-                                for key in SANDBOX_LIMIT_KEYS}),
-    "releases": Struct(optional={"min_samples": POSITIVE_INT,
-                                 "custom_max_result_kb": POSITIVE_INT}),
-})
-
-
-def load_approval_rules(path: str | Path) -> ApprovalRules:
-    """The static-analysis rules of approval.yaml."""
-    data = load_policy(path, APPROVAL_SCHEMA)
-    forbidden, limits, returns = data["forbidden"], data["limits"], data["returns"]
-    return ApprovalRules(
-        allowed_imports=tuple(data["imports"]["allowed"]),
-        forbidden_builtins=frozenset(forbidden["builtins"]),
-        forbidden_modules=frozenset(forbidden["modules"]),
-        forbidden_apis=tuple(forbidden["apis"]),
-        forbidden_attributes=frozenset(forbidden["attributes"]),
-        limits={k: (tuple(v) if isinstance(v, list) else v) for k, v in limits.items()
-                if k != "config_parameter"},
-        config_parameter=limits["config_parameter"],
-        allowed_return_keys=frozenset(returns["allowed_keys"]),
-        public_inputs=frozenset(returns["public_inputs"]),
-        vetted_calls=frozenset(returns["vetted_calls"]) | frozenset(returns["declassifying_calls"]),
-        declassifying_calls=frozenset(returns["declassifying_calls"]),
-        data_arguments=returns["data_arguments"],
-        safe_calls=frozenset(returns.get("safe_calls", ())),
-        safe_attributes=frozenset(returns.get("safe_attributes", ())),
-        sandbox=dict(data.get("sandbox", {})),
-        min_samples=data.get("releases", {}).get("min_samples", DEFAULT_MIN_SAMPLES),
-        custom_max_result_bytes=1024 * data.get("releases", {}).get(
-            "custom_max_result_kb", DEFAULT_CUSTOM_MAX_RESULT_KB),
-    )

@@ -1,4 +1,4 @@
-"""The policy files a domain enforces, as one validated snapshot.
+"""The policy files a domain enforces, and its federation, as one validated snapshot.
 
 A domain loads ``permissions.yaml``, ``approval.yaml``, ``accounts.yaml`` and
 ``privacy.yaml`` (optional: without it no dataset has privacy rules, and DP plans are
@@ -16,6 +16,7 @@ has in force, and refuses to review on rules the domain does not enforce.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import threading
 import time
@@ -24,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from domain_setup import PROJECT_ROOT
-from domain_setup.policy_files import ApprovalRules, load_accounts, load_approval_rules
-from domain_setup.privacy_policy import PrivacyRules, load_privacy_rules
-from domain_setup.server.permissions import Permissions
+from domain_setup.policy.accounts import load_accounts
+from domain_setup.policy.approval import ApprovalRules, load_approval_rules
+from domain_setup.policy.federation import FederationMembers, load_members, save_members
+from domain_setup.policy.permissions import Permissions
+from domain_setup.policy.privacy import PrivacyRules, load_privacy_rules
 
 PROJECT_POLICIES = PROJECT_ROOT / "policies"
 POLICY_FILES = ("permissions.yaml", "approval.yaml", "accounts.yaml", "privacy.yaml")
@@ -53,13 +56,17 @@ class DomainPolicies:
     accounts: list
     digest: str
     privacy: PrivacyRules = field(default_factory=lambda: PrivacyRules({}))
+    federation: FederationMembers = field(default_factory=FederationMembers)
+    state_root: Path | None = None  # where the federation's member list is kept
     loaded_at: float = field(default_factory=time.time)
 
     @classmethod
-    def load(cls, directory: Path) -> "DomainPolicies":
-        """Read and validate the files of `directory` (PolicyError on the first problem)."""
+    def load(cls, directory: Path, state_root: Path | None = None) -> "DomainPolicies":
+        """Read and validate the files of `directory` and the federation members kept in
+        `state_root` (PolicyError on the first problem)."""
         digest = policy_digest(directory)
-        return cls(directory=directory,
+        return cls(directory=directory, state_root=state_root,
+                   federation=load_members(state_root) if state_root else FederationMembers(),
                    permissions=Permissions.from_file(directory / "permissions.yaml"),
                    approval=load_approval_rules(directory / "approval.yaml"),
                    accounts=load_accounts(directory / "accounts.yaml"),
@@ -94,24 +101,21 @@ class LivePolicies:
     def reload(self) -> DomainPolicies:
         """Validate the files again and put them in force; on error the old snapshot stays."""
         with self._lock:
-            self._current = DomainPolicies.load(self._current.directory)
+            self._current = DomainPolicies.load(self._current.directory,
+                                                self._current.state_root)
+            return self._current
+
+    def set_members(self, members: FederationMembers) -> DomainPolicies:
+        """Keep `members` as the federation (in the state directory) and put them in force."""
+        with self._lock:
+            if self._current.state_root is None:
+                raise ValueError("this snapshot has no state directory to keep members in")
+            save_members(self._current.state_root, members)
+            self._current = dataclasses.replace(self._current, federation=members)
             return self._current
 
     def groups_of(self, email: str) -> tuple[str, ...]:
         return self._current.groups_of(email)
-
-
-def sandbox_limits(approval: ApprovalRules, config_extra: dict) -> Any:
-    """The limits of every sandboxed run: approval.yaml's ``sandbox:`` section, then this
-    domain's `start --plan-timeout SECONDS --plan-memory-mb MB` on top."""
-    from domain_setup.sandbox import SandboxLimits
-
-    values = dict(approval.sandbox)
-    if config_extra.get("plan_timeout_seconds"):
-        values["timeout_seconds"] = float(config_extra["plan_timeout_seconds"])
-    if config_extra.get("plan_memory_mb"):
-        values["memory_mb"] = int(config_extra["plan_memory_mb"])
-    return SandboxLimits.from_mapping(values)
 
 
 def policies_dir(config: Any) -> Path:
@@ -119,6 +123,7 @@ def policies_dir(config: Any) -> Path:
     return Path(config.extra.get("policies_dir") or PROJECT_POLICIES)
 
 
-def load_domain_policies(config: Any) -> DomainPolicies:
-    """Load and validate the policy files of the domain configured by `config`."""
-    return DomainPolicies.load(policies_dir(config))
+def load_domain_policies(config: Any, state_root: Path | None = None) -> DomainPolicies:
+    """Load and validate the policy files of the domain configured by `config` (and the
+    federation members kept in its state directory `state_root`)."""
+    return DomainPolicies.load(policies_dir(config), state_root)

@@ -1,7 +1,9 @@
-"""Static analysis of code submitted to the domain, against approval.yaml.
+"""The advisory linter: static analysis of custom code against approval.yaml.
 
-Syft 0.9.5 runs an approved function with plain `exec` on the server, so these
-checks are the guard. The source is parsed with `ast` and never executed. Four
+It is never the guard (the sandbox, the output contracts, the plan-kind registry and
+the domain's binding verdict are; Python re-exports make every denylist incomplete):
+its findings reach the admin as notes on custom code, and `review auto` denies custom
+code it finds fault with. The source is parsed with `ast` and never executed. Four
 families of checks, each reason one line starting with `line N:`:
 
 * shape: one top-level function and nothing else (syft executes every top-level
@@ -29,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 from common.training_config import PARAMETERS_BY_NAME, policy_limited_parameters
-from domain_setup.policy_files import ApprovalRules
+from domain_setup.policy.approval import ApprovalRules
 
 LIMITED_KEYS = tuple(p.name for p in policy_limited_parameters())
 CONFIG_READ_METHODS = frozenset({"get", "keys", "values", "items", "copy"})

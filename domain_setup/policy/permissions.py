@@ -1,4 +1,5 @@
-"""Who may do what on the domain: roles, actions and dataset access (permissions.yaml).
+"""``permissions.yaml``: who may do what on the domain: roles, actions, dataset access and
+the syft service paths each role may call.
 
 The JWT gate maps every syft API call to one of our actions with
 `action_for_path` and asks `Permissions.role_may(role, action)`. A syft path that
@@ -6,15 +7,59 @@ is not in `SYFT_PATH_ACTIONS` is left to syft's own role checks (reading one's
 own requests, running approved code, fetching results, ...): the map lists the
 calls that change the domain or reveal other people's data, so that our policy
 can be stricter than syft's defaults, never looser.
+
+    permissions = Permissions.from_file("policies/permissions.yaml")
+    permissions.role_may("data_scientist", "submit_code")          # True
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from domain_setup.policy_files import (ACTIONS, ANY_DATASET, ANY_SYFT_PATH, PermissionRules,
-                                      load_permissions)
-from domain_setup.roles import role_at_least
+from domain_setup.policy.roles import ROLES
+from domain_setup.policy.schema import (DOTTED_RE, TEXT, WHO_SCHEMA, DatasetAccess, DictOf,
+                                        Scalar, Struct, choice, load_policy, names_list)
+
+ACTIONS: tuple[str, ...] = (
+    "list_datasets", "read_mock", "read_private", "upload_dataset", "manage_accounts",
+    "change_settings", "submit_code", "approve_requests", "read_others_requests",
+    "issue_tokens", "revoke_tokens", "read_audit",
+)
+ANY_DATASET = "*"
+ANY_SYFT_PATH = "*"
+
+
+@dataclass(frozen=True)
+class PermissionRules:
+    """The content of permissions.yaml."""
+
+    roles: dict[str, frozenset[str]]
+    datasets: dict[str, DatasetAccess]
+    allow_signup: bool = False
+    syft_paths: dict[str, frozenset[str]] = field(default_factory=dict)  # "*": every path
+
+
+_ACTION_LIST = names_list(choice(ACTIONS, "action"), what="action")
+_SYFT_PATH_LIST = names_list(Scalar(str, lambda v: None if v == ANY_SYFT_PATH or DOTTED_RE.match(v)
+                                    else f"{v!r} is not a syft service path"), what="path")
+PERMISSIONS_SCHEMA = Struct(
+    required={"roles": Struct(required={role: _ACTION_LIST for role in ROLES}),
+              "datasets": DictOf(Struct(optional=WHO_SCHEMA), key=TEXT),
+              "syft_paths": Struct(required={role: _SYFT_PATH_LIST for role in ROLES})},
+    optional={"allow_signup": Scalar(bool)},
+)
+
+
+def load_permissions(path: str | Path) -> PermissionRules:
+    """The role actions and dataset access rules of permissions.yaml."""
+    data = load_policy(path, PERMISSIONS_SCHEMA)
+    datasets = {name: DatasetAccess.of(rule) for name, rule in data["datasets"].items()}
+    return PermissionRules(roles={r: frozenset(a) for r, a in data["roles"].items()},
+                           datasets=datasets, allow_signup=data.get("allow_signup", False),
+                           syft_paths={r: frozenset(p) for r, p in data["syft_paths"].items()})
+
+
 ENABLE_SIGNUP = "enable_signup"  # derived action: change_settings and allow_signup: true
 
 # Real service paths of syft 0.9.5 (`@service_method(path=...)` in

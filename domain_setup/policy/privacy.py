@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import PolicyError
-from domain_setup.policy_files import (POSITIVE_INT, WHO_SCHEMA, DatasetAccess, DictOf,
-                                       ListOf, Scalar, Struct, TEXT, load_policy)
+from domain_setup.policy.schema import (POSITIVE_INT, TEXT, WHO_SCHEMA, DatasetAccess, DictOf,
+                                        ListOf, Scalar, Struct, load_policy)
 
 MAX_EPSILON = 100.0
 
