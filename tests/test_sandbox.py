@@ -664,13 +664,17 @@ def warm_sandbox(**changes) -> Sandbox:
 def wait_for_spare(box: Sandbox, seconds: float = 120) -> None:
     """Wait until the spare's runner is up (under a loaded suite, a start can take long)."""
     def runners() -> list[str]:
+        # the interpreter itself: not the launcher shell or bwrap, whose command lines name
+        # it too (the shell execs bwrap, which starts it: counting the shell raced)
         return [line for line in sandbox_processes()
-                if not line.split()[1].endswith("bwrap") and " -I -B " in line]
+                if os.path.basename(line.split()[1]).startswith("python")]
 
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and not runners():
+    found = runners()
+    while time.monotonic() < deadline and not found:
         time.sleep(0.05)
-    assert len(runners()) == 1, sandbox_processes()  # one spare, never more
+        found = runners()
+    assert len(found) == 1, sandbox_processes()  # one spare, never more
     time.sleep(2)  # numpy and torch imported, waiting for its request
 
 
