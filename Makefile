@@ -41,6 +41,7 @@ bench: install
 	$(PY) bench/bench_dp.py
 	$(PY) bench/bench_upload.py
 	$(PY) bench/bench_scale.py
+	$(PY) bench/bench_load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

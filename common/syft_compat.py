@@ -158,6 +158,16 @@ def nested_codes(code: Any) -> dict:
 
 # --------------------------------------------------------------------------- server side
 
+@requires("syft.client.api:SyftAPIData", "syft.service.response:SyftError",
+          "syft.serde.serialize:_serialize")
+def signed_syft_error(worker: Any, message: str) -> bytes:
+    """The body syft's API route answers an error with: a SyftError signed by the server,
+    which a stock client shows as the message."""
+    error = resolve("syft.service.response:SyftError")(message=message)
+    signed = resolve("syft.client.api:SyftAPIData")(data=error).sign(worker.signing_key)
+    return resolve("syft.serde.serialize:_serialize")(signed, to_bytes=True)
+
+
 @requires("syft.serde.deserialize:_deserialize", "syft.client.api:SignedSyftAPICall")
 def signed_api_call(body: bytes) -> Any | None:
     """The SignedSyftAPICall in an /api/v2/api_call body, or None when it is not one."""

@@ -34,6 +34,13 @@ def get_request(client: Any, request_id: str) -> Any:
     return request
 
 
+def is_pending(request: Any) -> bool:
+    """Is the request undecided? Read from the request as fetched (no decision in its
+    history), without syft's ``status``, which re-fetches the request from the server:
+    a pass over many requests then costs one call, not one per request."""
+    return len(request.history) == 0
+
+
 def request_status(request: Any) -> str:
     """'pending', 'approved' or 'rejected'."""
     return str(getattr(request.status, "name", request.status)).lower()

@@ -5,7 +5,7 @@
     plan = TrainingPlan(model="small_cnn", epochs=3)
 """
 
-from scientist.connect import connect, load_connection_file
+from scientist.connect import connect, load_connection_file, my_runs
 from scientist.plans import TrainingPlan
 
-__all__ = ["connect", "load_connection_file", "TrainingPlan"]
+__all__ = ["connect", "load_connection_file", "my_runs", "TrainingPlan"]

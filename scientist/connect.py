@@ -45,3 +45,29 @@ def connect(url: str | None = None, *, token: str | None = None, email: str | No
         url, token = url or details["url"], token or details["token"]
         email, password = email or details["email"], password or details["password"]
     return connect_client(url, token=token, email=email, password=password, quiet=quiet)
+
+
+def domain_get(path: str, connection_file: str | Path | None = None) -> dict:
+    """GET one of the domain's own routes (``/pneumosyft/...``) with the researcher's token;
+    the JSON answer, or DomainError with the gate's one-line reason."""
+    import requests
+
+    from common.connection import HTTP_TIMEOUT, auth_headers, gate_reason
+
+    details = load_connection_file(connection_file)
+    response = requests.get(f"{details['url']}{path}", headers=auth_headers(details["token"]),
+                            timeout=HTTP_TIMEOUT)
+    if response.status_code != 200:
+        raise DomainError(f"{details['url']}: {gate_reason(response)}")
+    return response.json()
+
+
+def my_runs(connection_file: str | Path | None = None) -> list[dict]:
+    """The caller's runs in the domain's sandbox queue: each ``{"run", "state": "running" |
+    "queued", "position", "seconds"}`` (position 1 runs next). A run waits while the
+    sandboxes going use the domain's memory budget; its time limit starts when it runs.
+
+        >>> my_runs()
+        [{'run': '3f2a…', 'owner': 'ada@…', 'state': 'queued', 'position': 2, 'seconds': 4.1}]
+    """
+    return domain_get("/pneumosyft/runs", connection_file)["runs"]

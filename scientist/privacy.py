@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from common.dp_accounting import dp_sgd_mechanism, dp_sgd_steps
-from common.errors import DomainError
 from common.vetted_plans import evaluate_private_xray_plan, train_private_xray_plan  # noqa: F401
 
 DEFAULT_MAX_GRAD_NORM = 1.0
@@ -59,17 +58,9 @@ def run_private_locally(plan: Any, privacy: dict, images: Any, labels: Any, *,
 def my_budget(connection_file: str | Path | None = None) -> list[dict]:
     """The caller's privacy accounts on the domain: per dataset δ, ε spent (composed and
     summed), budget, left, and the releases."""
-    import requests
+    from scientist.connect import domain_get
 
-    from common.connection import HTTP_TIMEOUT, auth_headers, gate_reason
-    from scientist.connect import load_connection_file
-
-    details = load_connection_file(connection_file)
-    response = requests.get(f"{details['url']}/pneumosyft/privacy/me",
-                            headers=auth_headers(details["token"]), timeout=HTTP_TIMEOUT)
-    if response.status_code != 200:
-        raise DomainError(f"{details['url']}: {gate_reason(response)}")
-    return response.json()["accounts"]
+    return domain_get("/pneumosyft/privacy/me", connection_file)["accounts"]
 
 
 __all__ = ["dp_sgd_steps", "estimate_training", "my_budget", "private_evaluation",

@@ -32,6 +32,7 @@ from domain_setup.server.privacy_charge import PrivacyCharge, PrivacyRefused
 from domain_setup.server.privacy_ledger import PrivacyLedger
 from domain_setup.server.round_ledger import RoundLedger, RoundRefused
 from domain_setup.server.round_quote import own_training_count, round_quote
+from domain_setup.server.run_queue import RunQueue
 from domain_setup.vetting.contract_parts import ContractContext
 from domain_setup.vetting.failures import researcher_message
 from domain_setup.vetting.registry import ReleaseRefused, plan_kind
@@ -163,6 +164,7 @@ def executor(tmp_path):
                             worker=None, ledger=PrivacyLedger(tmp_path / "privacy.sqlite3"),
                             rounds=RoundLedger(tmp_path / "rounds.sqlite3"),
                             approvals=ApprovalLedger(tmp_path / "approvals.sqlite3"),
+                            queue=RunQueue(memory_budget_mb=4096, max_running=1),
                             own_aggregation_key=lambda: own_key)
     return build
 

@@ -72,8 +72,9 @@ def test_everything_survives_stop_and_kill_9(tmp_path):
         assert set(datasets["xray"].assets.keys()) >= {"train_images", "test_labels"}
         assert request_status(ada, approved)[0] == "approved"
         assert request_status(ada, pending)[0] == "pending"
-        listing = domain.cli("review", "list")
+        listing = domain.cli("review", "list", "--all")
         assert approved.request_id in listing and pending.request_id in listing
+        assert approved.request_id not in domain.cli("review", "list")  # pending only
         again = run_approved(ada, Submission(approved.request_id, approved.func_name, train))
         for name, array in first["weights"].items():
             np.testing.assert_array_equal(again["weights"][name], array)

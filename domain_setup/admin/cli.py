@@ -9,11 +9,14 @@ layer over `AdminClient`. Errors print one line (``error: ...``) and exit 1.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import sqlite3
 import sys
 from typing import Any, Callable
 
 from common.errors import PneumoSyftError
+from domain_setup import operating_limits
 from domain_setup.admin.client import AdminClient
 from domain_setup.policy.roles import ROLES
 from domain_setup.state import StateDir, resolve_state_dir
@@ -29,6 +32,14 @@ def _print_table(rows: list[dict], columns: list[str]) -> None:
         print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns))
 
 
+def os_error_line(exc: Exception) -> str:
+    """One line for an error of the machine (OSError, SQLite's), without a traceback."""
+    if getattr(exc, "errno", None) == errno.ENOSPC or "database or disk is full" in str(exc):
+        return "the disk is full: nothing was written (free space in the state directory)"
+    where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+    return " ".join(f"{getattr(exc, 'strerror', None) or exc}{where}".split())
+
+
 # -- commands -----------------------------------------------------------------------
 def cmd_start(args: argparse.Namespace, state: StateDir) -> int:
     from domain_setup.admin import lifecycle
@@ -36,7 +47,7 @@ def cmd_start(args: argparse.Namespace, state: StateDir) -> int:
     config = lifecycle.resolve_config(
         state, name=args.name, port=args.port, host=args.host, db_url=args.db_url,
         policies=args.policies, admin_email=args.admin_email, jwt_algorithm=args.jwt_algorithm,
-        plan_timeout=args.plan_timeout, plan_memory_mb=args.plan_memory_mb)
+        operating=operating_limits.from_args(args))
     if args.foreground:
         from domain_setup.server.app import serve
 
@@ -63,6 +74,8 @@ def cmd_status(args: argparse.Namespace, state: StateDir) -> int:
         print(json.dumps(info))
     else:
         health = "healthy" if info["healthy"] else "not answering"
+        if info["problems"]:
+            health = "degraded: " + "; ".join(info["problems"])
         where = f"pid {info['pid']}, {health}" if info["running"] else "not running"
         print(f"{info['name']} at {info['url']}: {where}; database {info['database']}")
     return 0 if info["healthy"] else 3
@@ -154,7 +167,7 @@ def cmd_review(args: argparse.Namespace, state: StateDir) -> int:
     if args.review_command == "list":
         rows = [{"id": s.id, "from": s.requester, "function": s.function, "status": s.status,
                  "verdict": "ok" if s.verdict_ok else f"{len(s.verdict_reasons)} violation(s)"}
-                for s in admin.requests()]
+                for s in admin.requests(pending_only=not args.all)]
         _print_table(rows, ["id", "from", "function", "status", "verdict"])
     elif args.review_command == "show":
         _print_summary(admin.show(args.id), with_code=True)
@@ -261,10 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-email", help="the root admin's email (first start)")
     p.add_argument("--jwt-algorithm", choices=["EdDSA", "RS256", "HS256"],
                    help="token signing algorithm (first start; default EdDSA)")
-    p.add_argument("--plan-timeout", type=float, metavar="SECONDS",
-                   help="wall-clock limit of each sandboxed run (default: approval.yaml's)")
-    p.add_argument("--plan-memory-mb", type=int, metavar="MB",
-                   help="memory limit of each sandboxed run (default: approval.yaml's)")
+    operating_limits.add_arguments(p)
     p.add_argument("--foreground", action="store_true", help="run in this process")
     add("stop", cmd_stop, "stop the running domain")
     p = add("status", cmd_status, "is the domain running and answering? (exit 3 when not)")
@@ -306,7 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     review = sub.add_parser("review", help="researchers' requests").add_subparsers(
         dest="review_command", required=True, metavar="ACTION")
-    add("list", cmd_review, "list requests with their verdict", review)
+    p = add("list", cmd_review, "list the pending requests with their verdict", review)
+    p.add_argument("--all", action="store_true",
+                   help="every request, decided ones too (costs a call per request)")
     p = add("show", cmd_review, "show who asked, what code, which assets, the verdict", review)
     p.add_argument("id")
     p = add("approve", cmd_review, "approve a request", review)
@@ -370,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args, resolve_state_dir(args.state_dir))
     except PneumoSyftError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, sqlite3.OperationalError) as exc:  # a full disk, a read-only state dir
+        print(f"error: {os_error_line(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -38,15 +38,18 @@ class AdminClient:
               host: str | None = None, db_url: str | None = None, policies: str | None = None,
               admin_email: str | None = None, jwt_algorithm: str | None = None,
               plan_timeout: float | None = None, plan_memory_mb: int | None = None,
+              operating: dict | None = None,
               progress: Callable[[str], None] = print) -> "AdminClient":
-        """Start the domain of `state_dir` (a new one needs `name` and `port`)."""
+        """Start the domain of `state_dir` (a new one needs `name` and `port`); `operating`
+        sets operating limits by key (`domain_setup.operating_limits`, e.g.
+        ``{"max_concurrent_runs": 2}``)."""
         from domain_setup.admin import lifecycle
 
         admin = cls(state_dir)
         config = lifecycle.resolve_config(
             admin.state, name=name, port=port, host=host, db_url=db_url, policies=policies,
             admin_email=admin_email, jwt_algorithm=jwt_algorithm, plan_timeout=plan_timeout,
-            plan_memory_mb=plan_memory_mb)
+            plan_memory_mb=plan_memory_mb, operating=operating)
         lifecycle.start(admin.state, config, progress=progress)
         return admin
 
@@ -149,9 +152,9 @@ class AdminClient:
                               "with `python -m domain_setup policies reload` first")
         return local.approval
 
-    def requests(self) -> list:
-        """Every code request with its verdict (`RequestSummary`)."""
-        return self.reviewer.list()
+    def requests(self, *, pending_only: bool = False) -> list:
+        """Every code request (or the pending ones) with its verdict (`RequestSummary`)."""
+        return self.reviewer.list(pending_only=pending_only)
 
     def show(self, request_id: str) -> Any:
         return self.reviewer.show(request_id)

@@ -9,39 +9,47 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Mapping
 from urllib.parse import urlparse
 
 import requests
 
 from common.errors import DomainError, PneumoSyftError
+from common.processes import pid_alive
 from domain_setup import PROJECT_ROOT
+from domain_setup import operating_limits
 from domain_setup.state import DomainConfig, StateDir, validate_name
 
 START_TIMEOUT_SECONDS = 240
 STOP_TIMEOUT_SECONDS = 30
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
+def is_domain_process(pid: int | None, state: StateDir) -> bool:
+    """Is `pid` this state directory's server? A pid file left by a killed server may name
+    a process that reused the number: it is neither "already running" nor ours to stop."""
+    if not pid_alive(pid):
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child of ours is not alive
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] != "Z"
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
-        return True
+        return False
+    # started as `python -m domain_setup.server STATE_DIR` (start), STATE_DIR resolved
+    return b"domain_setup.server" in argv and os.fsencode(str(state.root)) in argv
 
 
 def is_healthy(url: str) -> bool:
+    """Does the domain answer /health (ok or degraded)?"""
+    return health(url) is not None
+
+
+def health(url: str) -> dict | None:
+    """The domain's /health answer (status ``ok`` or ``degraded`` with its problems), or
+    None when it does not answer."""
     try:
-        return requests.get(f"{url}/health", timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
+        response = requests.get(f"{url}/health", timeout=2)
+        return response.json() if response.status_code == 200 else None
+    except (requests.RequestException, ValueError):
+        return None
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -79,19 +87,18 @@ def _check_database(db_url: str) -> None:
 def resolve_config(state: StateDir, *, name: str | None, port: int | None, host: str | None,
                    db_url: str | None, policies: str | None, admin_email: str | None,
                    jwt_algorithm: str | None, plan_timeout: float | None = None,
-                   plan_memory_mb: int | None = None) -> DomainConfig:
-    """Merge command-line options with what the state directory remembers."""
+                   plan_memory_mb: int | None = None,
+                   operating: Mapping[str, Any] | None = None) -> DomainConfig:
+    """Merge command-line options with what the state directory remembers; `operating`
+    holds the operating limits (`domain_setup.operating_limits`) given this time."""
     config = _resolve_identity(state, name=name, port=port, host=host, db_url=db_url,
                                policies=policies, admin_email=admin_email,
                                jwt_algorithm=jwt_algorithm)
-    if plan_timeout is not None:
-        if not 0 < plan_timeout <= 86400:
-            raise DomainError(f"--plan-timeout {plan_timeout} must be between 0 and 86400 s")
-        config.extra["plan_timeout_seconds"] = float(plan_timeout)
-    if plan_memory_mb is not None:
-        if not 256 <= plan_memory_mb <= 1 << 20:
-            raise DomainError(f"--plan-memory-mb {plan_memory_mb} must be at least 256")
-        config.extra["plan_memory_mb"] = int(plan_memory_mb)
+    given = dict(operating or {})
+    for key, value in (("plan_timeout_seconds", plan_timeout), ("plan_memory_mb", plan_memory_mb)):
+        if value is not None:
+            given[key] = value
+    config.extra.update(operating_limits.checked(given))
     return config
 
 
@@ -128,7 +135,7 @@ def start(state: StateDir, config: DomainConfig, *, progress=print) -> DomainCon
     if not 1024 <= config.port <= 65535:
         raise DomainError(f"port {config.port} is outside 1024-65535")
     pid = state.read_pid()
-    if _pid_alive(pid):
+    if is_domain_process(pid, state):
         raise DomainError(f"domain {config.name!r} is already running (pid {pid}) at {config.url}")
     load_domain_policies(config)  # a malformed policy file stops us before anything is written
     if config.db_url:
@@ -184,14 +191,14 @@ def _last_log_line(path: Path) -> str:
 def stop(state: StateDir) -> bool:
     """Stop the running domain (SIGTERM, then SIGKILL); False when it was not running."""
     pid = state.read_pid()
-    if not _pid_alive(pid):
-        state.pid_path.unlink(missing_ok=True)
+    if not is_domain_process(pid, state):
+        state.pid_path.unlink(missing_ok=True)  # none, or a stale file naming another process
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.time() + STOP_TIMEOUT_SECONDS
-    while time.time() < deadline and _pid_alive(pid):
+    while time.time() < deadline and pid_alive(pid):
         time.sleep(0.2)
-    if _pid_alive(pid):
+    if pid_alive(pid):
         os.kill(pid, signal.SIGKILL)
     state.pid_path.unlink(missing_ok=True)
     return True
@@ -201,9 +208,11 @@ def status(state: StateDir) -> dict:
     """Name, URL, pid and health of the domain of `state`."""
     config = state.load_config()
     pid = state.read_pid()
-    running = _pid_alive(pid)
+    running = is_domain_process(pid, state)
+    answer = health(config.url) if running else None
     return {"name": config.name, "url": config.url, "pid": pid if running else None,
-            "running": running, "healthy": running and is_healthy(config.url),
+            "running": running, "healthy": answer is not None,
+            "problems": (answer or {}).get("problems", []),
             "state_dir": str(state.root),
             "database": "postgresql" if config.db_url else "sqlite (state dir)"}
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from common import syft_compat
 from common.errors import DomainError
-from common.syft_requests import get_request, request_status
+from common.syft_requests import get_request, is_pending, request_status
 from domain_setup.vetting.registry import identify
 from domain_setup.vetting.verdicts import Verdict, asset_names_of, code_bindings, judge_code
 
@@ -91,13 +91,19 @@ class Reviewer:
     def _asset_names(self) -> dict[str, str]:
         return asset_names_of(self.client.datasets.get_all())
 
-    def _requests(self) -> list:
+    def _requests(self, *, pending_only: bool = False) -> list:
+        """Code requests: one fetch of them all; each one's code (a call each) only for
+        those kept, so a pass over the pending ones costs what they are."""
         return [r for r in self.client.requests.get_all()
-                if syft_compat.is_user_code(r.code)]
+                if (is_pending(r) or not pending_only) and syft_compat.is_user_code(r.code)]
 
-    def list(self) -> list[RequestSummary]:
+    def list(self, *, pending_only: bool = False) -> list[RequestSummary]:
+        """Requests with their verdicts: every one, or the pending ones only."""
+        requests = self._requests(pending_only=pending_only)
+        if not requests:
+            return []
         names = self._asset_names()
-        return [self._summarise(r, names) for r in self._requests()]
+        return [self._summarise(r, names) for r in requests]
 
     def _summarise(self, request: Any, names: dict[str, str] | None = None) -> RequestSummary:
         quote = self.session.request("GET", f"/pneumosyft/requests/"
@@ -190,10 +196,9 @@ class Reviewer:
         optionally approve the vetted plans that comply. Other custom code is never
         decided automatically: it stays pending for an admin."""
         done = []
-        names = self._asset_names()
-        for request in self._requests():
-            if request_status(request) != "pending":
-                continue  # decided already: no quote, no verdict
+        pending = self._requests(pending_only=True)  # decided ones cost nothing here
+        names = self._asset_names() if pending else {}
+        for request in pending:
             summary = self._summarise(request, names)
             kind = summary.verdict.kind
             if kind == "violating" or (kind == "custom" and summary.verdict.notes):

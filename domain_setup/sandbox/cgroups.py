@@ -17,6 +17,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.processes import pid_alive
+
 from .errors import SandboxUnavailable
 
 NAME_PREFIX = "pneumosyft-sandbox-"
@@ -239,3 +241,28 @@ class RunCgroup:
                     if exc.errno != errno.EBUSY or attempt == 399:
                         raise SandboxUnavailable(f"cannot remove cgroup {directory}: {exc}") from None
                     time.sleep(0.005)
+
+
+def _maker_pid(name: str) -> int | None:
+    """The pid of the process that made a run cgroup (``pneumosyft-sandbox-<pid>-<uuid>``)."""
+    head = name[len(NAME_PREFIX):].split("-", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def remove_leftovers(host: CgroupHost) -> int:
+    """Kill and remove the run cgroups whose maker process no longer exists (a server
+    killed with -9 leaves its spares' and runs' cgroups behind); the number removed.
+    Cgroups of live processes, and names without a pid, are left alone."""
+    names = sorted({d.name for parent in host.parents for d in parent.glob(f"{NAME_PREFIX}*")
+                    if d.is_dir()})
+    removed = 0
+    for name in names:
+        pid = _maker_pid(name)
+        if pid is None or pid_alive(pid):
+            continue
+        run = RunCgroup(host.version, name, tuple(parent / name for parent in host.parents
+                                                   if (parent / name).is_dir()))
+        run.kill()
+        run.remove()
+        removed += 1
+    return removed

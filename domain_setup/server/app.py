@@ -19,7 +19,7 @@ from typing import Any
 
 from common import syft_compat
 from common.errors import DomainError
-from domain_setup import PROJECT_ROOT
+from domain_setup import PROJECT_ROOT, operating_limits
 from domain_setup.state import DomainConfig, StateDir
 
 ADMIN_NAME = "Hospital Admin"
@@ -52,7 +52,8 @@ def build_worker(state: StateDir, config: DomainConfig) -> Any:
 def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: Any,
               audit: Any, overrides: Any, ledger: Any, executor: Any) -> Any:
     """The FastAPI app: syft's routes under /api/v2, ours under /pneumosyft, the gate in front
-    of every route (``app.state.gate``), all deciding on the same policy snapshot."""
+    of every route (``app.state.gate``), all deciding on the same policy snapshot; a 5xx
+    while the disk is full becomes one line saying so (`server/health.py`)."""
     from fastapi import APIRouter, FastAPI
 
     from domain_setup.aggregation_key import load_private_key_if_enabled
@@ -61,11 +62,21 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
     from domain_setup.server.cli_credentials import write_connection
     from domain_setup.server.federation_routes import make_federation_router
     from domain_setup.server.gate import GateMiddleware, TokenGate
+    from domain_setup.server.health import DEFAULT_MIN_FREE_MB, DiskFullResponses, disk_problems
+    from domain_setup.server.run_routes import make_run_router
     from domain_setup.server.privacy_routes import make_privacy_router
     from domain_setup.server.routes import install_refusal_handler, make_domain_router
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        # each run waiting in the sandbox queue holds one worker thread: room for all of
+        # them, and as many again for everything else (/health, reviews, logins)
+        import anyio.to_thread
+
+        queue = executor.queue.describe()
+        limiter = anyio.to_thread.current_default_thread_limiter()
+        limiter.total_tokens = max(limiter.total_tokens,
+                                   queue["max_queued"] + queue["max_running"] + 40)
         try:
             yield
         finally:
@@ -86,13 +97,19 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
                                                lambda: load_private_key_if_enabled(state)),
                        prefix="/pneumosyft/federation")
     app.include_router(make_federation_router(gate), prefix="/pneumosyft/federation")
+    app.include_router(make_run_router(gate, executor.queue), prefix="/pneumosyft/runs")
     install_refusal_handler(app)
+    min_free_mb = operating_limits.get(config.extra, "min_free_disk_mb", DEFAULT_MIN_FREE_MB)
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok"}
+        problems = disk_problems(state.root, min_free_mb=min_free_mb)
+        # open to anyone: the state of the machine, nothing of anyone's runs
+        return {"status": "degraded" if problems else "ok", "problems": problems}
 
     app.add_middleware(GateMiddleware, gate=gate)
+    app.add_middleware(DiskFullResponses, state_root=state.root, min_free_mb=min_free_mb,
+                       syft_error_body=lambda text: syft_compat.signed_syft_error(worker, text))
     app.state.gate = gate
     write_connection(state, config, gate.authority)
     return app
@@ -145,10 +162,22 @@ class SandboxPool:
                               "(the domain never runs submitted code without it)") from None
 
 
+def run_queue(config: DomainConfig) -> Any:
+    """The sandbox queue with this domain's budget, concurrency and queue length."""
+    from domain_setup.server import run_queue as q
+
+    extra = config.extra
+    return q.RunQueue(
+        memory_budget_mb=operating_limits.get(extra, "sandbox_memory_budget_mb",
+                                              q.default_memory_budget_mb()),
+        max_running=operating_limits.get(extra, "max_concurrent_runs", q.default_max_running()),
+        max_waiting=operating_limits.get(extra, "max_queued_runs", q.DEFAULT_MAX_WAITING))
+
+
 def plan_executor(state: StateDir, config: DomainConfig, policies: Any, audit: Any,
                   sandboxes: SandboxPool, worker: Any, ledger: Any, approvals: Any) -> Any:
     """The sandbox dispatch with this domain's `--plan-timeout` / `--plan-memory-mb`, its
-    privacy ledger, its ledger of secure-aggregation rounds and its approvals."""
+    privacy ledger, its ledger of secure-aggregation rounds, its approvals and its queue."""
     from domain_setup.aggregation_key import published_public_key
     from domain_setup.server.execution import PlanExecutor
     from domain_setup.server.round_ledger import RoundLedger
@@ -156,6 +185,7 @@ def plan_executor(state: StateDir, config: DomainConfig, policies: Any, audit: A
     return PlanExecutor(policies=policies, config_extra=dict(config.extra),
                         sandbox_factory=sandboxes, audit=audit, worker=worker, ledger=ledger,
                         rounds=RoundLedger.of_state(state.root), approvals=approvals,
+                        queue=run_queue(config),
                         own_aggregation_key=lambda: published_public_key(state))
 
 
@@ -164,34 +194,44 @@ def serve(state: StateDir) -> None:
     import uvicorn
 
     config = state.load_config()
+    # the sandbox dispatch logs what failed inside a plan; the hospital admin needs it in
+    # the domain log (the researcher only gets one line without values from inside)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("pneumosyft.execution").setLevel(logging.INFO)
     if str(PROJECT_ROOT) not in sys.path:
         # approved training plans import the hospital's vetted modules (common.*)
         sys.path.insert(0, str(PROJECT_ROOT))
     from domain_setup.policy.approval import sandbox_limits
     from domain_setup.policy.snapshot import LivePolicies, load_domain_policies
     from domain_setup.server import approval_guard, syft_patches
-    from domain_setup.server.audit import AuditLog
+    from domain_setup.server.audit import DEFAULT_KEEP, DEFAULT_MAX_BYTES, AuditLog
     from domain_setup.aggregation_key import published_public_key
     from domain_setup.server.approval_ledger import ApprovalLedger
     from domain_setup.server.privacy_ledger import PrivacyLedger
+    from domain_setup.server.recovery import recover
+    from domain_setup.sandbox.cgroups import CgroupHost
 
     policies = LivePolicies(load_domain_policies(config, state.root))
-    audit = AuditLog(state.root)
+    audit = AuditLog(state.root, max_bytes=operating_limits.get(
+        config.extra, "audit_max_mb", DEFAULT_MAX_BYTES // 2**20) * 2**20,
+        keep=operating_limits.get(config.extra, "audit_keep", DEFAULT_KEEP))
     sandboxes = SandboxPool(torch_threads=int(os.environ.get("OMP_NUM_THREADS") or 0) or None)
     # no sandbox, no domain: nothing submitted ever runs in this process
     sandboxes.check(sandbox_limits(policies.current.approval, config.extra))
     worker = build_worker(state, config)
     ledger = PrivacyLedger.of_state(state.root)  # one per server: executor, guard, routes
     approvals = ApprovalLedger.of_state(state.root)  # written by the guard, read by the dispatch
+    recover(approvals=approvals, ledger=ledger, audit=audit, blob_dir=state.blob_dir,
+            cgroups=CgroupHost.detect())  # what a crash of the previous server left
     executor = plan_executor(state, config, policies, audit, sandboxes, worker, ledger, approvals)
+    if executor.limits().memory_mb > executor.queue.memory_budget_mb:
+        raise DomainError(f"each run may use {executor.limits().memory_mb} MB, more than the "
+                          f"sandbox memory budget of {executor.queue.memory_budget_mb} MB: raise "
+                          f"--sandbox-memory-budget-mb or lower --plan-memory-mb")
     syft_patches.apply_all(config.host, config.port, executor)
     overrides = approval_guard.Overrides()
     approval_guard.bind_verdicts(worker, policies, overrides, audit, ledger, approvals,
                                  lambda: published_public_key(state))
-    # the sandbox dispatch logs what failed inside a plan; the hospital admin needs it in
-    # the domain log (the researcher only gets one line without values from inside)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("pneumosyft.execution").setLevel(logging.INFO)
     app = build_app(state, config, worker, policies=policies, audit=audit, overrides=overrides,
                     ledger=ledger, executor=executor)
     state.pid_path.write_text(str(os.getpid()))

@@ -10,6 +10,14 @@ restarts.
     approvals.record(code_id, request_id, approver="owner@…", override_reason="")
     approvals.overridden(code_id)             # False: approved because it complies
     approvals.claim_run(code_id)              # True once; False ever after
+    approvals.run_started(code_id)            # it left the queue: data enters its sandbox
+    approvals.run_ended(code_id, "done")      # or "failed", "refused"
+
+A run's state is ``queued`` (claimed, waiting for the sandbox queue), ``running``,
+then ``done``, ``failed`` or ``refused`` (before any data entered); recovery at start
+turns what a crash left ``running`` into ``interrupted`` and ``queued`` into ``not run``
+(`server/recovery.py`). Either way the approval is used: running the code again is a new
+request.
 """
 
 from __future__ import annotations
@@ -30,8 +38,12 @@ class ApprovalLedger(SqliteStore):
     CREATE TABLE IF NOT EXISTS approvals (
         code_id TEXT PRIMARY KEY, request_id TEXT NOT NULL, approver TEXT NOT NULL,
         override_reason TEXT NOT NULL, at REAL NOT NULL);
-    CREATE TABLE IF NOT EXISTS runs (code_id TEXT PRIMARY KEY, started_at REAL NOT NULL);
+    CREATE TABLE IF NOT EXISTS runs (
+        code_id TEXT PRIMARY KEY, claimed_at REAL NOT NULL, state TEXT NOT NULL,
+        started_at REAL, ended_at REAL);
+    CREATE INDEX IF NOT EXISTS runs_state ON runs (state);
     """
+    ENDINGS = frozenset({"done", "failed", "refused"})
 
     @classmethod
     def of_state(cls, state_root: str | os.PathLike) -> "ApprovalLedger":
@@ -56,5 +68,37 @@ class ApprovalLedger(SqliteStore):
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM runs WHERE code_id = ?", (code_id,)).fetchone():
                 return False
-            db.execute("INSERT INTO runs VALUES (?, ?)", (code_id, time.time()))
+            db.execute("INSERT INTO runs (code_id, claimed_at, state) VALUES (?, ?, 'queued')",
+                       (code_id, time.time()))
         return True
+
+    def run_state(self, code_id: str) -> str | None:
+        """The state of the approval's run (None: not claimed)."""
+        with self._connection() as db:
+            row = db.execute("SELECT state FROM runs WHERE code_id = ?", (code_id,)).fetchone()
+        return row[0] if row else None
+
+    def run_started(self, code_id: str) -> None:
+        """The run left the queue: private data is about to enter its sandbox."""
+        with self._transaction() as db:
+            db.execute("UPDATE runs SET state = 'running', started_at = ? WHERE code_id = ?",
+                       (time.time(), code_id))
+
+    def run_ended(self, code_id: str, outcome: str) -> None:
+        """The run ended: ``done``, ``failed`` (after data entered) or ``refused`` (before)."""
+        if outcome not in self.ENDINGS:
+            raise ValueError(f"a run ends {sorted(self.ENDINGS)}, not {outcome!r}")
+        with self._transaction() as db:
+            db.execute("UPDATE runs SET state = ?, ended_at = ? WHERE code_id = ?",
+                       (outcome, time.time(), code_id))
+
+    def end_unfinished(self) -> list[tuple[str, str]]:
+        """At start: what a crash left ``running`` becomes ``interrupted`` and what it left
+        ``queued`` becomes ``not run``; returns (code id, state it was in)."""
+        with self._transaction() as db:
+            rows = db.execute("SELECT code_id, state FROM runs WHERE state IN "
+                              "('running', 'queued') ORDER BY claimed_at").fetchall()
+            db.execute("UPDATE runs SET ended_at = ?, state = CASE state WHEN 'running' THEN "
+                       "'interrupted' ELSE 'not run' END WHERE state IN ('running', 'queued')",
+                       (time.time(),))
+        return [(code_id, state) for code_id, state in rows]

@@ -4,6 +4,16 @@ Each record is a single ``os.write`` to a file opened with O_APPEND, then fsynce
 so records of concurrent writers (threads or processes) never interleave. Detail
 values under secret-sounding keys are replaced by ``[redacted]``; so is any value
 that looks like a JWT. Readers skip a torn line left by a crash.
+
+The log rotates by size: when the next line would take ``audit.jsonl`` past ``max_bytes``
+(``start --audit-max-mb``, default 50), it becomes ``audit.jsonl.1`` (the older ones
+shift up) and at most ``keep`` old files stay (``start --audit-keep``, default 5); readers
+read them all, oldest first. Every decision about an authenticated account is written in
+full. Refusals of anonymous requests (no valid token) are sampled: in each
+``sample_window_seconds`` window, the first ``sample_first`` of each path and reason
+(and at most 200 in all) in full, the rest counted, by reason and path, in one
+``auth.refused.sampled`` line when the next window begins, so that a flood of junk
+cannot fill the disk.
 """
 
 from __future__ import annotations
@@ -13,7 +23,8 @@ import json
 import os
 import re
 import threading
-from collections import deque
+import time
+from collections import Counter, deque
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -22,6 +33,11 @@ from common.errors import PneumoSyftError
 from domain_setup.server.tokens import duration_seconds
 
 AUDIT_FILE = "audit.jsonl"
+DEFAULT_MAX_BYTES = 50 * 2**20
+DEFAULT_KEEP = 5
+SAMPLE_WINDOW_SECONDS = 60.0
+SAMPLE_FIRST = 20  # per path and reason, per window
+SAMPLE_CAP = 200  # anonymous lines per window in all
 REDACTED = "[redacted]"
 SECRET_KEY_WORDS = ("password", "passwd", "token", "secret", "key", "authorization",
                     "credential", "cookie")
@@ -77,9 +93,26 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
 class AuditLog:
     """Append-only audit log of one domain."""
 
-    def __init__(self, state_dir: str | os.PathLike):
+    def __init__(self, state_dir: str | os.PathLike, *, max_bytes: int = DEFAULT_MAX_BYTES,
+                 keep: int = DEFAULT_KEEP, sample_window_seconds: float = SAMPLE_WINDOW_SECONDS,
+                 sample_first: int = SAMPLE_FIRST):
+        if max_bytes < 1024 or keep < 1:
+            raise ValueError("the audit log needs at least 1 KB and one kept file")
         self.path = Path(state_dir) / AUDIT_FILE
+        self.max_bytes, self.keep = int(max_bytes), int(keep)
         self._lock = threading.Lock()
+        self._sampler = _AnonymousSampler(sample_window_seconds, sample_first)
+
+    def refused_anonymous(self, path: str, *, status: int, reason: str) -> None:
+        """A request without a valid token was refused: written in full while the window
+        has room, else counted (see the module docstring)."""
+        with self._lock:
+            write, summary = self._sampler.take(path, reason)
+        if summary:
+            self.record("anonymous", "auth.refused.sampled", outcome="refused", **summary)
+        if write:
+            self.record("anonymous", "auth", target=path, outcome="refused", status=status,
+                        reason=reason)
 
     def record(self, actor: str, action: str, target: str = "", outcome: str = "ok",
                **details: Any) -> dict:
@@ -95,12 +128,39 @@ class AuditLog:
             self._append(line)
         return entry
 
-    def _append(self, line: bytes) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
+    def _open_current(self) -> int:
+        """The current file, opened and locked (reopened if another process rotated it)."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             # another process may be mid-write: without the lock its half line would look
             # like a torn one and we would split it
             fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
+    def _rotate(self) -> None:
+        """audit.jsonl -> .1 -> .2 ...; the oldest beyond `keep` is removed."""
+        oldest = self._rotated(self.keep)
+        oldest.unlink(missing_ok=True)
+        for number in range(self.keep - 1, 0, -1):
+            if self._rotated(number).exists():
+                os.replace(self._rotated(number), self._rotated(number + 1))
+        os.replace(self.path, self._rotated(1))
+
+    def _rotated(self, number: int) -> Path:
+        return self.path.with_name(f"{AUDIT_FILE}.{number}")
+
+    def _append(self, line: bytes) -> None:
+        fd = self._open_current()
+        try:
+            if os.fstat(fd).st_size and os.fstat(fd).st_size + len(line) + 1 > self.max_bytes:
+                self._rotate()  # under the old file's lock: other writers reopen
+                os.close(fd)
+                fd = self._open_current()
             info = os.fstat(fd)
             if info.st_mode & 0o077:
                 os.fchmod(fd, 0o600)
@@ -114,21 +174,23 @@ class AuditLog:
         finally:
             os.close(fd)
 
+    def _files(self) -> list[Path]:
+        """The rotated files, oldest first, then the current one."""
+        rotated = []
+        for path in self.path.parent.glob(f"{AUDIT_FILE}.*"):
+            suffix = path.name[len(AUDIT_FILE) + 1:]
+            if suffix.isdigit():
+                rotated.append((int(suffix), path))
+        return [path for _, path in sorted(rotated, reverse=True)] + [self.path]
+
     def _entries(self) -> Iterator[dict]:
-        try:
-            handle = open(self.path, "rb")
-        except FileNotFoundError:
-            return
-        with handle:
-            for raw in handle:
-                if not raw.strip():
-                    continue
-                try:
-                    entry = json.loads(raw)
-                except ValueError:  # a torn line from a crash, or garbage
-                    continue
-                if isinstance(entry, dict):
-                    yield entry
+        for path in self._files():
+            try:
+                handle = open(path, "rb")
+            except FileNotFoundError:
+                continue
+            with handle:
+                yield from _parsed(handle)
 
     def read(self, since: datetime | None = None, actor: str | None = None,
              action: str | None = None, limit: int | None = None) -> list[dict]:
@@ -145,6 +207,57 @@ class AuditLog:
                 continue
             kept.append(entry)
         return list(kept)
+
+
+def _parsed(handle: Any) -> Iterator[dict]:
+    for raw in handle:
+        if not raw.strip():
+            continue
+        try:
+            entry = json.loads(raw)
+        except ValueError:  # a torn line from a crash, or garbage
+            continue
+        if isinstance(entry, dict):
+            yield entry
+
+
+class _AnonymousSampler:
+    """Which anonymous refusals to write: per window, the first `first` of each (path,
+    reason) and at most `cap` in all; the rest are counted and summarised when the next
+    window begins (`take`)."""
+
+    def __init__(self, window_seconds: float, first: int, cap: int = SAMPLE_CAP):
+        self.window_seconds, self.first, self.cap = float(window_seconds), int(first), int(cap)
+        self._new_window()
+
+    def _new_window(self) -> None:
+        self._start, self._started_at = time.monotonic(), _utc_now_text()
+        self._written: Counter = Counter()
+        self._reasons: Counter = Counter()
+        self._paths: Counter = Counter()
+
+    def take(self, path: str, reason: str) -> tuple[bool, dict | None]:
+        """(write this one in full?, the previous window's summary or None)."""
+        summary = None
+        if time.monotonic() - self._start >= self.window_seconds:
+            summary = self._summary()
+            self._new_window()
+        key = (path[:200], reason[:200])
+        if self._written[key] < self.first and sum(self._written.values()) < self.cap:
+            self._written[key] += 1
+            return True, summary
+        self._reasons[key[1]] += 1
+        self._paths[key[0]] += 1
+        return False, summary
+
+    def _summary(self) -> dict | None:
+        count = sum(self._reasons.values())
+        if not count:
+            return None
+        return {"count": count, "since": self._started_at,
+                # [text, count] pairs: a reason is no key (keys naming tokens are redacted)
+                "reasons": [list(pair) for pair in self._reasons.most_common(20)],
+                "paths": [list(pair) for pair in self._paths.most_common(20)]}
 
 
 def _action_matches(entry_action: str, wanted: str) -> bool:

@@ -12,10 +12,13 @@ trusts the researcher (the dataset does not require DP, or the request was appro
 with an override). Every execution is audited with the code's hash, its kind, its
 outcome and its cost.
 
-An approval is for one run (`ApprovalLedger.claim_run`). Everything that can refuse a
-run is checked before any private data enters the sandbox (the round's parties and
-model, the privacy budget, the trust a kind needs);
-a refusal there refunds a charge. Once data has entered, a failure reaches the
+An approval is for one run (`ApprovalLedger.claim_run`), recorded as it moves from
+``queued`` to ``running`` to its end, so that recovery at start knows what a crash
+interrupted. Everything that can refuse a run is checked before any private data enters
+the sandbox (the round's parties and model, the privacy budget, the trust a kind needs,
+room in the sandbox queue); a refusal there refunds a charge. A run then waits in the
+sandbox queue (`server/run_queue.py`) until its memory fits the domain's budget; its
+wall-clock limit starts when it leaves the queue. Once data has entered, a failure reaches the
 researcher as one fixed line (`domain_setup.vetting.failures`), never a value from
 inside, and the charge stays. The admin reads the rest in the domain log.
 """
@@ -25,7 +28,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import logging
-from typing import Any, Callable
+from contextlib import ExitStack, contextmanager
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -42,6 +46,7 @@ from domain_setup.server.privacy_charge import PrivacyCharge, PrivacyRefused
 from domain_setup.server.privacy_ledger import PrivacyLedger
 from domain_setup.server.round_ledger import RoundLedger, RoundRefused
 from domain_setup.server.round_quote import aggregation_problems, round_quote
+from domain_setup.server.run_queue import QueueRefused, RunQueue
 from domain_setup.vetting.constants import model_binding_problems
 from domain_setup.vetting.contract_parts import ContractContext
 from domain_setup.vetting.failures import researcher_message
@@ -61,11 +66,12 @@ class PlanExecutor:
 
     def __init__(self, *, policies: Any, config_extra: dict, sandbox_factory:
                  Callable[..., Sandbox], audit: Any, worker: Any, ledger: PrivacyLedger,
-                 rounds: RoundLedger, approvals: ApprovalLedger,
+                 rounds: RoundLedger, approvals: ApprovalLedger, queue: RunQueue,
                  own_aggregation_key: Callable[[], bytes | None]):
         self.ledger = ledger
         self.rounds = rounds
         self.approvals = approvals
+        self.queue = queue
         self.own_aggregation_key = own_aggregation_key  # public key bytes, or None
         self.policies = policies
         self.config_extra = config_extra
@@ -85,7 +91,8 @@ class PlanExecutor:
                    "plan": kind.name, "code_sha256": code_sha256(code_item.raw_code)}
         limits = self.limits()
         charge: PrivacyCharge | None = None
-        data_entered = False
+        claimed = data_entered = False
+        waited = 0.0
         try:
             inputs = {name: _plain(name, value) for name, value in kwargs.items()}
             contract = self._contract_context(kind, inputs)
@@ -96,6 +103,7 @@ class PlanExecutor:
             if not self.approvals.claim_run(run_id):
                 raise Withheld("this request has run once already: an approval is for one "
                                "run (submit the code again for another)")
+            claimed = True
             dataset = self._dataset_of(code_item)
             trusted = self._trusted(dataset, run_id)
             if kind.needs_trust and not trusted:
@@ -107,11 +115,13 @@ class PlanExecutor:
                 charge = self._charge(kind, dataset, inputs, context.credentials, requester,
                                       run_id)
                 contract = dataclasses.replace(contract, max_epsilon=charge.target_epsilon)
-            sandbox = self.sandbox_factory(limits)
-            data_entered = True
-            run = sandbox.run(source, function, inputs,
-                              max_result_bytes=contract.max_custom_bytes if kind.whole_result
-                              else None)
+            with self._queued(run_id, limits, requester) as waited:
+                self.approvals.run_started(run_id)
+                sandbox = self.sandbox_factory(limits)
+                data_entered = True
+                run = sandbox.run(source, function, inputs,
+                                  max_result_bytes=contract.max_custom_bytes
+                                  if kind.whole_result else None)
             kind.contract(run.result, contract)
             released = charge.release(run.result, self.ledger) if charge else run.result
             result = kind.release(released, trusted=trusted)
@@ -122,6 +132,8 @@ class PlanExecutor:
                                   dataset=charge.dataset, epsilon=f"{charge.target_epsilon:g}")
             message = (str(exc) if isinstance(exc, Withheld) and not data_entered else
                        researcher_message(kind=kind.name, error=exc, limits=limits))
+            if claimed:
+                self.approvals.run_ended(run_id, "failed" if data_entered else "refused")
             log.error("run of %s (%s) for %s released nothing: %s\n%s",
                       code_item.service_func_name, kind.name, requester, exc,
                       getattr(exc, "traceback", "") or "")
@@ -131,7 +143,9 @@ class PlanExecutor:
                               **details)
             return output_type(user_code_id=code_item.id, stdout="", stderr="", result=None,
                                errored=True, safe_error_message=message)
+        self.approvals.run_ended(run_id, "done")
         self.audit.record(requester, "execution", target=run_id, **details,
+                          queued_seconds=f"{waited:.2f}",
                           released=",".join(sorted(map(str, result))) if not kind.whole_result
                           else "result",
                           seconds=f"{run.seconds:.2f}", start_seconds=f"{run.start_seconds:.3f}",
@@ -143,6 +157,17 @@ class PlanExecutor:
                            errored=False)
 
     # --- before any data enters ------------------------------------------------------
+
+    @contextmanager
+    def _queued(self, run_id: str, limits: SandboxLimits, owner: str) -> Iterator[float]:
+        """Wait in the sandbox queue (Withheld when it has no room); yields seconds waited."""
+        with ExitStack() as stack:
+            try:
+                waited = stack.enter_context(
+                    self.queue.slot(run_id, memory_mb=limits.memory_mb, owner=owner))
+            except QueueRefused as exc:
+                raise Withheld(str(exc)) from None
+            yield waited
 
     def _dataset_of(self, code_item: Any) -> str:
         bound, _ = code_bindings(code_item, asset_names_of(syft_compat.all_datasets(self.worker)))
@@ -234,13 +259,15 @@ class PlanExecutor:
                   "ciphertexts": ciphertexts}
         limits = self.limits()
         try:
-            run = self.sandbox_factory(limits, light=True).run(source, function, inputs)
+            with self._queued(f"aggregate-{spec.round_id}", limits, requester):
+                run = self.sandbox_factory(limits, light=True).run(source, function, inputs)
             kind.contract(run.result, ContractContext(n_ciphertexts=len(ciphertexts),
                                                       n_parties=spec.n_parties))
             released = kind.release(run.result, trusted=False)
-        except (PlanError, ReleaseRefused) as exc:
+        except (PlanError, ReleaseRefused, Withheld) as exc:
             self.rounds.unclaim(spec.round_id)
-            message = researcher_message(kind=kind.name, error=exc, limits=limits)
+            message = (str(exc) if isinstance(exc, Withheld) else
+                       researcher_message(kind=kind.name, error=exc, limits=limits))
             self.audit.record(requester, "federation.aggregate", target=spec.round_id,
                               outcome=_outcome(exc), reason=message,
                               detail=" ".join(str(exc).split())[:500], **details)

@@ -11,7 +11,8 @@ open. Beyond the token itself the gate checks that
   path is allowed for that account's role by ``policies/permissions.yaml``;
 * code submitted for execution only uses datasets the researcher may use.
 
-Every decision is appended to the audit log.
+Every decision about an account is appended to the audit log; refusals of requests
+without a valid token are sampled and counted (`server/audit.py`).
 """
 
 from __future__ import annotations
@@ -147,9 +148,11 @@ class TokenGate:
                 body = await _read_body(receive)
             detail = await anyio.to_thread.run_sync(self._authorize, scope, claims, body)
         except Refusal as refusal:
-            actor = claims["sub"] if claims else "anonymous"
-            self.audit.record(actor, "auth", target=path, outcome="refused",
-                              status=refusal.status, reason=refusal.reason)
+            if claims:  # an account's refusal is written in full, every time
+                self.audit.record(claims["sub"], "auth", target=path, outcome="refused",
+                                  status=refusal.status, reason=refusal.reason)
+            else:  # no valid token: sampled, so that a flood cannot fill the disk
+                self.audit.refused_anonymous(path, status=refusal.status, reason=refusal.reason)
             return await _send_json(send, refusal.status, {"error": refusal.reason})
         if detail is not None:
             self.audit.record(claims["sub"], detail.pop("action"), outcome="accepted", **detail)

@@ -45,6 +45,12 @@ CREATE TABLE IF NOT EXISTS grants (
 """
 
 
+# A charge counts while its status is one of these: "charged-interrupted" is a run that
+# had private data when a crash stopped it (recovery at start); nothing was released,
+# but it may have computed on the data, so its ε stays spent.
+CHARGED = ("charged", "charged-interrupted")
+
+
 class BudgetExceeded(PneumoSyftError):
     """A charge that would take a researcher past their budget on a dataset."""
 
@@ -115,6 +121,24 @@ class PrivacyLedger(SqliteStore):
             db.execute("UPDATE releases SET status = 'refunded', reason = ? WHERE id = ? "
                        "AND status = 'charged'", (reason[:300], int(release_id)))
 
+    def refund_request(self, request_id: str, reason: str) -> bool:
+        """Refund the charges of a run that never received data (recovery: it was still
+        queued); True when there was one."""
+        with self._transaction() as db:
+            cursor = db.execute("UPDATE releases SET status = 'refunded', reason = ? WHERE "
+                                "request_id = ? AND status = 'charged'",
+                                (reason[:300], request_id))
+        return cursor.rowcount > 0
+
+    def mark_interrupted(self, request_id: str) -> bool:
+        """Keep the charges of a run a crash interrupted after data entered, marked so;
+        True when there was one."""
+        with self._transaction() as db:
+            cursor = db.execute("UPDATE releases SET status = 'charged-interrupted', reason = "
+                                "'interrupted by a crash: kept' WHERE request_id = ? AND "
+                                "status = 'charged'", (request_id,))
+        return cursor.rowcount > 0
+
     def grant(self, email: str, dataset: str, epsilon: float, *, reason: str,
               granted_by: str) -> None:
         """Add `epsilon` to one researcher's budget on `dataset`."""
@@ -145,7 +169,7 @@ class PrivacyLedger(SqliteStore):
                           (email.lower(), dataset)).fetchall()
         releases = tuple(Release(i, rid, kind, eps, Mechanism(**json.loads(m)), status, at)
                          for i, rid, kind, eps, m, status, at in rows)
-        charged = [r for r in releases if r.status == "charged"]
+        charged = [r for r in releases if r.status in CHARGED]
         (granted,) = db.execute("SELECT COALESCE(SUM(epsilon), 0) FROM grants WHERE email = ? "
                                 "AND dataset = ?", (email.lower(), dataset)).fetchone()
         return Account(email.lower(), dataset, composed_epsilon([r.mechanism for r in charged],

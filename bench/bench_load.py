@@ -1,0 +1,182 @@
+"""A busy day: N researchers each submit M vetted training requests to one domain at once,
+the admin auto-approves in a loop, every researcher runs hers as soon as it is approved.
+
+Prints the domain's throughput (runs per minute, from the first submission to the last
+result) against the machine's capacity measured in the same run: the same plan on the
+same tensors executed N x M times one by one in a plain warm sandbox loop (`Sandbox.run`,
+same limits and thread count; no domain, no syft, no HTTP), the ratio (goal >= 0.7), the
+approval latency (submission to approval, as the researcher sees it; goal < 1 s
+median), how long runs waited in the sandbox queue, and the server's peak memory.
+
+    .venv/bin/python bench/bench_load.py --researchers 20 --requests 5 --n 600 --size 28
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import inspect
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common.vetted_plans import train_xray_plan  # noqa: E402
+from datasets.xray import load_synthetic  # noqa: E402
+from demos.local_domain import LocalDomain  # noqa: E402
+from domain_setup import PROJECT_ROOT  # noqa: E402
+from domain_setup.policy.approval import sandbox_limits  # noqa: E402
+from domain_setup.policy.snapshot import DomainPolicies  # noqa: E402
+from domain_setup.sandbox import Sandbox  # noqa: E402
+from domain_setup.vetting.registry import runnable  # noqa: E402
+from scientist import TrainingPlan, connect  # noqa: E402
+from scientist.submission import run_approved, split_assets, submit_plan, request_status  # noqa: E402
+
+THREADS = os.cpu_count() or 1
+
+
+def accounts_yaml(n: int) -> str:
+    """The shipped admin and data owner, and `n` researchers of the study group."""
+    lines = ["accounts:",
+             "  - {name: Hospital Admin, email: admin@pneumosyft-hospital.org, role: admin}",
+             "  - {name: Olivia Owens, email: owner@stmary-hospital.org, role: data_owner}"]
+    lines += [f"  - {{name: Researcher {i:02d}, email: {email(i)}, role: data_scientist, "
+              f"groups: [pneumonia-study]}}" for i in range(n)]
+    return "\n".join(lines) + "\n"
+
+
+def email(i: int) -> str:
+    return f"researcher{i:02d}@pneumosyft-research.org"
+
+
+def researcher_day(connection_file: Path, requests: int, epochs: int) -> list[dict]:
+    """Submit `requests` plans, wait until all are approved, then run them one by one."""
+    client = connect(connection_file=connection_file)
+    inputs = split_assets(client, "xray", "train")
+    config = TrainingPlan(epochs=epochs).config()
+    submitted = []
+    for i in range(requests):
+        submission = submit_plan(client, train_xray_plan, inputs=inputs,
+                                 constants={"config": config, "initial_weights": {}},
+                                 reason=f"load {i}")
+        submitted.append((submission, time.monotonic()))
+    approved: dict[str, float] = {}  # seconds from submission to approval, as she sees it
+    while len(approved) < len(submitted):
+        for submission, at in submitted:
+            if submission.request_id not in approved and \
+                    request_status(client, submission)[0] == "approved":
+                approved[submission.request_id] = time.monotonic() - at
+        time.sleep(0.1)
+    timings = []
+    for submission, _ in submitted:
+        result = run_approved(client, submission)
+        assert set(result) >= {"weights", "history"}
+        timings.append({"approval": approved[submission.request_id], "done": time.monotonic()})
+    return timings
+
+
+def admin_loop(domain: LocalDomain, stop: threading.Event, passes: list[float]) -> None:
+    """`review auto --approve-compliant`, again and again, through the admin facade."""
+    admin = domain.admin
+    while not stop.is_set():
+        started = time.monotonic()
+        admin.auto_review(approve_compliant=True)
+        passes.append(time.monotonic() - started)
+
+
+def baseline(runs: int, data, epochs: int, limits) -> float:
+    """Seconds for `runs` runs of the plan one by one in a plain warm sandbox."""
+    source, function = runnable(inspect.getsource(train_xray_plan))
+    inputs = {"images": data.train.images, "labels": data.train.labels,
+              "config": TrainingPlan(epochs=epochs).config(), "initial_weights": {}}
+    box = Sandbox(limits, vetted_packages=[PROJECT_ROOT / "common"], torch_threads=THREADS,
+                  warm=True)
+    try:
+        box.prewarm()
+        time.sleep(3)
+        started = time.monotonic()
+        for _ in range(runs):
+            box.run(source, function, inputs)
+        return time.monotonic() - started
+    finally:
+        box.close()
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--researchers", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=5, help="per researcher")
+    parser.add_argument("--n", type=int, default=600, help="synthetic images")
+    parser.add_argument("--size", type=int, default=28, metavar="PX")
+    parser.add_argument("--epochs", type=int, default=1)
+    args = parser.parse_args(argv)
+    if min(args.researchers, args.requests, args.n, args.epochs) < 1:
+        parser.error("every count must be at least 1")
+    runs = args.researchers * args.requests
+    data = load_synthetic(n=args.n, size=args.size)
+    with tempfile.TemporaryDirectory(prefix="pneumosyft-load-") as workdir:
+        work = Path(workdir)
+        # the demos' policies (no DP required), with these researchers in the study group
+        policies = work / "policies"
+        shutil.copytree(PROJECT_ROOT / "demos" / "policies", policies)
+        accounts = policies / "accounts.yaml"
+        accounts.write_text(accounts_yaml(args.researchers))
+        with LocalDomain.start_new("Busy General", work / "state", torch_threads=THREADS,
+                                   extra_args=("--policies", str(policies))) as domain:
+            domain.cli("upload", "synthetic", "--name", "xray", "--n", str(args.n), "--size",
+                       str(args.size), "--no-progress")
+            domain.cli("accounts", "apply", str(accounts))
+            files = [domain.researcher_file(email(i), work / f"r{i}.json")
+                     for i in range(args.researchers)]
+            limits = sandbox_limits(DomainPolicies.load(policies, domain.state.root).approval,
+                                    domain.state.load_config().extra)
+            stop, passes = threading.Event(), []
+            admin = threading.Thread(target=admin_loop, args=(domain, stop, passes))
+            print(f"{args.researchers} researchers x {args.requests} requests, "
+                  f"{len(data.train.labels)} images at {args.size} px, {args.epochs} epoch(s)")
+            started = time.monotonic()
+            admin.start()
+            try:
+                with concurrent.futures.ThreadPoolExecutor(args.researchers) as pool:
+                    days = list(pool.map(lambda f: researcher_day(f, args.requests, args.epochs),
+                                         files))
+            finally:
+                stop.set()
+                admin.join()
+            domain_seconds = max(t["done"] for day in days for t in day) - started
+            executions = [e for e in domain.admin.audit(action="execution")
+                          if e["outcome"] == "ok"]
+            server_peak = peak_rss_mb(domain.state.read_pid())
+        plain_seconds = baseline(runs, data, args.epochs, limits)
+    approvals = sorted(t["approval"] for day in days for t in day)
+    waited = sorted(float(e.get("queued_seconds", 0)) for e in executions)
+    domain_rate, plain_rate = runs / domain_seconds * 60, runs / plain_seconds * 60
+    print(f"domain:   {runs} runs in {domain_seconds:.0f} s = {domain_rate:.1f} runs/min "
+          f"({len(executions)} executions audited)")
+    print(f"baseline: {runs} runs one by one in a plain warm sandbox in {plain_seconds:.0f} s "
+          f"= {plain_rate:.1f} runs/min")
+    print(f"approval latency: median {statistics.median(approvals):.2f} s, "
+          f"p90 {approvals[int(0.9 * (len(approvals) - 1))]:.2f} s (goal < 1 s); "
+          f"review auto passes: median {statistics.median(passes):.2f} s over {len(passes)}")
+    print(f"queue wait per run: median {statistics.median(waited):.1f} s, max {waited[-1]:.1f} s")
+    print(f"server peak memory: {server_peak:.0f} MB")
+    print(f"throughput ratio domain / baseline: {domain_rate / plain_rate:.2f} (goal >= 0.7)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
