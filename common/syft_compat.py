@@ -290,6 +290,26 @@ def build_datasite(*, name: str, server_id: str, signing_key_hex: str, sqlite_di
         in_memory_workers=True, n_consumers=0, create_producer=False)
 
 
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+def wait_for_sqlite_locks(worker: Any, milliseconds: int = SQLITE_BUSY_TIMEOUT_MS) -> None:
+    """syft 0.9.5 sets SQLite's busy timeout (5 s) on one connection of its pool only; under
+    twenty researchers at once, writes on the others failed with "database is locked"
+    (an approval: "Could not get notifications!!"). Every connection waits up to
+    `milliseconds` for a lock instead. Nothing for PostgreSQL."""
+    engine = worker.db.engine
+    if engine.dialect.name != "sqlite":
+        return
+    from sqlalchemy import event
+
+    def on_connect(connection: Any, _record: Any) -> None:
+        connection.execute(f"PRAGMA busy_timeout = {int(milliseconds)}")
+
+    event.listen(engine, "connect", on_connect)
+    engine.dispose()  # pooled connections reopen with it
+
+
 @requires("syft.server.routes:make_routes")
 def syft_routes(worker: Any) -> Any:
     """syft's own HTTP routes (login, api, api_call, ...) for `worker`."""

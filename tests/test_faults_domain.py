@@ -137,8 +137,8 @@ def test_a_full_disk_says_so_in_one_line_and_health_is_degraded(busy, ada_file):
     filler = busy.state.root.parent / "filler"
     try:
         _fill(filler)
-        health = requests.get(f"{busy.url}/health", timeout=10).json()
-        assert health["status"] == "degraded" and "disk" in health["problems"][0]
+        health = _health_becomes(busy, "degraded")  # (probed at most once a second)
+        assert "disk" in health["problems"][0]
         with pytest.raises(DomainError, match="the domain's disk is full: the request was "
                                               "not stored"):
             try:
@@ -153,7 +153,7 @@ def test_a_full_disk_says_so_in_one_line_and_health_is_degraded(busy, ada_file):
         assert "degraded" in status.stdout
     finally:
         filler.unlink(missing_ok=True)
-    assert requests.get(f"{busy.url}/health", timeout=10).json()["status"] == "ok"
+    _health_becomes(busy, "ok")
     submission = _submit_training(ada, epochs=1, reason="after the disk was freed")
     assert submission.request_id
 
@@ -258,6 +258,16 @@ def _cgroups_of(pid: int) -> list[str]:
     host = CgroupHost.detect()
     return sorted(d.name for parent in host.parents
                   for d in parent.glob(f"{NAME_PREFIX}{pid}-*"))
+
+
+def _health_becomes(domain, status: str, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        health = requests.get(f"{domain.url}/health", timeout=10).json()
+        if health["status"] == status or time.monotonic() > deadline:
+            assert health["status"] == status, health
+            return health
+        time.sleep(0.2)
 
 
 def _fill(path: Path) -> None:

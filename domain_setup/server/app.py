@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -101,10 +102,16 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
     install_refusal_handler(app)
     min_free_mb = operating_limits.get(config.extra, "min_free_disk_mb", DEFAULT_MIN_FREE_MB)
 
+    checked = {"at": 0.0, "problems": []}
+
     @app.get("/health")
     def health() -> dict:
-        problems = disk_problems(state.root, min_free_mb=min_free_mb)
-        # open to anyone: the state of the machine, nothing of anyone's runs
+        # open to anyone: the state of the machine, nothing of anyone's runs; the disk is
+        # probed at most once a second, however often anyone asks
+        if time.monotonic() - checked["at"] >= 1.0:
+            checked.update(at=time.monotonic(),
+                           problems=disk_problems(state.root, min_free_mb=min_free_mb))
+        problems = checked["problems"]
         return {"status": "degraded" if problems else "ok", "problems": problems}
 
     app.add_middleware(GateMiddleware, gate=gate)
@@ -219,6 +226,7 @@ def serve(state: StateDir) -> None:
     # no sandbox, no domain: nothing submitted ever runs in this process
     sandboxes.check(sandbox_limits(policies.current.approval, config.extra))
     worker = build_worker(state, config)
+    syft_compat.wait_for_sqlite_locks(worker)
     ledger = PrivacyLedger.of_state(state.root)  # one per server: executor, guard, routes
     approvals = ApprovalLedger.of_state(state.root)  # written by the guard, read by the dispatch
     recover(approvals=approvals, ledger=ledger, audit=audit, blob_dir=state.blob_dir,
