@@ -232,8 +232,9 @@ def serve(state: StateDir) -> None:
     recover(approvals=approvals, ledger=ledger, audit=audit, blob_dir=state.blob_dir,
             cgroups=CgroupHost.detect())  # what a crash of the previous server left
     executor = plan_executor(state, config, policies, audit, sandboxes, worker, ledger, approvals)
-    if executor.limits().memory_mb > executor.queue.memory_budget_mb:
-        raise DomainError(f"each run may use {executor.limits().memory_mb} MB, more than the "
+    run_memory_mb = executor.limits().memory_mb
+    if run_memory_mb > executor.queue.memory_budget_mb:
+        raise DomainError(f"each run may use {run_memory_mb} MB, more than the "
                           f"sandbox memory budget of {executor.queue.memory_budget_mb} MB: raise "
                           f"--sandbox-memory-budget-mb or lower --plan-memory-mb")
     syft_patches.apply_all(config.host, config.port, executor)

@@ -157,7 +157,8 @@ class AuditLog:
     def _append(self, line: bytes) -> None:
         fd = self._open_current()
         try:
-            if os.fstat(fd).st_size and os.fstat(fd).st_size + len(line) + 1 > self.max_bytes:
+            size = os.fstat(fd).st_size
+            if size and size + len(line) + 1 > self.max_bytes:
                 self._rotate()  # under the old file's lock: other writers reopen
                 os.close(fd)
                 fd = self._open_current()
