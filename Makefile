@@ -42,6 +42,7 @@ bench: install
 	$(PY) bench/bench_upload.py
 	$(PY) bench/bench_scale.py
 	$(PY) bench/bench_load.py
+	$(PY) bench/bench_review.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

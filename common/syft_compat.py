@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 import sys
 import threading
 from typing import Any, Callable, Iterator
@@ -241,6 +242,43 @@ def request_code(worker: Any, request_id: str) -> Any | None:
                                                           request.code_id).unwrap()
     except Exception:  # no such request, or not a code request
         return None
+
+
+@requires("syft.service.request.request_stash:RequestStash")
+def all_requests(worker: Any) -> list:
+    """Every request of the server, read with the server's own credentials (one scan)."""
+    return list(worker.services.request.stash.get_all(worker.verify_key).unwrap())
+
+
+@requires("syft.store.blob_storage:BlobStorageEntry",
+          "syft.service.action.action_object:ActionObject.syft_blob_storage_entry_id",
+          "syft.types.twin_object:TwinObject.private_obj")
+def unreferenced_blob_entries(worker: Any) -> list:
+    """Blob entries no stored object refers to (a twin's private and mock parts count):
+    an upload that stopped after its bytes were written and before its object was."""
+    referenced = set()
+    for obj in worker.services.action.stash.get_all(worker.verify_key).unwrap():
+        for part in (obj, getattr(obj, "private_obj", None), getattr(obj, "mock_obj", None)):
+            entry_id = getattr(part, "syft_blob_storage_entry_id", None)
+            if entry_id is not None:
+                referenced.add(entry_id)
+    return [entry for entry in worker.services.blob_storage.stash.get_all(
+        worker.verify_key).unwrap() if entry.id not in referenced]
+
+
+def blob_file_names(worker: Any) -> set[str]:
+    """The file names of every blob entry syft knows (on-disk blob storage)."""
+    return {os.path.basename(str(entry.location.path)) for entry in
+            worker.services.blob_storage.stash.get_all(worker.verify_key).unwrap()}
+
+
+def delete_blob_entry(worker: Any, entry: Any, blob_dir: str | os.PathLike) -> None:
+    """Remove a blob entry from syft's store and its file from `blob_dir`."""
+    worker.services.blob_storage.stash.delete_by_uid(worker.verify_key, entry.id).unwrap()
+    try:
+        os.unlink(os.path.join(blob_dir, os.path.basename(str(entry.location.path))))
+    except FileNotFoundError:
+        pass
 
 
 @requires("syft.service.dataset.dataset_stash:DatasetStash")

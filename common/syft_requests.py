@@ -42,5 +42,12 @@ def is_pending(request: Any) -> bool:
 
 
 def request_status(request: Any) -> str:
-    """'pending', 'approved' or 'rejected'."""
-    return str(getattr(request.status, "name", request.status)).lower()
+    """'pending', 'approved' or 'rejected', read from the request as fetched: undecided
+    with no history, approved when its last decision applied every change. syft's own
+    ``status`` asks the server twice more (the code with its constants, and a
+    ``migration._get_object`` a researcher may not call) on every poll."""
+    if is_pending(request):
+        return "pending"
+    applied = request.current_change_state
+    return ("approved" if len(applied) == len(request.changes) and all(applied.values())
+            else "rejected")

@@ -18,6 +18,7 @@ from domain_setup.sandbox.cgroups import CgroupHost, NAME_PREFIX
 from domain_setup.server.approval_ledger import ApprovalLedger
 from domain_setup.server.audit import AuditLog
 from domain_setup.server.health import disk_problems
+from domain_setup.server.pending_requests import PendingRequests
 from domain_setup.server.privacy_ledger import PrivacyLedger
 from domain_setup.server.recovery import recover
 from domain_setup.server.run_queue import QueueRefused, RunQueue
@@ -61,6 +62,31 @@ def test_five_runs_on_a_budget_of_two_wait_their_turn_in_order():
         thread.join(10)
     assert started == ["r0", "r1", "r2", "r3", "r4"]  # first come, first served
     assert peak[0] == 2 and queue.entries() == []
+
+
+def test_runs_going_together_share_the_cores_instead_of_oversubscribing_them(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    queue = RunQueue(memory_budget_mb=8192, max_running=8)
+    assert queue.core_share() == 8 and queue.core_share(cap=2) == 2  # alone: every core
+    shares = []
+    with queue.slot("a", memory_mb=10, owner=ADA):
+        shares.append(queue.core_share())
+        with queue.slot("b", memory_mb=10, owner=ADA), queue.slot("c", memory_mb=10, owner=ADA):
+            shares.append(queue.core_share())
+    assert shares == [8, 2]  # 8 cores // 3 runs: two threads each, never more than 8 in all
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    with queue.slot("a", memory_mb=10, owner=ADA), queue.slot("b", memory_mb=10, owner=ADA), \
+            queue.slot("c", memory_mb=10, owner=ADA):
+        assert queue.core_share() == 1  # at least one
+
+
+def test_the_pending_index_keeps_undecided_requests_oldest_first():
+    pending = PendingRequests(["a1", "b2"])
+    pending.add("c3")
+    pending.add("a1")  # seen again: keeps its place
+    pending.discard("b2")
+    pending.discard("never-there")
+    assert pending.ids() == ["a1", "c3"] and len(pending) == 2
 
 
 def test_a_run_that_can_never_fit_or_finds_the_queue_full_is_refused_at_once():

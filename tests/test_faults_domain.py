@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -24,9 +25,10 @@ from domain_setup.sandbox.cgroups import NAME_PREFIX, CgroupHost
 from domain_setup.server.approval_ledger import ApprovalLedger
 from domain_setup.server.privacy_ledger import PrivacyLedger
 from scientist import TrainingPlan, connect, my_runs
+from scientist.connect import domain_get
 from scientist.plans import train_xray_plan
 from scientist.privacy import private_training, train_private_xray_plan
-from scientist.submission import run_approved, split_assets, submit_plan
+from scientist.submission import request_status, run_approved, split_assets, submit_plan
 
 pytestmark = pytest.mark.domain
 TMPFS_MB = 600
@@ -34,7 +36,15 @@ RUN_MEMORY_MB = 1024  # --plan-memory-mb: a budget of two runs is 2048
 
 
 @pytest.fixture(scope="module")
-def busy(tmp_path_factory):
+def busy_policies(tmp_path_factory) -> Path:
+    """The busy domain's policy folder: the demos' (no DP required), editable."""
+    policies = tmp_path_factory.mktemp("busy-policies") / "policies"
+    shutil.copytree(Path(__file__).parents[1] / "demos" / "policies", policies)
+    return policies
+
+
+@pytest.fixture(scope="module")
+def busy(tmp_path_factory, busy_policies):
     """A domain on its own tmpfs, allowed two runs' memory at once (and up to 8 runs by
     concurrency, so that the memory budget is what holds them back)."""
     mount = tmp_path_factory.mktemp("busy-disk")
@@ -43,7 +53,7 @@ def busy(tmp_path_factory):
     domain = None
     try:
         domain = start_hospital(mount / "state", "Busy General", extra_args=(
-            "--policies", str(Path(__file__).parents[1] / "demos" / "policies"),
+            "--policies", str(busy_policies),
             "--plan-memory-mb", str(RUN_MEMORY_MB),
             "--sandbox-memory-budget-mb", str(2 * RUN_MEMORY_MB),
             "--max-concurrent-runs", "8", "--min-free-disk-mb", "50"))
@@ -132,6 +142,41 @@ def test_five_runs_on_a_budget_of_two_wait_in_a_queue_the_researcher_can_see(bus
         assert sum(1 for s, t in spans if s <= start + 0.05 < t) <= 2, spans
 
 
+def count_images(images):
+    return {"n": len(images)}
+
+
+def test_the_domain_approves_compliant_vetted_plans_as_they_arrive_and_nothing_else(
+        busy, ada_file, busy_policies):
+    approval = busy_policies / "approval.yaml"
+    original = approval.read_text()
+    approval.write_text(original.replace("approve_compliant: false", "approve_compliant: true"))
+    busy.cli("policies", "reload")
+    try:
+        ada = connect(connection_file=ada_file)
+        vetted = _submit_training(ada, epochs=1, reason="vetted and compliant")
+        assert request_status(ada, vetted) == ("approved", "")  # when her submission returns
+        custom = submit_plan(ada, count_images, inputs={"images": split_assets(
+            ada, "xray", "train")["images"]}, constants={}, reason="custom code")
+        assert request_status(ada, custom)[0] == "pending"
+        pending = busy.admin.session.request("GET", "/pneumosyft/requests/pending")["pending"]
+        assert custom.request_id in pending and vetted.request_id not in pending
+        (approval_entry,) = [e for e in _audit_lines(busy) if e["action"] == "request.approve"
+                             and e["target"] == vetted.request_id]
+        assert approval_entry["actor"] == "domain (approve_compliant)"
+        assert approval_entry["plan"] == "train"
+        assert set(run_approved(ada, vetted)) >= {"weights", "n_samples"}
+        # a researcher may not read the index; the admin's denial takes the request out of it
+        with pytest.raises(DomainError, match="your role may not list pending requests"):
+            domain_get("/pneumosyft/requests/pending", ada_file)
+        busy.cli("review", "deny", custom.request_id, "--reason", "not today")
+        assert custom.request_id not in busy.admin.session.request(
+            "GET", "/pneumosyft/requests/pending")["pending"]
+    finally:
+        approval.write_text(original)
+        busy.cli("policies", "reload")
+
+
 def test_a_full_disk_says_so_in_one_line_and_health_is_degraded(busy, ada_file):
     ada = connect(connection_file=ada_file)
     filler = busy.state.root.parent / "filler"
@@ -167,6 +212,11 @@ def test_kill_9_during_a_dp_run_and_an_upload_is_reconciled_at_start(busy, ada_f
     runner = threading.Thread(target=lambda: outcome.update(_run(ada_file, submission)))
     runner.start()
     code_id = _wait_for_running(approvals)
+    orphan = _complete_blob_upload(busy)  # an upload that stopped before its dataset
+    stray = busy.state.blob_dir / ("f" * 32)  # a blob file syft has no entry for
+    stray.write_bytes(b"left over")
+    kept = {p.name for p in busy.state.blob_dir.iterdir() if p.is_file()} - {orphan.name,
+                                                                             stray.name}
     partial = _start_blob_upload(busy)
     pid = busy.state.read_pid()
     sandboxes_before = _cgroups_of(pid)
@@ -179,6 +229,10 @@ def test_kill_9_during_a_dp_run_and_an_upload_is_reconciled_at_start(busy, ada_f
     busy.start()
     assert _cgroups_of(pid) == []  # the dead server's sandboxes are gone
     assert not partial.exists()
+    assert not orphan.exists() and not stray.exists()
+    assert kept <= {p.name for p in busy.state.blob_dir.iterdir()}  # datasets and results stay
+    (summary,) = [e for e in _audit_lines(busy) if e["action"] == "recovery"][-1:]
+    assert orphan.name in summary["orphan_blobs"] and stray.name in summary["orphan_blobs"]
     assert approvals.run_state(code_id) == "interrupted"
     ledger = PrivacyLedger.of_state(busy.state.root)
     (charge,) = [r for r in ledger.account(RESEARCHER, "xray", delta=1e-5).releases
@@ -215,32 +269,51 @@ def _wait_for_running(approvals: ApprovalLedger, timeout: float = 120) -> str:
     raise AssertionError("the run never started")
 
 
-def _start_blob_upload(domain) -> Path:
-    """Allocate a blob as the admin and stream it slowly; the partial file it makes."""
+class _Quiet:
+    def update(self, _n: int) -> None:
+        pass
+
+
+def _allocate_blob(session, size: int) -> str:
+    """A blob entry allocated by the admin, as an upload starts; its id."""
     from syft.types.blob_storage import CreateBlobStorageEntry
 
+    deposit = session.client().api.services.blob_storage.allocate(
+        CreateBlobStorageEntry.from_obj(b"", file_size=size))
+    return deposit.blob_storage_entry_id.no_dash
+
+
+def _complete_blob_upload(domain) -> Path:
+    """An upload whose bytes were all written and whose object never was (the admin's
+    upload stopped between the two); the blob file it left."""
     from domain_setup.admin.session import AdminSession
     from domain_setup.admin.upload import BlobBytes, stream_blob
 
     session = AdminSession(domain.state)
-    client = session.client()
+    size = 1 << 20
+    entry_id = _allocate_blob(session, size)
+    stream_blob(session, entry_id, BlobBytes(iter([b"\1" * size]), size), _Quiet())
+    (written,) = [p for p in domain.state.blob_dir.iterdir() if entry_id in p.name]
+    return written
+
+
+def _start_blob_upload(domain) -> Path:
+    """Allocate a blob as the admin and stream it slowly; the partial file it makes."""
+    from domain_setup.admin.session import AdminSession
+    from domain_setup.admin.upload import BlobBytes, stream_blob
+
+    session = AdminSession(domain.state)
     size = 32 << 20
-    deposit = client.api.services.blob_storage.allocate(
-        CreateBlobStorageEntry.from_obj(b"", file_size=size))
-    entry_id = deposit.blob_storage_entry_id.no_dash
+    entry_id = _allocate_blob(session, size)
 
     def slow_pieces():
         for _ in range(size // (1 << 20)):
             yield b"\0" * (1 << 20)
             time.sleep(0.25)
 
-    class Quiet:
-        def update(self, _n: int) -> None:
-            pass
-
     def upload() -> None:
         try:  # the admin CLI's own streaming, slowed down
-            stream_blob(session, entry_id, BlobBytes(slow_pieces(), size), Quiet())
+            stream_blob(session, entry_id, BlobBytes(slow_pieces(), size), _Quiet())
         except (DomainError, OSError):
             pass  # the server is killed under it
 

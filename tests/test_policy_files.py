@@ -102,6 +102,17 @@ def test_shipped_approval_rules_load():
     assert rules.max_epochs >= 3 and "small_cnn" in rules.allowed_models
     assert "common.training.train" in rules.declassifying_calls
     assert {"open", "exec", "eval"} <= rules.forbidden_builtins
+    assert rules.approve_compliant is False  # shipped: every request waits for an admin
+
+
+def test_automatic_approval_is_true_or_false_nothing_else(tmp_path):
+    shipped = (POLICIES / "approval.yaml").read_text()
+    on = _write(tmp_path, shipped.replace("approve_compliant: false", "approve_compliant: true"))
+    assert load_approval_rules(on).approve_compliant is True
+    text = shipped.replace("approve_compliant: false", "approve_compliant: \"yes please\"")
+    line, reason = _error(load_approval_rules, _write(tmp_path, text))
+    assert "approve_compliant" in text.splitlines()[line - 1]
+    assert reason.startswith("expected true or false")
 
 
 # --- malformed files ------------------------------------------------------------------------

@@ -92,9 +92,19 @@ class Reviewer:
         return asset_names_of(self.client.datasets.get_all())
 
     def _requests(self, *, pending_only: bool = False) -> list:
-        """Code requests: one fetch of them all; each one's code (a call each) only for
-        those kept, so a pass over the pending ones costs what they are."""
-        return [r for r in self.client.requests.get_all()
+        """Code requests. The pending ones: the domain's index of undecided requests, then
+        one fetch each, so a pass costs what is pending, not every request ever made.
+        All of them: one fetch of every request."""
+        if pending_only:
+            requests = []
+            for request_id in self.session.request("GET", "/pneumosyft/requests/pending")["pending"]:
+                try:
+                    requests.append(get_request(self.client, request_id))
+                except DomainError:  # decided and gone since the index was read
+                    continue
+        else:
+            requests = self.client.requests.get_all()
+        return [r for r in requests
                 if (is_pending(r) or not pending_only) and syft_compat.is_user_code(r.code)]
 
     def list(self, *, pending_only: bool = False) -> list[RequestSummary]:

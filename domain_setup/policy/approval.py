@@ -2,7 +2,8 @@
 
 The static rules (imports, forbidden names, returns) drive the advisory linter for
 custom code (`domain_setup.vetting.linter`); `limits:` bounds the training config of
-every plan; `sandbox:` limits every run; `releases:` bounds vetted and custom releases.
+every plan; `sandbox:` limits every run; `releases:` bounds vetted and custom releases;
+`review:` says whether the domain approves compliant vetted plans by itself.
 
     rules = load_approval_rules("policies/approval.yaml")
     rules.max_epochs, sandbox_limits(rules, {}).timeout_seconds        # 20, 600.0
@@ -16,7 +17,7 @@ from typing import Any
 
 from common.training_config import policy_limited_parameters
 from domain_setup.policy.schema import (DOTTED_NAME, IDENTIFIER, POSITIVE_INT, POSITIVE_NUMBER,
-                                        Struct, load_policy, names_list)
+                                        Scalar, Struct, load_policy, names_list)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class ApprovalRules:
     sandbox: dict  # limits of every run of submitted code (domain_setup.sandbox.SandboxLimits)
     min_samples: int  # images a vetted train or evaluate release covers at least
     custom_max_result_bytes: int  # what custom code may return, encoded
+    approve_compliant: bool = False  # the domain approves compliant vetted plans itself
 
     @property
     def max_epochs(self) -> int:
@@ -93,6 +95,7 @@ APPROVAL_SCHEMA = Struct(required={
                                 for key in SANDBOX_LIMIT_KEYS}),
     "releases": Struct(optional={"min_samples": POSITIVE_INT,
                                  "custom_max_result_kb": POSITIVE_INT}),
+    "review": Struct(optional={"approve_compliant": Scalar(bool)}),
 })
 
 
@@ -120,6 +123,7 @@ def load_approval_rules(path: str | Path) -> ApprovalRules:
         min_samples=data.get("releases", {}).get("min_samples", DEFAULT_MIN_SAMPLES),
         custom_max_result_bytes=1024 * data.get("releases", {}).get(
             "custom_max_result_kb", DEFAULT_CUSTOM_MAX_RESULT_KB),
+        approve_compliant=data.get("review", {}).get("approve_compliant", False),
     )
 
 

@@ -124,6 +124,11 @@ def _memfd(data: bytes) -> int:
     return fd
 
 
+def _check_threads(torch_threads: int | None) -> None:
+    if torch_threads is not None and (type(torch_threads) is not int or torch_threads < 1):
+        raise SandboxError(f"torch_threads must be a positive integer, got {torch_threads!r}")
+
+
 class Sandbox:
     """Runs researcher functions under ``limits`` in a bubblewrap sandbox.
 
@@ -142,8 +147,7 @@ class Sandbox:
         self.limits = limits if limits is not None else SandboxLimits()
         if not isinstance(self.limits, SandboxLimits):
             raise SandboxError(f"limits must be SandboxLimits, got {type(limits).__name__}")
-        if torch_threads is not None and (type(torch_threads) is not int or torch_threads < 1):
-            raise SandboxError(f"torch_threads must be a positive integer, got {torch_threads!r}")
+        _check_threads(torch_threads)
         self.vetted_packages = [self._vetted(Path(p)) for p in vetted_packages]
         names = [os.path.basename(p) for p in self.vetted_packages]
         if len(set(names)) != len(names):
@@ -214,13 +218,14 @@ class Sandbox:
     # --- running -------------------------------------------------------------------
 
     def run(self, source: str, function: str, kwargs: Mapping[str, Any], *,
-            max_result_bytes: int | None = None) -> SandboxRun:
+            max_result_bytes: int | None = None, torch_threads: int | None = None) -> SandboxRun:
         """Run ``function(**kwargs)`` from the module ``source`` in a fresh sandbox.
 
         ``kwargs`` is plain data (torch tensors allowed; they arrive as tensors).
         ``max_result_bytes`` (default: the limits' ``max_output_mb``, and never above it)
         bounds the encoded result: a larger one is refused by its size, from the frame's
-        header, before any of it is read or decoded. Raises ``PlanTimeout``,
+        header, before any of it is read or decoded. ``torch_threads`` (default the
+        sandbox's) is this run's share of the cores. Raises ``PlanTimeout``,
         ``PlanOutOfMemory``, ``PlanFailed``, ``ResultRefused`` or ``SandboxCrashed``;
         nothing of the run is left running afterwards.
         """
@@ -235,10 +240,11 @@ class Sandbox:
                 raise SandboxError(f"max_result_bytes must be a positive integer, got "
                                    f"{max_result_bytes!r}")
             bound = min(bound, max_result_bytes)
+        _check_threads(torch_threads)
         request = protocol.request_parts(
             {"source": source, "function": function, "limits": self.limits.to_dict(),
              "max_result_bytes": bound,
-             "torch_threads": self.torch_threads, "plan_filter": env.plan_bpf,
+             "torch_threads": torch_threads or self.torch_threads, "plan_filter": env.plan_bpf,
              "seccomp_syscall": env.seccomp_syscall},
             plain_data.encode_parts(dict(kwargs), allow_tensors=True, name="kwargs"))
         spare = self._take_spare()

@@ -51,7 +51,7 @@ def build_worker(state: StateDir, config: DomainConfig) -> Any:
 
 
 def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: Any,
-              audit: Any, overrides: Any, ledger: Any, executor: Any) -> Any:
+              audit: Any, overrides: Any, ledger: Any, executor: Any, pending: Any) -> Any:
     """The FastAPI app: syft's routes under /api/v2, ours under /pneumosyft, the gate in front
     of every route (``app.state.gate``), all deciding on the same policy snapshot; a 5xx
     while the disk is full becomes one line saying so (`server/health.py`)."""
@@ -89,8 +89,8 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
     syft_router.include_router(syft_compat.syft_routes(worker))
     app.include_router(syft_router, prefix="/api/v2")
     gate = TokenGate.for_domain(state, config, worker, policies=policies, audit=audit)
-    app.include_router(make_domain_router(state, config, worker, gate, overrides, ledger),
-                       prefix="/pneumosyft")
+    app.include_router(make_domain_router(state, config, worker, gate, overrides, ledger,
+                                          pending), prefix="/pneumosyft")
     app.include_router(make_privacy_router(worker, gate, ledger),
                        prefix="/pneumosyft/privacy")
     app.include_router(make_blob_router(worker, gate), prefix="/pneumosyft/blob")
@@ -215,6 +215,7 @@ def serve(state: StateDir) -> None:
     from domain_setup.aggregation_key import published_public_key
     from domain_setup.server.approval_ledger import ApprovalLedger
     from domain_setup.server.privacy_ledger import PrivacyLedger
+    from domain_setup.server.pending_requests import PendingRequests
     from domain_setup.server.recovery import recover
     from domain_setup.sandbox.cgroups import CgroupHost
 
@@ -229,8 +230,9 @@ def serve(state: StateDir) -> None:
     syft_compat.wait_for_sqlite_locks(worker)
     ledger = PrivacyLedger.of_state(state.root)  # one per server: executor, guard, routes
     approvals = ApprovalLedger.of_state(state.root)  # written by the guard, read by the dispatch
+    # what a crash of the previous server left: runs, sandboxes, blobs
     recover(approvals=approvals, ledger=ledger, audit=audit, blob_dir=state.blob_dir,
-            cgroups=CgroupHost.detect())  # what a crash of the previous server left
+            cgroups=CgroupHost.detect(), worker=worker)
     executor = plan_executor(state, config, policies, audit, sandboxes, worker, ledger, approvals)
     run_memory_mb = executor.limits().memory_mb
     if run_memory_mb > executor.queue.memory_budget_mb:
@@ -239,10 +241,11 @@ def serve(state: StateDir) -> None:
                           f"--sandbox-memory-budget-mb or lower --plan-memory-mb")
     syft_patches.apply_all(config.host, config.port, executor)
     overrides = approval_guard.Overrides()
+    pending = PendingRequests.scan(worker)  # the undecided requests, as syft's store has them
     approval_guard.bind_verdicts(worker, policies, overrides, audit, ledger, approvals,
-                                 lambda: published_public_key(state))
+                                 lambda: published_public_key(state), pending)
     app = build_app(state, config, worker, policies=policies, audit=audit, overrides=overrides,
-                    ledger=ledger, executor=executor)
+                    ledger=ledger, executor=executor, pending=pending)
     state.pid_path.write_text(str(os.getpid()))
     try:
         uvicorn.run(app, host=config.host, port=config.port, log_level="warning",

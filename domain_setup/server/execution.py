@@ -121,7 +121,8 @@ class PlanExecutor:
                 data_entered = True
                 run = sandbox.run(source, function, inputs,
                                   max_result_bytes=contract.max_custom_bytes
-                                  if kind.whole_result else None)
+                                  if kind.whole_result else None,
+                                  torch_threads=self.queue.core_share(sandbox.torch_threads))
             kind.contract(run.result, contract)
             released = charge.release(run.result, self.ledger) if charge else run.result
             result = kind.release(released, trusted=trusted)

@@ -9,8 +9,10 @@ Runs before the server answers anyone, in this order:
    was released). Running it again is a new request for the admin to approve.
 2. **Sandboxes.** Run cgroups left by a server process that no longer exists
    (``pneumosyft-sandbox-<pid>-…``) are emptied with SIGKILL and removed.
-3. **Blobs.** Partial files of blob uploads that never completed
-   (``.<entry>.partial-…`` in the blob store) are removed.
+3. **Blobs.** What uploads that never completed left in the blob store is removed:
+   partial files (``.<entry>.partial-…``), blobs written in full whose object was never
+   stored (an entry nothing refers to: the upload stopped between its bytes and its
+   dataset), and files syft has no entry for.
 
 Each step is audited as ``recovery.*`` with what it found, and logged.
 """
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import syft_compat
 from domain_setup.sandbox.cgroups import CgroupHost, remove_leftovers
 from domain_setup.server.approval_ledger import ApprovalLedger
 from domain_setup.server.privacy_ledger import PrivacyLedger
@@ -38,16 +41,22 @@ class Recovered:
     not_run: list[str] = field(default_factory=list)      # runs that waited: refunded
     cgroups: int = 0
     partial_blobs: list[str] = field(default_factory=list)
+    orphan_blobs: list[str] = field(default_factory=list)  # complete, never an object
+    orphan_bytes: int = 0
 
     def summary(self) -> str:
         return (f"{len(self.interrupted)} interrupted run(s), {len(self.not_run)} queued run(s) "
                 f"not run, {self.cgroups} leftover sandbox cgroup(s) removed, "
-                f"{len(self.partial_blobs)} partial blob file(s) removed")
+                f"{len(self.partial_blobs)} partial blob file(s) removed, "
+                f"{len(self.orphan_blobs)} orphan blob(s) of {self.orphan_bytes / 1e6:.1f} MB "
+                f"removed")
 
 
 def recover(*, approvals: ApprovalLedger, ledger: PrivacyLedger, audit: Any,
-            blob_dir: Path | None, cgroups: CgroupHost | None) -> Recovered:
-    """Reconcile runs, sandboxes and blobs a previous server process left behind."""
+            blob_dir: Path | None, cgroups: CgroupHost | None,
+            worker: Any | None = None) -> Recovered:
+    """Reconcile runs, sandboxes and blobs a previous server process left behind
+    (`worker`: syft's server, whose blob entries are checked; None skips that)."""
     found = Recovered()
     for run_id, state in approvals.end_unfinished():
         if state == "running":
@@ -67,8 +76,25 @@ def recover(*, approvals: ApprovalLedger, ledger: PrivacyLedger, audit: Any,
         for partial in sorted(blob_dir.glob(f".*{PARTIAL_MARK}*")):
             partial.unlink(missing_ok=True)
             found.partial_blobs.append(partial.name)
-    if found.interrupted or found.not_run or found.cgroups or found.partial_blobs:
+        if worker is not None:
+            _remove_orphan_blobs(worker, blob_dir, found)
+    if found.interrupted or found.not_run or found.cgroups or found.partial_blobs or \
+            found.orphan_blobs:
         audit.record("domain", "recovery", outcome="recovered", summary=found.summary(),
-                     partial_blobs=found.partial_blobs[:50])
+                     partial_blobs=found.partial_blobs[:50], orphan_blobs=found.orphan_blobs[:50])
         log.warning("recovery at start: %s", found.summary())
     return found
+
+
+def _remove_orphan_blobs(worker: Any, blob_dir: Path, found: Recovered) -> None:
+    """Blob entries no object refers to, with their files, and files without an entry."""
+    for entry in syft_compat.unreferenced_blob_entries(worker):
+        found.orphan_blobs.append(Path(str(entry.location.path)).name)
+        found.orphan_bytes += int(entry.file_size or 0)
+        syft_compat.delete_blob_entry(worker, entry, blob_dir)
+    known = syft_compat.blob_file_names(worker)
+    for path in sorted(blob_dir.iterdir()):
+        if path.is_file() and not path.name.startswith(".") and path.name not in known:
+            found.orphan_blobs.append(path.name)
+            found.orphan_bytes += path.stat().st_size
+            path.unlink(missing_ok=True)

@@ -92,9 +92,10 @@ def route_caller(gate: Any, request: Request, action: str | None, what: str) -> 
 
 
 def make_domain_router(state: Any, config: Any, worker: Any, gate: Any,
-                       overrides: Any, ledger: Any) -> APIRouter:
-    """Routes for tokens, audit, quotes and domain info; each checks the caller's
-    permission. `ledger` is the privacy ledger the quotes read."""
+                       overrides: Any, ledger: Any, pending: Any) -> APIRouter:
+    """Routes for tokens, audit, quotes, pending requests and domain info; each checks the
+    caller's permission. `ledger` is the privacy ledger the quotes read, `pending` the
+    index of undecided requests (`server/pending_requests.py`)."""
     router = APIRouter()
 
     def caller(request: Request, action: str, what: str) -> Any:
@@ -123,6 +124,11 @@ def make_domain_router(state: Any, config: Any, worker: Any, gate: Any,
             return _error(400, str(exc))
         gate.audit.record(account.email, "policies.reload", target=snapshot.digest[:16])
         return {"policies": snapshot.describe()}
+
+    @router.get("/requests/pending")
+    def pending_requests(request: Request) -> Any:
+        caller(request, "approve_requests", "list pending requests")
+        return {"pending": pending.ids()}
 
     @router.get("/requests/{request_id}/quote")
     def quote(request_id: str, request: Request) -> Any:

@@ -109,6 +109,14 @@ class RunQueue:
                 self._running.remove(ticket)
                 self._changed.notify_all()
 
+    def core_share(self, cap: int | None = None) -> int:
+        """Torch threads for a run starting now: the machine's cores shared by the runs
+        going (this one included), at least 1, at most `cap`. Two runs of two threads
+        each on two cores take longer together than one after the other."""
+        with self._changed:
+            share = max(1, (os.cpu_count() or 1) // max(1, len(self._running)))
+        return min(share, cap) if cap else share
+
     def _may_start(self, ticket: _Ticket) -> bool:
         in_use = sum(t.memory_mb for t in self._running)
         return (self._waiting[0] is ticket and len(self._running) < self.max_running
