@@ -6,7 +6,8 @@ approve_compliant: true`; `--approver review-loop`: the admin's `review auto
 Prints the domain's throughput (runs per minute, from the first submission to the last
 result) against the machine's capacity measured in the same run: the same plan on the
 same tensors executed N x M times one by one in a plain warm sandbox loop (`Sandbox.run`,
-same limits and thread count; no domain, no syft, no HTTP), the ratio (goal >= 0.7), the
+same limits, every core's torch thread for each run; no domain, no syft, no HTTP; the
+domain runs two at once with its cores shared between them), the ratio (goal >= 0.7), the
 approval latency (a request's time pending on the domain, creation to approval; goal
 < 1 s median) beside when the researcher saw it, how long runs waited in the sandbox
 queue, and the server's peak memory.

@@ -250,33 +250,36 @@ def all_requests(worker: Any) -> list:
     return list(worker.services.request.stash.get_all(worker.verify_key).unwrap())
 
 
-@requires("syft.store.blob_storage:BlobStorageEntry",
-          "syft.service.action.action_object:ActionObject.syft_blob_storage_entry_id",
+@requires("syft.store.blob_storage:BlobStorageEntry")
+def blob_entries(worker: Any) -> list:
+    """Every blob entry syft knows (on-disk blob storage: one file each)."""
+    return list(worker.services.blob_storage.stash.get_all(worker.verify_key).unwrap())
+
+
+@requires("syft.service.action.action_object:ActionObject.syft_blob_storage_entry_id",
           "syft.types.twin_object:TwinObject.private_obj")
-def unreferenced_blob_entries(worker: Any) -> list:
-    """Blob entries no stored object refers to (a twin's private and mock parts count):
-    an upload that stopped after its bytes were written and before its object was."""
+def referenced_blob_ids(worker: Any) -> set:
+    """The ids of the blob entries a stored object refers to (a twin's private and mock
+    parts count)."""
     referenced = set()
     for obj in worker.services.action.stash.get_all(worker.verify_key).unwrap():
         for part in (obj, getattr(obj, "private_obj", None), getattr(obj, "mock_obj", None)):
             entry_id = getattr(part, "syft_blob_storage_entry_id", None)
             if entry_id is not None:
                 referenced.add(entry_id)
-    return [entry for entry in worker.services.blob_storage.stash.get_all(
-        worker.verify_key).unwrap() if entry.id not in referenced]
+    return referenced
 
 
-def blob_file_names(worker: Any) -> set[str]:
-    """The file names of every blob entry syft knows (on-disk blob storage)."""
-    return {os.path.basename(str(entry.location.path)) for entry in
-            worker.services.blob_storage.stash.get_all(worker.verify_key).unwrap()}
+def blob_file_name(entry: Any) -> str:
+    """The name of a blob entry's file in the blob directory."""
+    return os.path.basename(str(entry.location.path))
 
 
 def delete_blob_entry(worker: Any, entry: Any, blob_dir: str | os.PathLike) -> None:
     """Remove a blob entry from syft's store and its file from `blob_dir`."""
     worker.services.blob_storage.stash.delete_by_uid(worker.verify_key, entry.id).unwrap()
     try:
-        os.unlink(os.path.join(blob_dir, os.path.basename(str(entry.location.path))))
+        os.unlink(os.path.join(blob_dir, blob_file_name(entry)))
     except FileNotFoundError:
         pass
 

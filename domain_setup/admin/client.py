@@ -37,7 +37,6 @@ class AdminClient:
     def start(cls, state_dir: str | Path, *, name: str | None = None, port: int | None = None,
               host: str | None = None, db_url: str | None = None, policies: str | None = None,
               admin_email: str | None = None, jwt_algorithm: str | None = None,
-              plan_timeout: float | None = None, plan_memory_mb: int | None = None,
               operating: dict | None = None,
               progress: Callable[[str], None] = print) -> "AdminClient":
         """Start the domain of `state_dir` (a new one needs `name` and `port`); `operating`
@@ -48,8 +47,7 @@ class AdminClient:
         admin = cls(state_dir)
         config = lifecycle.resolve_config(
             admin.state, name=name, port=port, host=host, db_url=db_url, policies=policies,
-            admin_email=admin_email, jwt_algorithm=jwt_algorithm, plan_timeout=plan_timeout,
-            plan_memory_mb=plan_memory_mb, operating=operating)
+            admin_email=admin_email, jwt_algorithm=jwt_algorithm, operating=operating)
         lifecycle.start(admin.state, config, progress=progress)
         return admin
 

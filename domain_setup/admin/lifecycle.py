@@ -86,19 +86,14 @@ def _check_database(db_url: str) -> None:
 
 def resolve_config(state: StateDir, *, name: str | None, port: int | None, host: str | None,
                    db_url: str | None, policies: str | None, admin_email: str | None,
-                   jwt_algorithm: str | None, plan_timeout: float | None = None,
-                   plan_memory_mb: int | None = None,
+                   jwt_algorithm: str | None,
                    operating: Mapping[str, Any] | None = None) -> DomainConfig:
     """Merge command-line options with what the state directory remembers; `operating`
     holds the operating limits (`domain_setup.operating_limits`) given this time."""
     config = _resolve_identity(state, name=name, port=port, host=host, db_url=db_url,
                                policies=policies, admin_email=admin_email,
                                jwt_algorithm=jwt_algorithm)
-    given = dict(operating or {})
-    for key, value in (("plan_timeout_seconds", plan_timeout), ("plan_memory_mb", plan_memory_mb)):
-        if value is not None:
-            given[key] = value
-    config.extra.update(operating_limits.checked(given))
+    config.extra.update(operating_limits.checked(operating or {}))
     return config
 
 

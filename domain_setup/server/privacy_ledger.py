@@ -83,6 +83,15 @@ class Account:
         """ε left of `budget` (plus grants)."""
         return max(0.0, budget + self.granted - self.spent)
 
+    @property
+    def charged(self) -> tuple[Release, ...]:
+        """The releases whose ε counts (`CHARGED`: refunded ones do not)."""
+        return charged_of(self.releases)
+
+
+def charged_of(releases: tuple[Release, ...]) -> tuple[Release, ...]:
+    return tuple(r for r in releases if r.status in CHARGED)
+
 
 class PrivacyLedger(SqliteStore):
     """The domain's ledger (one SQLite file; safe across threads and processes)."""
@@ -169,7 +178,7 @@ class PrivacyLedger(SqliteStore):
                           (email.lower(), dataset)).fetchall()
         releases = tuple(Release(i, rid, kind, eps, Mechanism(**json.loads(m)), status, at)
                          for i, rid, kind, eps, m, status, at in rows)
-        charged = [r for r in releases if r.status in CHARGED]
+        charged = charged_of(releases)
         (granted,) = db.execute("SELECT COALESCE(SUM(epsilon), 0) FROM grants WHERE email = ? "
                                 "AND dataset = ?", (email.lower(), dataset)).fetchone()
         return Account(email.lower(), dataset, composed_epsilon([r.mechanism for r in charged],

@@ -16,7 +16,6 @@ from typing import Any
 
 from common import syft_compat
 from common.dp_accounting import epsilon as composed_epsilon
-from domain_setup.server.privacy_ledger import CHARGED
 from domain_setup.vetting.registry import identify
 from domain_setup.vetting.verdicts import asset_names_of, code_bindings
 
@@ -72,7 +71,7 @@ def quote_code(worker: Any, policies: Any, ledger: Any, code: Any,
     except (ValueError, TypeError, KeyError) as exc:
         quote["problems"].append(f"privacy: {exc}")
         return quote
-    after = composed_epsilon([r.mechanism for r in account.releases if r.status in CHARGED]
+    after = composed_epsilon([r.mechanism for r in account.charged]
                              + [mechanism], rules.delta)
     allowed = budget + account.granted
     quote.update(epsilon=float(target), delta=rules.delta, spent=account.spent,

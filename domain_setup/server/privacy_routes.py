@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from domain_setup.server.privacy_ledger import CHARGED, Account, PrivacyLedger
+from domain_setup.server.privacy_ledger import Account, PrivacyLedger
 from domain_setup.server.routes import RouteRefusal, _error, _json_object, route_caller
 
 MAX_GRANT_EPSILON = 100.0
@@ -24,7 +24,7 @@ def account_view(account: Account, budget: float, *, releases: bool = False) -> 
     view = {"email": account.email, "dataset": account.dataset, "spent": account.spent,
             "spent_sum": account.spent_sum, "granted": account.granted,
             "budget": budget + account.granted, "left": account.left(budget),
-            "releases": sum(1 for r in account.releases if r.status in CHARGED)}
+            "releases": len(account.charged)}
     if releases:
         view["history"] = [{"request": r.request_id, "kind": r.kind, "epsilon": r.epsilon,
                             "status": r.status, "at": r.at, "mechanism": r.mechanism.to_dict()}

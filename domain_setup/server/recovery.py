@@ -87,12 +87,17 @@ def recover(*, approvals: ApprovalLedger, ledger: PrivacyLedger, audit: Any,
 
 
 def _remove_orphan_blobs(worker: Any, blob_dir: Path, found: Recovered) -> None:
-    """Blob entries no object refers to, with their files, and files without an entry."""
-    for entry in syft_compat.unreferenced_blob_entries(worker):
-        found.orphan_blobs.append(Path(str(entry.location.path)).name)
-        found.orphan_bytes += int(entry.file_size or 0)
-        syft_compat.delete_blob_entry(worker, entry, blob_dir)
-    known = syft_compat.blob_file_names(worker)
+    """Blob entries no object refers to (an upload that stopped after its bytes were
+    written and before its object was), with their files, and files without an entry."""
+    entries = syft_compat.blob_entries(worker)
+    referenced = syft_compat.referenced_blob_ids(worker)
+    for entry in entries:
+        if entry.id not in referenced:
+            found.orphan_blobs.append(syft_compat.blob_file_name(entry))
+            found.orphan_bytes += int(entry.file_size or 0)
+            syft_compat.delete_blob_entry(worker, entry, blob_dir)
+    known = {syft_compat.blob_file_name(entry) for entry in entries
+             if entry.id in referenced}
     for path in sorted(blob_dir.iterdir()):
         if path.is_file() and not path.name.startswith(".") and path.name not in known:
             found.orphan_blobs.append(path.name)
