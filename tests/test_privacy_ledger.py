@@ -74,6 +74,20 @@ def test_over_budget_is_refused_and_writes_nothing_and_a_grant_or_refund_makes_r
         ledger.grant(ADA, "xray", 1.0, reason=" ", granted_by="admin")
 
 
+def test_a_refunded_release_makes_room_and_an_interrupted_one_does_not(tmp_path):
+    # the charge composes what counts, as the quote does: refunded ε is not spent
+    ledger = PrivacyLedger(tmp_path / "privacy.sqlite3")
+    first = ledger.charge(ADA, "xray", request_id="a", kind="train", mechanism=train_release(3),
+                          epsilon=3, delta=DELTA, budget=3.5)
+    ledger.refund(first.id, "refused before any data entered")
+    ledger.charge(ADA, "xray", request_id="b", kind="train", mechanism=train_release(3),
+                  epsilon=3, delta=DELTA, budget=3.5)  # a and b together would be about 3.64
+    assert ledger.mark_interrupted("b")
+    with pytest.raises(BudgetExceeded):  # b's data entered its sandbox: its ε stays spent
+        ledger.charge(ADA, "xray", request_id="c", kind="train", mechanism=train_release(3),
+                      epsilon=3, delta=DELTA, budget=3.5)
+
+
 CHARGER = textwrap.dedent("""
     import sys, time, os
     sys.path.insert(0, {root!r})

@@ -110,7 +110,7 @@ class PrivacyLedger(SqliteStore):
         composition of what was spent and this release would pass `budget` plus grants."""
         with self._transaction() as db:
             account = self._account(db, email, dataset, delta)
-            after = composed_epsilon([r.mechanism for r in account.releases] + [mechanism], delta)
+            after = composed_epsilon([r.mechanism for r in account.charged] + [mechanism], delta)
             allowed = budget + account.granted
             if after > allowed + 1e-9:
                 raise BudgetExceeded(
