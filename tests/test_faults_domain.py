@@ -159,8 +159,15 @@ def test_the_domain_approves_compliant_vetted_plans_as_they_arrive_and_nothing_e
         custom = submit_plan(ada, count_images, inputs={"images": split_assets(
             ada, "xray", "train")["images"]}, constants={}, reason="custom code")
         assert request_status(ada, custom)[0] == "pending"
+        # the vetted plan with constants past approval.yaml's limits is a violation: it waits
+        too_long = submit_plan(ada, train_xray_plan, inputs=split_assets(ada, "xray", "train"),
+                               constants={"config": {**TrainingPlan(epochs=1).config(),
+                                                     "epochs": 50}, "initial_weights": {}},
+                               reason="fifty epochs")
+        assert request_status(ada, too_long)[0] == "pending"
         pending = busy.admin.session.request("GET", "/pneumosyft/requests/pending")["pending"]
-        assert custom.request_id in pending and vetted.request_id not in pending
+        assert {custom.request_id, too_long.request_id} <= set(pending)
+        assert vetted.request_id not in pending
         (approval_entry,) = [e for e in _audit_lines(busy) if e["action"] == "request.approve"
                              and e["target"] == vetted.request_id]
         assert approval_entry["actor"] == "domain (approve_compliant)"
@@ -170,8 +177,9 @@ def test_the_domain_approves_compliant_vetted_plans_as_they_arrive_and_nothing_e
         with pytest.raises(DomainError, match="your role may not list pending requests"):
             domain_get("/pneumosyft/requests/pending", ada_file)
         busy.cli("review", "deny", custom.request_id, "--reason", "not today")
-        assert custom.request_id not in busy.admin.session.request(
-            "GET", "/pneumosyft/requests/pending")["pending"]
+        busy.cli("review", "deny", too_long.request_id, "--reason", "too many epochs")
+        assert not {custom.request_id, too_long.request_id} & set(busy.admin.session.request(
+            "GET", "/pneumosyft/requests/pending")["pending"])
     finally:
         approval.write_text(original)
         busy.cli("policies", "reload")
