@@ -38,6 +38,7 @@ bench: install
 	$(PY) bench/bench_domain_overhead.py
 	$(PY) bench/bench_secret_sharing.py
 	$(PY) bench/bench_federated_round.py
+	$(PY) bench/bench_federated_job.py
 	$(PY) bench/bench_dp.py
 	$(PY) bench/bench_upload.py
 	$(PY) bench/bench_scale.py

@@ -244,6 +244,36 @@ def request_code(worker: Any, request_id: str) -> Any | None:
         return None
 
 
+@requires("syft.service.policy.policy:retrieve_from_db",
+          "syft.service.context:AuthedServiceContext",
+          "syft.service.action.action_service:filter_twin_kwargs",
+          "syft.service.action.action_object:TwinMode")
+def code_inputs(worker: Any, code: Any) -> dict:
+    """{kwarg: value} of a UserCode as syft itself hands them to an approved run: assets
+    read with the server's own credentials (their private data), constants as values."""
+    retrieve = resolve("syft.service.policy.policy:retrieve_from_db")
+    private = resolve("syft.service.action.action_object:TwinMode").PRIVATE
+    unwrap = resolve("syft.service.action.action_service:filter_twin_kwargs")
+    context = resolve("syft.service.context:AuthedServiceContext")(
+        server=worker, credentials=worker.verify_key)
+    rules = input_policy_rules(code)
+    values = {kwarg: rule_value(rule) for kwarg, rule in rules.items() if is_constant(rule)}
+    assets = {kwarg: rule_value(rule) for kwarg, rule in rules.items() if not is_constant(rule)}
+    values.update(unwrap(retrieve(assets, context).unwrap(), twin_mode=private,
+                         allow_python_types=True).unwrap())
+    return values
+
+
+@requires("syft.service.request.request_stash:RequestStash")
+def request_of(worker: Any, request_id: str) -> Any | None:
+    """The request `request_id` (32 hex digits), read with the server's credentials, or None."""
+    try:
+        return worker.services.request.stash.get_by_uid(worker.verify_key,
+                                                        to_uid(request_id)).unwrap()
+    except Exception:  # no such request
+        return None
+
+
 @requires("syft.service.request.request_stash:RequestStash")
 def all_requests(worker: Any) -> list:
     """Every request of the server, read with the server's own credentials (one scan)."""

@@ -90,3 +90,36 @@ def evaluate_private_xray_plan(images, labels, weights, config, privacy):
     from common.dp_metrics import evaluate_histogram
 
     return evaluate_histogram(images, labels, weights, model=config["model"])
+
+
+def federated_job_xray_plan(images, labels, aggregation_key, config, initial_weights, job):
+    """One round of a federated job (the request approves up to job["rounds"] of them):
+    the domain calls it each round with the round's global model as initial_weights and
+    the round's spec as job["round"]; train, then seal the weights for that round."""
+    from common.aggregation import RoundSpec, contribute, private_key_bytes
+    from common.training import train
+
+    spec = RoundSpec.from_constant(job["round"])
+    result = train(images, labels, **config, initial_weights=initial_weights or None)
+    return {"sealed_shares": contribute(private_key_bytes(aggregation_key), result["weights"],
+                                        result["n_samples"], spec),
+            "n_samples": result["n_samples"], "history": result["history"],
+            "validation": result.get("validation")}
+
+
+def federated_job_private_xray_plan(images, labels, aggregation_key, config, initial_weights,
+                                    job, privacy):
+    """One DP round of a federated job: DP-SGD (the domain's delta, noise and seed, charged
+    each round) from the round's global model, then the weights sealed for the round."""
+    from common.aggregation import RoundSpec, contribute, private_key_bytes
+    from common.dp_training import train_private
+
+    spec = RoundSpec.from_constant(job["round"])
+    result = train_private(images, labels, noise_multiplier=privacy["noise_multiplier"],
+                           max_grad_norm=privacy["max_grad_norm"], delta=privacy["delta"],
+                           noise_seed=privacy.get("noise_seed"),
+                           **config, initial_weights=initial_weights or None)
+    return {"sealed_shares": contribute(private_key_bytes(aggregation_key), result["weights"],
+                                        result["n_samples"], spec),
+            "n_samples": result["n_samples"],
+            "privacy": {"epsilon": result["epsilon"], "delta": result["delta"]}}

@@ -112,7 +112,7 @@ FEDAVG = "FedAvg (Adam)"
 def variants(epsilon: float | None, rounds: int, momentum_rounds: int) -> list[dict]:
     """What the demo runs on each partitioning: label, strategy, plan changes, rounds,
     secure, ε."""
-    from scientist.strategies import FedAvg, FedAvgM
+    from common.strategies import FedAvg, FedAvgM
 
     runs = [{"label": FEDAVG, "strategy": FedAvg, "plan": {}, "rounds": rounds,
              "secure": False}]

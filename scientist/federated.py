@@ -15,7 +15,7 @@ Secure round (K hospitals, each also an aggregator; `common.aggregation`):
    second request to approve), and releases only their sum;
 3. the researcher adds the K partial sums: the weighted average.
 
-A `Strategy` (`scientist.strategies`: FedAvg, FedProx, FedAvgM, FedAdam) turns each
+A `Strategy` (`common.strategies`: FedAvg, FedProx, FedAvgM, FedAdam) turns each
 round's average into the next global model; with ``validation_fraction`` in the
 plan, every hospital reports aggregate metrics of the model it received on images
 it never trains on, and `run_rounds(..., patience=N)` stops when they stop improving.
@@ -47,7 +47,7 @@ from common.errors import DomainError
 from common.training import held_out_count
 from common.vetted_plans import secure_train_private_xray_plan, train_private_xray_plan
 from scientist.plans import TrainingPlan, secure_train_xray_plan, train_xray_plan
-from scientist.strategies import FedAvg, Strategy
+from common.strategies import FedAvg, Strategy
 from scientist.submission import Submission, find_dataset, run_approved, split_assets, submit_plan
 
 @dataclass
@@ -82,6 +82,30 @@ class RoundLog:
         """Sample-weighted loss, accuracy and AUC of the model this round started from,
         over every hospital's held-out images (None without validation)."""
         return weighted_validation(self.validation)
+
+
+@dataclass
+class BestValidated:
+    """The global model the hospitals' weighted validation loss rated best so far (a
+    round's validation is of the model the round started from)."""
+
+    loss: float | None = None
+    weights: dict | None = field(default=None, repr=False)
+
+    def offer(self, log: "RoundLog", weights: dict) -> bool | None:
+        """Keep `weights` (the model `log`'s round started from) if it validated best; None
+        when the round has no validation loss (or started from the hospitals' fresh model)."""
+        summary = log.validation_summary()
+        if not summary or summary.get("loss") is None or not weights:
+            return None
+        if self.loss is not None and summary["loss"] >= self.loss:
+            return False
+        self.loss, self.weights = summary["loss"], dict(weights)
+        return True
+
+    def model(self, fallback: dict) -> dict:
+        """The best model, or `fallback` when no round was validated."""
+        return self.weights if self.weights is not None else fallback
 
 
 Approver = Callable[[Hospital, Submission], None]
@@ -237,25 +261,31 @@ def new_round(hospitals: list[Hospital], config: dict,
                          model=model_digest(config, initial_weights or None))
 
 
-def request_partial_sum(aggregator: Hospital, spec: RoundSpec, ciphertexts: list[bytes]) -> bytes:
-    """Ask `aggregator`'s domain to aggregate its ciphertexts of the round (one HTTP call)."""
-    import base64
-
+def call_domain(hospital: Hospital, method: str, path: str, body: dict | None = None) -> Any:
+    """One authenticated HTTP call to a hospital's /pneumosyft `path` (the response), or a
+    DomainError with the domain's one-line reason. Allows the time a sandbox run takes."""
     import requests
 
     from common.connection import auth_headers, gate_reason
 
-    body = {"aggregator_keys": spec.to_constant(),
-            "ciphertexts": [base64.b64encode(c).decode() for c in ciphertexts]}
-    try:  # the aggregation runs in the domain's sandbox: allow it the time a run takes
-        response = requests.post(f"{aggregator.url}/pneumosyft/federation/aggregate", json=body,
-                                 headers=auth_headers(aggregator.token),
-                                 timeout=AGGREGATION_TIMEOUT_SECONDS)
+    try:
+        response = requests.request(method, f"{hospital.url}/pneumosyft/{path}", json=body,
+                                    headers=auth_headers(hospital.token),
+                                    timeout=AGGREGATION_TIMEOUT_SECONDS)
     except requests.RequestException as exc:
-        raise DomainError(f"aggregation request failed: {type(exc).__name__}") from None
+        raise DomainError(f"{hospital.url} did not answer ({type(exc).__name__})") from None
     if response.status_code != 200:
         raise DomainError(gate_reason(response))
-    return response.content
+    return response
+
+
+def request_partial_sum(aggregator: Hospital, spec: RoundSpec, ciphertexts: list[bytes]) -> bytes:
+    """Ask `aggregator`'s domain to aggregate its ciphertexts of the round (one HTTP call)."""
+    import base64
+
+    body = {"aggregator_keys": spec.to_constant(),
+            "ciphertexts": [base64.b64encode(c).decode() for c in ciphertexts]}
+    return call_domain(aggregator, "POST", "federation/aggregate", body).content
 
 
 def secure_round(hospitals: list[Hospital], plan: TrainingPlan, weights: dict,
@@ -330,22 +360,19 @@ def run_rounds(hospitals: list[Hospital], plan: TrainingPlan, *, rounds: int, se
     config = strategy.client_config(plan.config())
     weights = dict(initial_weights or {})
     logs: list[RoundLog] = []
-    best: tuple[float, dict] | None = None
+    best = BestValidated()
     since_best = 0
     step = secure_round if secure else plain_round
     for r in range(1, rounds + 1):
         average, log = step(hospitals, plan, weights, approver, r, privacy,
                             dict(config, seed=plan.seed + r - 1))
-        summary = log.validation_summary()
-        if patience is not None and summary and summary.get("loss") is not None and weights:
-            if best is None or summary["loss"] < best[0]:
-                best, since_best = (summary["loss"], weights), 0
-            else:
-                since_best += 1
+        improved = best.offer(log, weights) if patience is not None else None
+        if improved is not None:
+            since_best = 0 if improved else since_best + 1
         weights = strategy.next_global(weights, average)
         logs.append(log)
         if on_round:
             on_round(weights, log)
         if patience is not None and since_best >= patience:
-            return best[1], logs  # the model validated best, from before these rounds
+            return best.weights, logs  # the model validated best, before these rounds
     return weights, logs

@@ -101,3 +101,21 @@ def federation_domains(tmp_path_factory):
     yield domains
     for domain in domains:
         domain.stop()
+
+
+@pytest.fixture(scope="module")
+def federation(federation_domains):
+    """The session's three hospitals, Ada's handle on each (`scientist.federated.join`),
+    and their admins' reviewers, by hospital name."""
+    from domain_setup.admin import AdminClient
+    from scientist.federated import join
+
+    domains = federation_domains
+    reviewers = {d.name: AdminClient(d.state).reviewer for d in domains}
+    hospitals = [join(str(d.researcher_file(RESEARCHER))) for d in domains]
+    return domains, hospitals, reviewers
+
+
+def approve_with(reviewers: dict):
+    """An approver (scientist.federated) for which each hospital's reviewer approves."""
+    return lambda hospital, submission: reviewers[hospital.name].approve(submission.request_id)

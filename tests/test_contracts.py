@@ -112,8 +112,8 @@ def changed(result: dict, path: tuple, value=None, *, delete: bool = False) -> d
 def test_violation_is_a_plan_error_and_kinds_are_listed():
     assert issubclass(ContractViolation, PlanError)
     assert sorted(all_kinds()) == ["aggregate", "custom", "evaluate", "evaluate_private",
-                                   "secure_train", "secure_train_private", "train",
-                                   "train_private"]
+                                   "federated_job", "federated_job_private", "secure_train",
+                                   "secure_train_private", "train", "train_private"]
 
 
 def test_real_outputs_pass_also_after_the_plain_data_round_trip(trained, evaluated, secure_runs,
@@ -414,8 +414,8 @@ def test_every_plan_kind_releases_exactly_its_declared_fields(data, trained, eva
     """Walks the registry: each kind's real output goes through its contract, its privacy
     mechanism (with the ``privacy`` field the server adds) and the release filter; what
     leaves is exactly the declared fields, and every declared field leaves somewhere."""
-    from common.vetted_plans import (evaluate_private_xray_plan,
-                                     secure_train_private_xray_plan)
+    from common.vetted_plans import (evaluate_private_xray_plan, federated_job_private_xray_plan,
+                                     federated_job_xray_plan, secure_train_private_xray_plan)
 
     dp = {"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5}
     images, labels = data
@@ -423,7 +423,17 @@ def test_every_plan_kind_releases_exactly_its_declared_fields(data, trained, eva
                                                     spec.to_constant(), _key_asset(keys[0][0]),
                                                     dp)
     epsilon = trained_privately["privacy"]["epsilon"]
+    # a job's round: what the domain passes each round (the round's spec inside the job)
+    job = {"round": spec.to_constant()}
+    job_round = federated_job_xray_plan(images[:32], labels[:32], _key_asset(keys[0][0]),
+                                        CONFIG, None, job)
+    job_private = federated_job_private_xray_plan(images[:32], labels[:32],
+                                                  _key_asset(keys[0][0]), CONFIG, None, job, dp)
     outputs = {
+        "federated_job": (job_round, SECURE),
+        "federated_job_private": (job_private, ContractContext(
+            model="small_cnn", n_samples=32, n_parties=N_PARTIES, own_index=0,
+            max_epsilon=job_private["privacy"]["epsilon"])),
         "train": (trained, TRAIN), "evaluate": (evaluated, EVALUATE),
         "secure_train": (secure_runs[0], SECURE), "aggregate": (aggregated, AGGREGATE),
         "train_private": (trained_privately, ContractContext(

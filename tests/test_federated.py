@@ -11,12 +11,11 @@ from common.aggregation import RoundSpec
 from common.errors import DomainError, SharingError
 from common.models import build_model
 from common.sealing import RoundContext, open_correction
-from conftest import OTHER_RESEARCHER, RESEARCHER
+from conftest import OTHER_RESEARCHER, RESEARCHER, approve_with
 from domain_setup.aggregation_key import load_or_create_private_key
 from demos.local_domain import threads_per_domain
-from domain_setup.admin import AdminClient
 from scientist import TrainingPlan
-from scientist.federated import (aggregation_inputs, join, new_round, plain_round, run_rounds,
+from scientist.federated import (aggregation_inputs, new_round, plain_round, run_rounds,
                                  secure_round, weighted_average)
 from scientist.plans import secure_train_xray_plan
 from scientist.submission import run_approved, split_assets, submit_plan
@@ -25,24 +24,10 @@ pytestmark = pytest.mark.domain
 K = 3
 
 
-@pytest.fixture(scope="module")
-def federation(federation_domains):
-    """The session's three hospitals (conftest): one IID partition each, aggregation parties
-    and members of each other's federation; Ada's handle on each, and their reviewers."""
-    domains = federation_domains
-    reviewers = {d.name: AdminClient(d.state).reviewer for d in domains}
-    hospitals = [join(str(d.researcher_file(RESEARCHER))) for d in domains]
-    return domains, hospitals, reviewers
-
-
-def _approve(reviewers):
-    return lambda hospital, submission: reviewers[hospital.name].approve(submission.request_id)
-
-
 def test_secure_average_equals_plain_average(federation):
     domains, hospitals, reviewers = federation
     plan = TrainingPlan(epochs=1, batch_size=32)
-    approver = _approve(reviewers)
+    approver = approve_with(reviewers)
     plain, plain_log = plain_round(hospitals, plan, {}, approver, 1)
     secure, secure_log = secure_round(hospitals, plan, {}, approver, 1)
     assert plain_log.n_samples == secure_log.n_samples
@@ -65,7 +50,7 @@ def test_dp_sgd_in_secure_rounds_charges_each_hospitals_own_ledger(federation):
 
     domains, hospitals, reviewers = federation
     plan = TrainingPlan(epochs=1, batch_size=32)
-    _, logs = run_rounds(hospitals, plan, rounds=2, secure=True, approver=_approve(reviewers),
+    _, logs = run_rounds(hospitals, plan, rounds=2, secure=True, approver=approve_with(reviewers),
                          privacy=private_training(1.0))
     for log in logs:
         assert sorted(log.privacy) == sorted(h.name for h in hospitals)
@@ -210,7 +195,7 @@ def test_sgd_steps_pass_the_catalogue_and_patience_returns_the_best_validated_mo
 
     from common.training import train
     from datasets.xray import generate
-    from scientist.strategies import Strategy
+    from common.strategies import Strategy
 
     domains, hospitals, reviewers = federation
     images, labels = generate(400, size=28, seed=11)
@@ -225,7 +210,7 @@ def test_sgd_steps_pass_the_catalogue_and_patience_returns_the_best_validated_mo
     plan = TrainingPlan(epochs=5, batch_size=32, optimiser="sgd", lr=0.05, local_steps=3,
                         validation_fraction=0.1)
     weights, logs = run_rounds(hospitals, plan, rounds=6, secure=False,
-                               approver=_approve(reviewers), initial_weights=good,
+                               approver=approve_with(reviewers), initial_weights=good,
                                strategy=ThenBlank(), patience=1)
     # round 1 validated the good model, round 2 the blank one (loss log 2, measured in
     # each domain): no improvement for 1 round, so it stops and returns the good model
@@ -238,7 +223,7 @@ def test_sgd_steps_pass_the_catalogue_and_patience_returns_the_best_validated_mo
     for log in logs:
         assert {len(h["loss"]) for h in log.histories.values()} == {1}
     with pytest.raises(ValueError, match="patience must be at least 1"):
-        run_rounds(hospitals, plan, rounds=2, secure=False, approver=_approve(reviewers),
+        run_rounds(hospitals, plan, rounds=2, secure=False, approver=approve_with(reviewers),
                    patience=0)
 
 

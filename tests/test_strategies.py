@@ -1,4 +1,4 @@
-"""Federated strategies (scientist.strategies) and the training knobs they rely on."""
+"""Federated strategies (common.strategies) and the training knobs they rely on."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from common.training_config import federated_knobs_set
 from datasets.xray import generate
 from scientist import TrainingPlan
 from scientist.federated import weighted_validation
-from scientist.strategies import FedAdam, FedAvg, FedAvgM, FedProx, make_strategy
+from common.strategies import FedAdam, FedAvg, FedAvgM, FedProx, make_strategy
 
 
 def _w(*values):

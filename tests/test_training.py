@@ -215,3 +215,18 @@ def test_weights_crafted_to_overflow_on_chosen_images_never_make_a_dp_run_fail(s
     assert sum(map(sum, counted["histogram"])) == 96
     huge = dict(weights, **{"classifier.weight": weights["classifier.weight"] * 1e32})
     assert "not finite or beyond ±1e+06" in weights_problems("weights", huge, "small_cnn")[0]
+
+
+def test_the_numpy_auc_is_sklearns_with_ties_and_without():
+    from sklearn.metrics import roc_auc_score
+
+    from common.training import auc_score
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        labels = rng.integers(0, 2, int(rng.integers(2, 300)))
+        if labels.min() == labels.max():
+            continue
+        scores = np.round(rng.random(len(labels)), int(rng.integers(1, 5)))  # many ties
+        assert auc_score(labels, scores) == pytest.approx(roc_auc_score(labels, scores),
+                                                          abs=1e-12)

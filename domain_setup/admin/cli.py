@@ -148,14 +148,22 @@ def _print_summary(summary: Any, *, with_code: bool) -> None:
     print(f"returns   {summary.returns}")
     for name, bound, why in summary.releases:
         print(f"releases  {name} [{bound}]: {why}")
-    if summary.round:
+    if summary.round and "job" in summary.round:
+        strategy = summary.round.get("strategy") or {}
+        print(f"job       {summary.round['job']}: up to {summary.round['rounds']} rounds of "
+              f"{strategy.get('name', '?')}, parties {', '.join(summary.round['parties'])}")
+    elif summary.round:
         print(f"round     {summary.round['round']}: parties "
               f"{', '.join(summary.round['parties'])}")
     quote = summary.privacy or {}
     if "spent_after" in quote:
-        print(f"privacy   ε {quote['epsilon']:g} at δ {quote['delta']:g} on {quote['dataset']}; "
+        releases = quote.get("releases", 1)
+        asked = (f"ε {quote['epsilon']:g} per round, {releases} rounds" if releases > 1
+                 else f"ε {quote['epsilon']:g}")
+        after = "every round" if releases > 1 else "this release"
+        print(f"privacy   {asked} at δ {quote['delta']:g} on {quote['dataset']}; "
               f"{summary.requester} has spent {quote['spent']:.2f} of {quote['budget']:g}, "
-              f"{quote['spent_after']:.2f} after this release ({quote['left_after']:.2f} left)")
+              f"{quote['spent_after']:.2f} after {after} ({quote['left_after']:.2f} left)")
     if with_code:
         print("code:")
         for number, line in enumerate(summary.code.splitlines(), 1):
@@ -198,6 +206,18 @@ def cmd_federation_members(args: argparse.Namespace, state: StateDir) -> int:
     else:
         members = admin.federation_members()
     _print_table(members, ["name", "url", "public_key"])
+    return 0
+
+
+def cmd_jobs(args: argparse.Namespace, state: StateDir) -> int:
+    admin = AdminClient(state)
+    if args.jobs_command == "stop":
+        jobs = [admin.stop_job(args.id, reason=args.reason)]
+        print(f"job {jobs[0]['job_id']} stops at its next round")
+    else:
+        jobs = admin.jobs()
+    _print_table(jobs, ["request_id", "job_id", "requester", "kind", "round", "rounds", "state",
+                        "reason"])
     return 0
 
 
@@ -347,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="its aggregation public key (its admin's `federation enable` prints it)")
     p = add("remove", cmd_federation_members, "remove a member hospital", members)
     p.add_argument("name")
+
+    jobs = sub.add_parser("jobs", help="federated jobs: approved once, run round by round"
+                          ).add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
+    add("list", cmd_jobs, "every federated job here: its round, rounds and state", jobs)
+    p = add("stop", cmd_jobs, "end a federated job at its next round (audited)", jobs)
+    p.add_argument("id", help="the job's request id here")
+    p.add_argument("--reason", required=True)
 
     policies = sub.add_parser("policies", help="the policy files in force").add_subparsers(
         dest="policies_command", required=True, metavar="ACTION")

@@ -212,6 +212,15 @@ class AdminClient:
         return self.session.request(
             "DELETE", f"/pneumosyft/federation/members/{quote(name, safe='')}")["members"]
 
+    def jobs(self) -> list[dict]:
+        """The federated jobs on this domain: request, job id, requester, round, state."""
+        return self.session.request("GET", "/pneumosyft/jobs/")["jobs"]
+
+    def stop_job(self, request_id: str, *, reason: str) -> dict:
+        """End a federated job at its next round (audited); returns where it stands."""
+        return self.session.request("POST", f"/pneumosyft/jobs/{request_id.strip()}/stop",
+                                    json={"reason": reason})
+
     def audit(self, *, since: str | None = None, actor: str | None = None,
               action: str | None = None, limit: int | None = None) -> list[dict]:
         """Audit log entries, oldest first, filtered like `python -m domain_setup audit`."""

@@ -64,6 +64,9 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
     from domain_setup.server.federation_routes import make_federation_router
     from domain_setup.server.gate import GateMiddleware, TokenGate
     from domain_setup.server.health import DEFAULT_MIN_FREE_MB, DiskFullResponses, disk_problems
+    from domain_setup.server.job_ledger import JobLedger
+    from domain_setup.server.job_routes import make_job_router
+    from domain_setup.server.job_rounds import JobRounds
     from domain_setup.server.run_routes import make_run_router
     from domain_setup.server.privacy_routes import make_privacy_router
     from domain_setup.server.routes import install_refusal_handler, make_domain_router
@@ -99,6 +102,9 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
                        prefix="/pneumosyft/federation")
     app.include_router(make_federation_router(gate), prefix="/pneumosyft/federation")
     app.include_router(make_run_router(gate, executor.queue), prefix="/pneumosyft/runs")
+    app.include_router(make_job_router(gate, JobRounds(
+        worker=worker, executor=executor, jobs=JobLedger.of_state(state.root), audit=audit,
+        private_key=lambda: load_private_key_if_enabled(state))), prefix="/pneumosyft/jobs")
     install_refusal_handler(app)
     min_free_mb = operating_limits.get(config.extra, "min_free_disk_mb", DEFAULT_MIN_FREE_MB)
 

@@ -61,6 +61,15 @@ class Withheld(Exception):
     """A run refused before private data entered the sandbox, with the line she sees."""
 
 
+class RunFailed(Exception):
+    """A run that released nothing: the one line the researcher sees, and whether private
+    data had entered the sandbox (a job round then counts as attempted)."""
+
+    def __init__(self, message: str, *, data_entered: bool = False):
+        super().__init__(message)
+        self.data_entered = data_entered
+
+
 class PlanExecutor:
     """What syft calls instead of ``execute_byte_code`` for the private run."""
 
@@ -89,6 +98,29 @@ class PlanExecutor:
         run_id = str(code_item.id.no_dash)
         details = {"requester": requester, "function": code_item.service_func_name,
                    "plan": kind.name, "code_sha256": code_sha256(code_item.raw_code)}
+        try:
+            if kind.job:
+                self.audit.record(requester, "execution", target=run_id, outcome="refused",
+                                  reason="a federated job runs round by round", **details)
+                raise RunFailed("a federated job is approved once and runs round by round "
+                                "through the job routes (scientist.federated_job), not as one run")
+            result = self.execute(kind, code_item.raw_code, kwargs, requester=requester,
+                                  run_id=run_id, credentials=context.credentials,
+                                  dataset=self.dataset_of(code_item), details=details)
+        except RunFailed as exc:
+            return output_type(user_code_id=code_item.id, stdout="", stderr="", result=None,
+                               errored=True, safe_error_message=str(exc))
+        return output_type(user_code_id=code_item.id, stdout="", stderr="",
+                           result=result["result"] if kind.whole_result else result,
+                           errored=False)
+
+    def execute(self, kind: PlanKind, raw_code: str, kwargs: dict, *, requester: str,
+                run_id: str, credentials: Any, dataset: str, details: dict,
+                job_of: str | None = None) -> dict:
+        """Run `raw_code` of `kind` on `kwargs` in the sandbox and return what is released
+        (RunFailed with the researcher's one line otherwise). A syft run claims its
+        approval's one run; a round of the job approved as code `job_of` is bounded by the
+        job ledger instead (and trusted as that approval was)."""
         limits = self.limits()
         charge: PrivacyCharge | None = None
         claimed = data_entered = False
@@ -97,26 +129,26 @@ class PlanExecutor:
             inputs = {name: _plain(name, value) for name, value in kwargs.items()}
             contract = self._contract_context(kind, inputs)
             try:
-                source, function = runnable(code_item.raw_code)
+                source, function = runnable(raw_code)
             except ValueError as exc:
                 raise Withheld(str(exc)) from None
-            if not self.approvals.claim_run(run_id):
-                raise Withheld("this request has run once already: an approval is for one "
-                               "run (submit the code again for another)")
-            claimed = True
-            dataset = self._dataset_of(code_item)
-            trusted = self._trusted(dataset, run_id)
+            if job_of is None:
+                if not self.approvals.claim_run(run_id):
+                    raise Withheld("this request has run once already: an approval is for one "
+                                   "run (submit the code again for another)")
+                claimed = True
+            trusted = self._trusted(dataset, job_of or run_id)
             if kind.needs_trust and not trusted:
                 raise Withheld(f"dataset {dataset} requires differential privacy; the "
                                f"{kind.name} plan kind releases values without a bound")
             if kind.secure:
                 self._contribute(inputs, requester, contract)
             if kind.private:
-                charge = self._charge(kind, dataset, inputs, context.credentials, requester,
-                                      run_id)
+                charge = self._charge(kind, dataset, inputs, credentials, requester, run_id)
                 contract = dataclasses.replace(contract, max_epsilon=charge.target_epsilon)
             with self._queued(run_id, limits, requester) as waited:
-                self.approvals.run_started(run_id)
+                if claimed:
+                    self.approvals.run_started(run_id)
                 sandbox = self.sandbox_factory(limits)
                 data_entered = True
                 run = sandbox.run(source, function, inputs,
@@ -135,16 +167,15 @@ class PlanExecutor:
                        researcher_message(kind=kind.name, error=exc, limits=limits))
             if claimed:
                 self.approvals.run_ended(run_id, "failed" if data_entered else "refused")
-            log.error("run of %s (%s) for %s released nothing: %s\n%s",
-                      code_item.service_func_name, kind.name, requester, exc,
-                      getattr(exc, "traceback", "") or "")
+            log.error("run %s (%s) for %s released nothing: %s\n%s", run_id, kind.name,
+                      requester, exc, getattr(exc, "traceback", "") or "")
             self.audit.record(requester, "execution", target=run_id, outcome=_outcome(exc),
                               reason=message, detail=" ".join(str(exc).split())[:500],
                               charge_kept="yes" if charge and data_entered else "no",
                               **details)
-            return output_type(user_code_id=code_item.id, stdout="", stderr="", result=None,
-                               errored=True, safe_error_message=message)
-        self.approvals.run_ended(run_id, "done")
+            raise RunFailed(message, data_entered=data_entered) from None
+        if claimed:
+            self.approvals.run_ended(run_id, "done")
         self.audit.record(requester, "execution", target=run_id, **details,
                           queued_seconds=f"{waited:.2f}",
                           released=",".join(sorted(map(str, result))) if not kind.whole_result
@@ -153,9 +184,7 @@ class PlanExecutor:
                           ready_seconds=f"{run.ready_seconds:.3f}",
                           warm="yes" if run.warm else "no",
                           peak_memory_mb=f"{run.peak_memory_mb or 0:.0f}")
-        return output_type(user_code_id=code_item.id, stdout="", stderr="",
-                           result=result["result"] if kind.whole_result else result,
-                           errored=False)
+        return result
 
     # --- before any data enters ------------------------------------------------------
 
@@ -170,7 +199,8 @@ class PlanExecutor:
                 raise Withheld(str(exc)) from None
             yield waited
 
-    def _dataset_of(self, code_item: Any) -> str:
+    def dataset_of(self, code_item: Any) -> str:
+        """The dataset whose assets the code binds (its aggregation key aside)."""
         bound, _ = code_bindings(code_item, asset_names_of(syft_compat.all_datasets(self.worker)))
         names = sorted({v.split("/", 1)[0] for k, v in bound.items()
                         if "/" in v and k != "aggregation_key"})
@@ -184,10 +214,7 @@ class PlanExecutor:
     def _contribute(self, inputs: dict, requester: str, contract: ContractContext) -> None:
         """Check the round again (members, this hospital, total, model) and record this run
         as the domain's one contribution to it."""
-        try:
-            spec = RoundSpec.from_constant(inputs.get("aggregator_keys"))
-        except SharingError as exc:
-            raise Withheld(f"aggregator_keys: {exc}") from None
+        spec = _round_spec(inputs)
         quote = round_quote(self.policies.current, inputs, own_key=self.own_aggregation_key(),
                             own_count=contract.n_samples)
         problems = (quote or {}).get("problems", []) + model_binding_problems(spec, inputs)
@@ -231,8 +258,8 @@ class PlanExecutor:
                                   n_samples=n_images - held_out, n_validation=held_out)
         if not kind.secure:
             return context
+        spec = _round_spec(inputs)
         try:
-            spec = RoundSpec.from_constant(inputs.get("aggregator_keys"))
             own = spec.index_of(private_key_bytes(inputs.get("aggregation_key")))
         except (SharingError, ValueError, TypeError) as exc:
             raise Withheld(f"aggregator_keys: {exc}") from None
@@ -278,6 +305,17 @@ class PlanExecutor:
                           parties=str(spec.n_parties), seconds=f"{run.seconds:.2f}",
                           warm="yes" if run.warm else "no")
         return released["partial_sum"]
+
+
+def _round_spec(inputs: dict) -> RoundSpec:
+    """The secure round a run's inputs name: a secure_train request's ``aggregator_keys``,
+    or the round the job routes put into a job's ``job`` constant."""
+    job = inputs.get("job")
+    value = job.get("round") if isinstance(job, dict) else inputs.get("aggregator_keys")
+    try:
+        return RoundSpec.from_constant(value)
+    except SharingError as exc:
+        raise Withheld(f"aggregator_keys: {exc}") from None
 
 
 def _passes(config: dict, n_train: int) -> Any:

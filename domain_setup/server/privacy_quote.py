@@ -71,10 +71,12 @@ def quote_code(worker: Any, policies: Any, ledger: Any, code: Any,
     except (ValueError, TypeError, KeyError) as exc:
         quote["problems"].append(f"privacy: {exc}")
         return quote
+    releases = job_rounds(constants) if kind.job else 1  # a job charges every round
     after = composed_epsilon([r.mechanism for r in account.charged]
-                             + [mechanism], rules.delta)
+                             + [mechanism] * releases, rules.delta)
     allowed = budget + account.granted
-    quote.update(epsilon=float(target), delta=rules.delta, spent=account.spent,
+    quote.update(epsilon=float(target), releases=releases, delta=rules.delta,
+                 spent=account.spent,
                  spent_after=after, budget=allowed, left_after=max(0.0, allowed - after))
     if target > rules.max_epsilon_per_request:
         quote["problems"].append(f"ε {target:g} asked; one request on {dataset} may spend at "
@@ -84,6 +86,14 @@ def quote_code(worker: Any, policies: Any, ledger: Any, code: Any,
             f"over budget: {email} has spent ε {account.spent:.2f} of {allowed:g} on "
             f"{dataset}; this release would bring it to {after:.2f}")
     return quote
+
+
+def job_rounds(constants: dict) -> int:
+    """The rounds a federated job's request may run (1 when its job constant says none)."""
+    job = constants.get("job")
+    rounds = job.get("rounds") if isinstance(job, dict) else None
+    return rounds if isinstance(rounds, int) and not isinstance(rounds, bool) and rounds > 0 \
+        else 1
 
 
 def asset_rows(datasets: list, binding: str) -> int:

@@ -33,16 +33,28 @@ def own_training_count(n_images: int, config: Any) -> int:
 
 def round_quote(policies: Any, constants: dict, *, own_key: bytes | None,
                 own_count: int | None) -> dict | None:
-    """The parties (by name) and the problems of the round `constants` name (None when
-    they name none, or a spec the constant schema refuses anyway)."""
+    """The parties (by name) and the problems of the round `constants` name, or of every
+    round of the federated job they name (then with its "job" id and "rounds"); None when
+    they name none, or one the constant schema refuses anyway."""
+    job = constants.get("job")
     try:
-        spec = RoundSpec.from_constant(constants.get("aggregator_keys"))
+        if isinstance(job, dict):
+            spec = RoundSpec.from_constant({"round": job.get("job_id"),
+                                            "public_keys": job.get("members"),
+                                            "total_samples": job.get("total_samples"),
+                                            "model": "0" * 64})
+        else:
+            spec = RoundSpec.from_constant(constants.get("aggregator_keys"))
     except SharingError:
         return None
     members = policies.federation
     problems = members.round_problems(spec, own_key=own_key, own_count=own_count)
-    return {"round": spec.round_id, "parties": members.party_names(spec, own_key),
-            "problems": problems}
+    quote = {"round": spec.round_id, "parties": members.party_names(spec, own_key),
+             "problems": problems}
+    if isinstance(job, dict):
+        quote.update(job=spec.round_id, rounds=job.get("rounds"),
+                     strategy=job.get("strategy"))
+    return quote
 
 
 def aggregation_problems(policies: Any, spec: RoundSpec, own_key: bytes | None) -> list[str]:

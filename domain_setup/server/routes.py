@@ -76,6 +76,14 @@ def _audit_entry(body: dict) -> dict:
             "outcome": str(body.get("outcome", "ok"))[:50]}
 
 
+def checked_request_id(text: str) -> str:
+    """A request id from a path: 32 hex digits (dashes and case forgiven), else 404."""
+    wanted = text.strip().lower().replace("-", "")
+    if not _REQUEST_ID.fullmatch(wanted):
+        raise RouteRefusal(404, f"no request with id {text[:64]!r}")
+    return wanted
+
+
 def route_caller(gate: Any, request: Request, action: str | None, what: str) -> Any:
     """The caller's account if its role may `action` (None: any account); else
     RouteRefusal 403 (audited)."""

@@ -38,6 +38,8 @@ def constant_problems(kind: Any, constants: dict[str, Any]) -> list[str]:
         problems += weights_problems("weights", constants["weights"], model)
     if "aggregator_keys" in constants:
         problems += round_problems(constants)
+    if "job" in constants:
+        problems += federated_job_problems(constants["job"], config)
     if "privacy" in constants:
         problems += privacy_request_problems(kind.mechanism.request_keys, constants["privacy"])
     return problems
@@ -97,6 +99,20 @@ def weights_problems(what: str, weights: Any, model: Any) -> list[str]:
         if not np.isfinite(values).all() or np.abs(values).max(initial=0.0) > MAX_WEIGHT:
             return [f"{what}[{name!r}] holds values that are not finite or beyond "
                     f"±{MAX_WEIGHT:g}"]
+    return []
+
+
+def federated_job_problems(job: Any, config: Any) -> list[str]:
+    """Why ``job`` is not a federated job's constant whose strategy trains with `config`."""
+    from common.federated_job import job_problems
+    from common.strategies import strategy_from_constant
+
+    problems = job_problems(job)
+    if problems or not isinstance(config, dict):
+        return problems
+    if strategy_from_constant(job["strategy"]).client_config(config) != config:
+        return [f"job.strategy {job['strategy']['name']} trains with another config (its "
+                "client_config of this one)"]
     return []
 
 

@@ -72,6 +72,8 @@ class PlanKind:
     summary: str                         # one line for the admin
     mechanism: PrivacyMechanism = NO_MECHANISM
     secure: bool = False                 # trains and seals shares for a secure round
+    job: bool = False                    # a federated job: approved once, run per round by
+                                         # the job routes (server/job_routes.py), never by syft
     submitted: bool = True               # False: only the domain itself runs it (aggregate)
     whole_result: bool = False           # custom code: the return value is the field "result"
     extra_problems: Callable[[dict], list[str]] | None = field(default=None, repr=False)

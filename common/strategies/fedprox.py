@@ -3,7 +3,7 @@ keeps local models near the global one when partitions differ; the server averag
 
 from __future__ import annotations
 
-from scientist.strategies.base import Strategy
+from common.strategies.base import Strategy
 
 
 class FedProx(Strategy):
@@ -21,3 +21,6 @@ class FedProx(Strategy):
 
     def describe(self) -> str:
         return f"fedprox (mu {self.mu:g})"
+
+    def options(self) -> dict:
+        return {"mu": self.mu}

@@ -1,4 +1,4 @@
-"""What every federated strategy provides (see `scientist.strategies`)."""
+"""What every federated strategy provides (see `common.strategies`)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,21 @@ class Strategy:
     def describe(self) -> str:
         """One line for tables and plots, e.g. "fedadam (server lr 0.01)"."""
         return self.name
+
+    def options(self) -> dict:
+        """The keyword arguments that rebuild this strategy (`make_strategy(name, **options)`):
+        what a federated job's request names, so every hospital runs the same server step."""
+        return {}
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The server state carried between rounds, as named arrays (none for FedAvg), so
+        a hospital that computes the global model itself keeps it across restarts."""
+        return {}
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what `state_arrays` returned."""
+        if arrays:
+            raise ValueError(f"the {self.name} strategy keeps no state")
 
 
 def float_names(weights: dict) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from scientist.strategies.base import Strategy
+from common.strategies.base import Strategy
 
 
 class FedAvg(Strategy):

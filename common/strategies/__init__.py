@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from scientist.strategies.base import Strategy
-from scientist.strategies.fedavg import FedAvg
-from scientist.strategies.fedopt import FedAdam, FedAvgM
-from scientist.strategies.fedprox import FedProx
+from common.strategies.base import Strategy
+from common.strategies.fedavg import FedAvg
+from common.strategies.fedopt import FedAdam, FedAvgM
+from common.strategies.fedprox import FedProx
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
     "fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM, "fedadam": FedAdam}
@@ -40,4 +40,29 @@ def make_strategy(name: str, **options) -> Strategy:
     return STRATEGIES[name](**options)
 
 
-__all__ = ["STRATEGIES", "FedAdam", "FedAvg", "FedAvgM", "FedProx", "Strategy", "make_strategy"]
+def strategy_from_constant(value: object) -> Strategy:
+    """The strategy a federated job's request names, ``{"name": ..., "options": {...}}``
+    (what `describe_constant` gives), from outside input: ValueError with one line.
+
+        >>> strategy_from_constant({"name": "fedavgm", "options": {"momentum": 0.5}}).momentum
+        0.5
+    """
+    if not isinstance(value, dict) or set(value) != {"name", "options"} \
+            or not isinstance(value["options"], dict):
+        raise ValueError("a strategy is {'name': ..., 'options': {...}}")
+    options = value["options"]
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in options.values()):
+        raise ValueError("strategy options are numbers")
+    try:
+        return make_strategy(str(value["name"]), **options)
+    except TypeError as exc:  # an option the strategy does not take
+        raise ValueError(f"{value['name']}: {exc}") from None
+
+
+def describe_constant(strategy: Strategy) -> dict:
+    """The constant that names `strategy` in a federated job's request."""
+    return {"name": strategy.name, "options": strategy.options()}
+
+
+__all__ = ["STRATEGIES", "FedAdam", "FedAvg", "FedAvgM", "FedProx", "Strategy",
+           "describe_constant", "make_strategy", "strategy_from_constant"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scientist.strategies.base import Strategy, float_names
+from common.strategies.base import Strategy, float_names
 
 
 class _ServerOptimiser(Strategy):
@@ -33,6 +33,23 @@ class _ServerOptimiser(Strategy):
     def _step(self, name: str, delta: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """Each slot's array per weight as "slot/name" (FedAdam's step counts as "t/name")."""
+        arrays = {f"{slot}/{name}": value for slot, values in self.state.items()
+                  for name, value in values.items()}
+        arrays.update({f"t/{name}": np.asarray(t, np.int64)
+                       for name, t in getattr(self, "steps", {}).items()})
+        return arrays
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self.state = {}
+        for key, value in arrays.items():
+            slot, _, name = key.partition("/")
+            if slot == "t" and hasattr(self, "steps"):
+                self.steps[name] = int(value)
+            else:
+                self.state.setdefault(slot, {})[name] = np.array(value, np.float64)
+
     def _slot(self, slot: str, name: str, like: np.ndarray) -> np.ndarray:
         return self.state.setdefault(slot, {}).setdefault(name, np.zeros_like(like))
 
@@ -56,6 +73,9 @@ class FedAvgM(_ServerOptimiser):
 
     def describe(self) -> str:
         return f"fedavgm (server lr {self.server_lr:g}, momentum {self.momentum:g})"
+
+    def options(self) -> dict:
+        return {"server_lr": self.server_lr, "momentum": self.momentum}
 
 
 class FedAdam(_ServerOptimiser):
@@ -84,3 +104,7 @@ class FedAdam(_ServerOptimiser):
 
     def describe(self) -> str:
         return f"fedadam (server lr {self.server_lr:g})"
+
+    def options(self) -> dict:
+        return {"server_lr": self.server_lr, "beta_1": self.beta_1, "beta_2": self.beta_2,
+                "tau": self.tau}

@@ -1,0 +1,256 @@
+"""One round of an approved federated job at this hospital, decided by the domain alone.
+
+The researcher asks for round r (attempt a) of the job her request carries and relays
+the partial sums of round r-1 with their aggregators' tags. The domain:
+
+1. checks the job: its request is approved (once, as a whole) and is a federated job
+   kind of this researcher; it runs (not stopped by an admin, rounds left); r is the
+   next round, or the round last started here retried with a higher attempt;
+2. computes round r's global model itself: the request's initial weights for round 1,
+   else the relayed partial sums of a round-(r-1) attempt this hospital aggregated,
+   each tag checked (`common.federated_job.check_partial_sums`), stepped by the job's
+   strategy from the state this hospital kept;
+3. trains in the sandbox exactly as an approved ``secure_train`` request would (the
+   members, the total, the round's model, the privacy charge per round, the queue, the
+   output contract, the release filter: `PlanExecutor.execute`), in the round
+   `round_spec` derives from the job, and releases the sealed shares;
+4. aggregates that round when asked, once, and tags its partial sum for every member.
+
+Everything is audited per round (``job.round``, ``job.aggregate``, ``job.stop``); a
+refusal is a `JobRefused` with the researcher's one line.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any, Callable
+
+from common import syft_compat
+from common.aggregation import RoundSpec
+from common.errors import SharingError
+from common.federated_job import (MAX_ATTEMPTS, check_partial_sums, next_global, round_config,
+                                  round_spec, tag_partial_sum)
+from common.strategies import strategy_from_constant
+from common.syft_requests import request_status
+from domain_setup.server.execution import RunFailed, Withheld
+from domain_setup.server.job_ledger import JobLedger, JobRecord
+from domain_setup.vetting.registry import PlanKind, code_sha256, identify
+
+ROUND_KEYS = {"round", "attempt", "previous"}
+PREVIOUS_KEYS = {"attempt", "partial_sums", "tags"}
+
+
+class JobRefused(Exception):
+    """A job round this domain will not run, with its status and the researcher's line."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class JobRounds:
+    """The job routes' decisions (see the module docstring)."""
+
+    def __init__(self, *, worker: Any, executor: Any, jobs: JobLedger, audit: Any,
+                 private_key: Callable[[], bytes | None]):
+        self.worker, self.executor, self.jobs, self.audit = worker, executor, jobs, audit
+        self.private_key = private_key
+
+    # --- the researcher's side -------------------------------------------------------
+
+    def train(self, request_id: str, email: str, body: Any) -> dict:
+        """Run round ``body["round"]`` of the job; what the round releases, with its number."""
+        where = {"target": request_id}
+        try:
+            code, kind, constants = self._approved_job(request_id, email)
+            job = constants["job"]
+            where["job"] = job["job_id"]
+            number, attempt, previous = _round_request(body)
+            where.update(round=str(number), attempt=str(attempt))
+            record = self.jobs.open(request_id, job_id=job["job_id"], requester=email,
+                                    kind=kind.name, rounds=job["rounds"])
+            self._check_turn(record, number, attempt)
+            weights = self._global_model(record, constants, number, previous)
+        except (JobRefused, ValueError) as exc:
+            refusal = exc if isinstance(exc, JobRefused) else JobRefused(409, str(exc))
+            self.audit.record(email, "job.round", outcome="refused", reason=refusal.reason,
+                              **where)
+            raise refusal from None
+        config = round_config(constants["config"], number)
+        spec = round_spec(job, constants["config"], round_number=number, attempt=attempt,
+                          global_weights=weights)
+        self.jobs.started(request_id, round_number=number, attempt=attempt,
+                          spec=spec.to_constant())
+        inputs = dict(syft_compat.code_inputs(self.worker, code), config=config,
+                      initial_weights=weights, job=dict(job, round=spec.to_constant()))
+        self.audit.record(email, "job.round", **where, model=spec.model[:16])
+        try:
+            released = self.executor.execute(
+                kind, code.raw_code, inputs, requester=email,
+                run_id=f"{code.id.no_dash}-r{number}-a{attempt}", credentials=code.user_verify_key,
+                dataset=self.executor.dataset_of(code), job_of=str(code.id.no_dash),
+                details={"requester": email, "function": code.service_func_name,
+                         "plan": kind.name, "code_sha256": code_sha256(code.raw_code),
+                         "job": job["job_id"], "round": str(number)})
+        except RunFailed as exc:
+            raise JobRefused(409, str(exc)) from None
+        if number == job["rounds"]:
+            self.jobs.finish(request_id)
+        released = dict(released, sealed_shares=[base64.b64encode(sealed).decode()
+                                                 for sealed in released["sealed_shares"]])
+        return {"round": number, "attempt": attempt, "rounds": job["rounds"],
+                "round_spec": spec.to_constant(), "released": released}
+
+    def aggregate(self, request_id: str, email: str, body: Any) -> dict:
+        """Aggregate this hospital's share of the round the job last started here; the
+        partial sum with one tag per member (base64)."""
+        if not isinstance(body, dict) or set(body) != {"round", "attempt", "ciphertexts"}:
+            raise JobRefused(400, "body must be {'round', 'attempt', 'ciphertexts'}")
+        _, _, constants = self._approved_job(request_id, email)
+        record = self.jobs.get(request_id)
+        if record is None or (record.round, record.attempt) != (body["round"], body["attempt"]):
+            raise JobRefused(409, f"round {body['round']} attempt {body['attempt']} is not the "
+                                  "round this hospital last trained in this job")
+        spec = RoundSpec.from_constant(record.spec)
+        ciphertexts = _base64_list(body["ciphertexts"], "ciphertexts")
+        if len(ciphertexts) != spec.n_parties:
+            raise JobRefused(400, f"the round has {spec.n_parties} parties but "
+                                  f"{len(ciphertexts)} ciphertexts were sent")
+        key = self._key()
+        try:
+            partial = self.executor.aggregate(spec, ciphertexts, key, email)
+        except Withheld as exc:
+            raise JobRefused(409, str(exc)) from None
+        tags = tag_partial_sum(key, spec, partial)
+        self.audit.record(email, "job.aggregate", target=request_id,
+                          job=constants["job"]["job_id"], round=str(record.round))
+        return {"partial_sum": base64.b64encode(partial).decode(),
+                "tags": [base64.b64encode(tag).decode() for tag in tags]}
+
+    def status(self, request_id: str, email: str) -> dict:
+        """Where the job stands here (its requester, or an admin through `describe`)."""
+        record = self.jobs.get(request_id)
+        if record is None or record.requester != email:
+            raise JobRefused(404, f"no job of yours is request {request_id}")
+        return record.to_dict()
+
+    # --- the admin's side ------------------------------------------------------------
+
+    def stop(self, request_id: str, admin: str, reason: str) -> dict:
+        """End the job at its next round (audited)."""
+        record = self.jobs.get(request_id)
+        if record is None:
+            raise JobRefused(404, f"no job has run as request {request_id} here")
+        if record.state != "running":
+            raise JobRefused(409, f"job {record.job_id} is {record.state} already")
+        self.jobs.stop(request_id, reason=f"stopped by {admin}: {reason}")
+        self.audit.record(admin, "job.stop", target=request_id, job=record.job_id,
+                          round=str(record.round), reason=reason)
+        return self.jobs.get(request_id).to_dict()
+
+    def describe(self) -> list[dict]:
+        """Every job on this domain, newest change first."""
+        return [record.to_dict() for record in self.jobs.all()]
+
+    # --- decisions -------------------------------------------------------------------
+
+    def _approved_job(self, request_id: str, email: str) -> tuple[Any, PlanKind, dict]:
+        request = syft_compat.request_of(self.worker, request_id)
+        code = syft_compat.request_code(self.worker, request_id) if request else None
+        if code is None or syft_compat.email_of(self.worker, code.user_verify_key) != email:
+            raise JobRefused(404, f"no request {request_id} of yours on this domain")
+        kind = identify(code.raw_code)
+        if not kind.job:
+            raise JobRefused(409, f"request {request_id} is a {kind.name} request, not a "
+                                  "federated job")
+        if request_status(request) != "approved":
+            raise JobRefused(409, f"request {request_id} is {request_status(request)}: a job "
+                                  "runs once its request is approved")
+        constants = {kwarg: syft_compat.rule_value(rule) for kwarg, rule
+                     in syft_compat.input_policy_rules(code).items()
+                     if syft_compat.is_constant(rule)}
+        return code, kind, constants
+
+    def _key(self) -> bytes:
+        key = self.private_key()
+        if key is None:
+            raise JobRefused(409, "this hospital is not an aggregation party "
+                                  "(`federation enable` first)")
+        return key
+
+    def _check_turn(self, record: JobRecord, number: int, attempt: int) -> None:
+        if record.state == "stopped":
+            raise JobRefused(409, f"job {record.job_id} has ended: {record.reason}")
+        if number > record.rounds:
+            raise JobRefused(409, f"job {record.job_id} was approved for {record.rounds} rounds; "
+                                  f"round {number} is beyond it")
+        if number == record.round + 1:
+            return
+        if number == record.round and attempt > record.attempt:
+            return  # a retry of the round last started here
+        expected = (f"round {record.round + 1}" + (f" (or round {record.round} with an attempt "
+                    f"above {record.attempt})" if record.round else ""))
+        raise JobRefused(409, f"job {record.job_id} is at round {record.round} here: the next "
+                              f"is {expected}, not round {number} attempt {attempt}")
+
+    def _global_model(self, record: JobRecord, constants: dict, number: int,
+                      previous: dict | None) -> dict:
+        """Round `number`'s global model, computed (and kept) here."""
+        if record.model_round == number:
+            return self.jobs.load_model(record.request_id)[0]
+        strategy = strategy_from_constant(constants["job"]["strategy"])
+        if number == 1:
+            weights = dict(constants.get("initial_weights") or {})
+            self.jobs.save_model(record.request_id, 1, weights, strategy.state_arrays())
+            return weights
+        if previous is None:
+            raise JobRefused(400, f"round {number} needs the partial sums of round {number - 1}")
+        current, state = self.jobs.load_model(record.request_id)
+        strategy.load_state_arrays(state)
+        last = round_spec(constants["job"], constants["config"], round_number=number - 1,
+                          attempt=previous["attempt"], global_weights=current)
+        if self.executor.rounds.state(last.round_id) != "released":
+            raise JobRefused(409, f"this hospital did not aggregate attempt "
+                                  f"{previous['attempt']} of round {number - 1}")
+        try:
+            check_partial_sums(self._key(), last, previous["partial_sums"],
+                               previous["tags"])
+        except SharingError as exc:
+            raise JobRefused(409, f"round {number} refused: {exc}") from None
+        weights = next_global(strategy, current, previous["partial_sums"])
+        self.jobs.save_model(record.request_id, number, weights, strategy.state_arrays())
+        return weights
+
+
+def _round_request(body: Any) -> tuple[int, int, dict | None]:
+    """(round, attempt, previous round's partial sums and tags) of a round request."""
+    if not isinstance(body, dict) or not {"round", "attempt"} <= set(body) <= ROUND_KEYS:
+        raise JobRefused(400, "body must be {'round': int, 'attempt': int, 'previous': "
+                              "{'attempt', 'partial_sums', 'tags'}} (no other field: the "
+                              "domain computes the global model itself)")
+    number, attempt = body["round"], body["attempt"]
+    for name, value, high in (("round", number, 10**6), ("attempt", attempt, MAX_ATTEMPTS)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+            raise JobRefused(400, f"{name} must be an integer from 1 to {high}")
+    previous = body.get("previous")
+    if previous is None:
+        return number, attempt, None
+    if not isinstance(previous, dict) or set(previous) != PREVIOUS_KEYS:
+        raise JobRefused(400, "previous must be {'attempt', 'partial_sums', 'tags'}")
+    if isinstance(previous["attempt"], bool) or not isinstance(previous["attempt"], int) \
+            or not 1 <= previous["attempt"] <= MAX_ATTEMPTS:
+        raise JobRefused(400, f"previous.attempt must be an integer from 1 to {MAX_ATTEMPTS}")
+    return number, attempt, {"attempt": previous["attempt"],
+                             "partial_sums": _base64_list(previous["partial_sums"],
+                                                          "previous.partial_sums"),
+                             "tags": _base64_list(previous["tags"], "previous.tags")}
+
+
+def _base64_list(value: Any, what: str) -> list[bytes]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise JobRefused(400, f"{what} must be a list of base64 strings")
+    try:
+        return [base64.b64decode(v, validate=True) for v in value]
+    except (binascii.Error, ValueError):
+        raise JobRefused(400, f"{what} holds something that is not base64") from None
