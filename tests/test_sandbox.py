@@ -33,7 +33,8 @@ if str(PROJECT_ROOT) not in sys.path:
 
 from domain_setup.sandbox import (LimitsError, PlainDataError, PlanFailed,  # noqa: E402
                                   PlanOutOfMemory, PlanTimeout, ResultNotPlainData,
-                                  ResultRefused, Sandbox, SandboxLimits, SandboxUnavailable,
+                                  ResultRefused, Sandbox, SandboxError, SandboxLimits,
+                                  SandboxUnavailable,
                                   decode, encode)
 from domain_setup.sandbox import plain_data, seccomp_policy  # noqa: E402
 from domain_setup.sandbox.bwrap import RUNNER_MAIN  # noqa: E402
@@ -926,3 +927,53 @@ def test_a_result_over_the_runs_bound_is_refused_by_its_size_before_it_is_read(s
     assert time.monotonic() - started < 25  # refused at the header, not after the sleep
     with pytest.raises(Exception, match="max_result_bytes must be a positive integer"):
         sandbox.run("def main():\n    return 1\n", "main", {}, max_result_bytes=0)
+
+
+SESSION_PLAN = textwrap.dedent("""
+    import os
+    import numpy as np
+
+    SEEN = []
+
+    def main(x):
+        SEEN.append(float(np.sum(x)))
+        return {"pid": os.getpid(), "seen": list(SEEN)}
+""")
+
+
+def test_a_session_serves_runs_in_one_sandbox_and_ends_with_them(sandbox):
+    """A job's rounds: one sandbox, one process, each request answered in turn; the session
+    ends when its runs are used up, and nothing of it is left (the autouse check)."""
+    with sandbox.session(runs=3) as session:
+        first = session.run(SESSION_PLAN, "main", {"x": np.ones(3)})
+        second = session.run(SESSION_PLAN, "main", {"x": np.full(2, 5.0)})
+        assert first.result["pid"] == second.result["pid"]  # the same interpreter
+        assert second.warm and not first.warm
+        assert second.result["seen"] == [10.0]  # but each run's module is a fresh one
+        session.run(SESSION_PLAN, "main", {"x": np.zeros(1)})
+        assert not session.alive
+        with pytest.raises(SandboxError, match="closed or used up"):
+            session.run(SESSION_PLAN, "main", {"x": np.zeros(1)})
+
+
+def test_a_sessions_runs_keep_the_sandboxes_limits_and_a_failure_ends_it(sandbox):
+    slow = textwrap.dedent("""
+        import time
+        def main(wait):
+            time.sleep(wait)
+            return wait
+    """)
+    with make_sandbox(timeout_seconds=10).session(runs=5) as session:
+        assert session.run(slow, "main", {"wait": 0.1}).result == 0.1
+        with pytest.raises(PlanTimeout):
+            session.run(slow, "main", {"wait": 30})
+        assert not session.alive  # killed with its run
+    with sandbox.session(runs=5) as session:
+        with pytest.raises(PlanFailed, match="ZeroDivisionError"):
+            session.run("def main():\n    return 1 / 0\n", "main", {})
+        assert not session.alive
+    with sandbox.session(runs=2) as session:  # the plan's seccomp stage holds in later runs
+        session.run(SESSION_PLAN, "main", {"x": np.ones(1)})
+        with pytest.raises(PlanFailed, match="PermissionError|OSError|BlockingIOError"):
+            session.run("import socket\ndef main():\n    return socket.socket().fileno()\n",
+                        "main", {})

@@ -33,11 +33,11 @@ from .errors import (ContractViolation, LimitsError, PlainDataError, PlanError, 
                      SandboxCrashed, SandboxError, SandboxUnavailable)
 from .limits import SandboxLimits
 from .plain_data import decode, encode
-from .runner import Sandbox, SandboxRun
+from .runner import Sandbox, SandboxRun, SandboxSession
 
 __all__ = [
     "ContractViolation",
     "LimitsError", "PlainDataError", "PlanError", "PlanFailed", "PlanOutOfMemory", "PlanTimeout",
     "ResultNotPlainData", "ResultRefused", "Sandbox", "SandboxCrashed", "SandboxError",
-    "SandboxLimits", "SandboxRun", "SandboxUnavailable", "decode", "encode",
+    "SandboxLimits", "SandboxRun", "SandboxSession", "SandboxUnavailable", "decode", "encode",
 ]

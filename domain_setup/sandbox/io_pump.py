@@ -57,7 +57,8 @@ class Exchange:
             raise self.feed_errors[0]
 
 
-def _feed(stream: IO[bytes], parts: Sequence[Chunk], errors: list[BaseException]) -> None:
+def _feed(stream: IO[bytes], parts: Sequence[Chunk], errors: list[BaseException],
+          close: bool = True) -> None:
     try:
         for part in parts:
             write_all(stream.fileno(), part)
@@ -66,7 +67,8 @@ def _feed(stream: IO[bytes], parts: Sequence[Chunk], errors: list[BaseException]
     except OSError as exc:
         errors.append(exc)
     finally:
-        stream.close()
+        if close:
+            stream.close()
 
 
 def _drain(log: BoundedLog, fd: int) -> bool:
@@ -80,12 +82,15 @@ def _drain(log: BoundedLog, fd: int) -> bool:
 
 def exchange(*, stdin: IO[bytes], stdout: IO[bytes], stderr: IO[bytes], result_fd: int,
              request: Sequence[Chunk], deadline: float, max_log_bytes: int,
-             max_result_bytes: int) -> Exchange:
+             max_result_bytes: int, session: bool = False) -> Exchange:
     """Run the exchange until every output closes, ``deadline`` (monotonic) passes, or the
-    result channel is violated. The caller kills the sandbox afterwards in every case."""
+    result channel is violated. The caller kills the sandbox afterwards in every case.
+    In a `session` the sandbox serves more requests: stdin stays open, and the exchange
+    ends once this request's answer (its RESULT or ERROR frame) has been read."""
     result = Exchange(BoundedLog(max_log_bytes), BoundedLog(max_log_bytes),
                       FrameReader(result_fd, max_result_bytes=max_result_bytes))
-    result.feeder = threading.Thread(target=_feed, args=(stdin, request, result.feed_errors),
+    result.feeder = threading.Thread(target=_feed, args=(stdin, request, result.feed_errors,
+                                                         not session),
                                      name="sandbox-stdin", daemon=True)
     result.feeder.start()
     readers = {stdout.fileno(): lambda: _drain(result.stdout, stdout.fileno()),
@@ -95,7 +100,8 @@ def exchange(*, stdin: IO[bytes], stdout: IO[bytes], stderr: IO[bytes], result_f
         for fd, reader in readers.items():
             os.set_blocking(fd, False)
             selector.register(fd, selectors.EVENT_READ, reader)
-        while selector.get_map() and result.frames.violation is None:
+        while selector.get_map() and result.frames.violation is None \
+                and not (session and result.frames.finished):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 result.timed_out = True

@@ -123,6 +123,11 @@ class FrameReader:
             return True
         return self.violation is None
 
+    @property
+    def finished(self) -> bool:
+        """Has a run's last frame (its RESULT or ERROR) been read?"""
+        return any(kind in (RESULT, ERROR) for kind, _ in self.frames)
+
     def _start_frame(self) -> None:
         kind, length = FRAME_PREFIX.unpack(self._prefix)
         limit = self.max_result_bytes if kind == RESULT else MAX_JSON_FRAME

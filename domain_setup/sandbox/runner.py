@@ -25,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -164,6 +165,7 @@ class Sandbox:
         self._want_spare = threading.Condition(self._lock)
         self._closed = False
         self._warmer: threading.Thread | None = None
+        self._launcher: ThreadPoolExecutor | None = None
 
     @staticmethod
     def _vetted(path: Path) -> str:
@@ -229,6 +231,38 @@ class Sandbox:
         ``PlanOutOfMemory``, ``PlanFailed``, ``ResultRefused`` or ``SandboxCrashed``;
         nothing of the run is left running afterwards.
         """
+        request, bound = self._request(source, function, kwargs, max_result_bytes=max_result_bytes,
+                                       torch_threads=torch_threads)
+        spare = self._take_spare()
+        started = spare or self._launch(self._environment())
+        try:
+            outcome = self._exchange(started, request, warm=spare is not None,
+                                     max_result_bytes=bound)
+        finally:
+            started.release()
+            self._refill()
+        return self._interpret(outcome, bound)
+
+    def session(self, runs: int) -> "SandboxSession":
+        """A sandbox that serves up to `runs` runs, one after another, in one process: for
+        a federated job's rounds, whose code is always the catalogue's (never the
+        researcher's), so that a round does not pay a fresh interpreter's imports. Its
+        limits are this sandbox's, per run (the CPU limit: `runs` runs' worth in all);
+        anything going wrong in a run ends the session."""
+        if type(runs) is not int or runs < 1:
+            raise SandboxError(f"runs must be a positive integer, got {runs!r}")
+        env = self._environment()
+        with self._lock:  # bwrap's --die-with-parent follows the thread that started it:
+            if self._launcher is None:  # a session outlives the request's thread
+                self._launcher = ThreadPoolExecutor(max_workers=1,
+                                                    thread_name_prefix="sandbox-sessions")
+        started = self._launcher.submit(self._launch, env, True).result()
+        return SandboxSession(self, started, runs)
+
+    def _request(self, source: str, function: str, kwargs: Mapping[str, Any], *,
+                 max_result_bytes: int | None, torch_threads: int | None,
+                 session_runs: int = 1) -> tuple[list[protocol.Chunk], int]:
+        """The request's chunks for the runner, and the bound on its encoded result."""
         if not isinstance(source, str) or not isinstance(function, str) or not function.isidentifier():
             raise SandboxError("run takes the source (str) and a function name (identifier)")
         if not isinstance(kwargs, Mapping) or not all(isinstance(k, str) for k in kwargs):
@@ -243,19 +277,11 @@ class Sandbox:
         _check_threads(torch_threads)
         request = protocol.request_parts(
             {"source": source, "function": function, "limits": self.limits.to_dict(),
-             "max_result_bytes": bound,
+             "max_result_bytes": bound, "session_runs": session_runs,
              "torch_threads": torch_threads or self.torch_threads, "plan_filter": env.plan_bpf,
              "seccomp_syscall": env.seccomp_syscall},
             plain_data.encode_parts(dict(kwargs), allow_tensors=True, name="kwargs"))
-        spare = self._take_spare()
-        started = spare or self._launch(env)
-        try:
-            outcome = self._exchange(started, request, warm=spare is not None,
-                                     max_result_bytes=bound)
-        finally:
-            started.release()
-            self._refill()
-        return self._interpret(outcome, bound)
+        return request, bound
 
     # --- the spare -------------------------------------------------------------------
 
@@ -315,18 +341,19 @@ class Sandbox:
 
     # --- one sandbox -------------------------------------------------------------------
 
-    def _launch(self, env: _Environment) -> _Started:
-        """Start a sandbox (cgroup, bwrap, runner), which imports and waits for its request."""
+    def _launch(self, env: _Environment, session: bool = False) -> _Started:
+        """Start a sandbox (cgroup, bwrap, runner), which imports and waits for its request
+        (or, as a `session`, for one request after another)."""
         cgroup = env.cgroups.create(memory_bytes=self.limits.memory_bytes,
                                     max_processes=self.limits.max_processes)
         try:
-            return self._start_in(env, cgroup)
+            return self._start_in(env, cgroup, session)
         except BaseException:
             cgroup.kill()
             cgroup.remove()
             raise
 
-    def _start_in(self, env: _Environment, cgroup: RunCgroup) -> _Started:
+    def _start_in(self, env: _Environment, cgroup: RunCgroup, session: bool = False) -> _Started:
         result_read, result_write = os.pipe()
         result_write = _high_fd(result_write)
         seccomp_fd = _high_fd(_memfd(env.sandbox_bpf))
@@ -334,7 +361,7 @@ class Sandbox:
                 *bwrap_command(interpreter=env.interpreter, vetted_packages=self.vetted_packages,
                                tmpfs_bytes=self.limits.tmpfs_bytes, seccomp_fd=seccomp_fd,
                                result_fd=result_write, bwrap=env.bwrap,
-                               preload_torch=self.preload_torch)]
+                               preload_torch=self.preload_torch, session=session)]
         launched = time.monotonic()
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -349,29 +376,34 @@ class Sandbox:
         return _Started(proc, cgroup, result_read, launched)
 
     def _exchange(self, started: _Started, request: list[protocol.Chunk], *,
-                  warm: bool, max_result_bytes: int) -> _Outcome:
+                  warm: bool, max_result_bytes: int, session: bool = False) -> _Outcome:
         """Hand the request to a started sandbox and collect what comes back; the run's
-        clock (and its wall-clock limit) starts here."""
+        clock (and its wall-clock limit) starts here. A session's sandbox is left running
+        when its answer came back whole and in time."""
         proc, cgroup = started.proc, started.cgroup
         handed = time.monotonic()
         deadline = handed + self.limits.timeout_seconds
-        timed_out = False
+        timed_out = answered = False
         try:
             exchange = io_pump.exchange(
                 stdin=proc.stdin, stdout=proc.stdout, stderr=proc.stderr,
                 result_fd=started.result_read, request=request, deadline=deadline,
                 max_log_bytes=self.limits.max_log_bytes,
-                max_result_bytes=max_result_bytes)
+                max_result_bytes=max_result_bytes, session=session)
             timed_out = exchange.timed_out
+            answered = session and exchange.frames.finished and not timed_out \
+                and exchange.frames.violation is None
             if timed_out or exchange.frames.violation:
                 started.stop()
-            try:
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
-            except subprocess.TimeoutExpired:
-                timed_out = True
+            if not answered:
+                try:
+                    proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
+                except subprocess.TimeoutExpired:
+                    timed_out = True
         finally:
-            started.stop()
-            proc.wait()
+            if not answered:
+                started.stop()
+                proc.wait()
         exchange.finish_feeding()
         # a cold run counts from the launch, a warm one from the hand-over
         origin = handed if warm else started.launched
@@ -461,3 +493,60 @@ class Sandbox:
             what += f" (is SIGXCPU ignored? the {self.limits.cpu_seconds} s CPU limit then kills)"
         return SandboxCrashed(f"sandbox {what} without a result" + (f": {last}" if last else ""),
                               **logs)
+
+
+class SandboxSession:
+    """One sandbox serving several runs in turn (`Sandbox.session`); close it when done.
+
+        with sandbox.session(runs=20) as session:
+            for weights in rounds:
+                run = session.run(source, "plan", dict(inputs, initial_weights=weights))
+    """
+
+    def __init__(self, sandbox: Sandbox, started: _Started, runs: int):
+        self.sandbox, self.runs_left = sandbox, runs
+        self._started: _Started | None = started
+        self._lock = threading.Lock()
+        self._runs = runs
+
+    @property
+    def alive(self) -> bool:
+        """Can the session serve another run?"""
+        return (self._started is not None and self._started.proc.poll() is None
+                and self.runs_left > 0)
+
+    def run(self, source: str, function: str, kwargs: Mapping[str, Any], *,
+            max_result_bytes: int | None = None, torch_threads: int | None = None) -> SandboxRun:
+        """Like `Sandbox.run`, in this session's sandbox (SandboxError once it is closed
+        or used up). A run that fails in any way closes the session."""
+        with self._lock:
+            if not self.alive:
+                raise SandboxError("the sandbox session is closed or used up")
+            request, bound = self.sandbox._request(
+                source, function, kwargs, max_result_bytes=max_result_bytes,
+                torch_threads=torch_threads, session_runs=self._runs)
+            started = self._started
+            first = self.runs_left == self._runs
+            self.runs_left -= 1
+            try:
+                outcome = self.sandbox._exchange(started, request, warm=not first,
+                                                 max_result_bytes=bound, session=True)
+                run = self.sandbox._interpret(outcome, bound)
+            except BaseException:
+                self.close()
+                raise
+            if self.runs_left == 0 or started.proc.poll() is not None:
+                self.close()
+            return run
+
+    def close(self) -> None:
+        """Kill the sandbox and free its cgroup (idempotent)."""
+        started, self._started = self._started, None
+        if started is not None:
+            started.release()
+
+    def __enter__(self) -> "SandboxSession":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -8,7 +8,8 @@ fresh namespace and calls ``function(**kwargs)``. The result goes back as plain
 data on fd 3, or an ERROR frame with the exception type, a one-line message and
 a short traceback. The researcher's prints go to the real stdout/stderr. Its one
 argument is the inherited fd of the result pipe, which it moves to fd 3 first;
-with a second, ``--numpy-only``, it does not import torch (a light sandbox).
+with a second, ``--numpy-only``, it does not import torch (a light sandbox); with
+``--session`` it serves one request after another until its stdin ends (`serve`).
 
 It imports only the standard library, numpy, torch (with `WARM_MODULES`) and its sibling modules
 (bound read-only at /opt/pneumosyft/pneumosyft_sandbox); the vetted packages are
@@ -67,11 +68,11 @@ def install_filter(program: bytes, syscall_number: int) -> None:
         raise OSError(ctypes.get_errno(), f"seccomp(2) refused the plan filter (status {status})")
 
 
-def set_rlimits(limits: dict) -> None:
+def set_rlimits(limits: dict, runs: int = 1) -> None:
     """Hard rlimits the researcher's code cannot raise again (the CPU limit counts from
-    now: the imports before the request are not the plan's)."""
+    now: the imports before the request are not the plan's; `runs` runs' worth)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = int(limits["cpu_seconds"]) + int(usage.ru_utime + usage.ru_stime) + 1
+    cpu = int(limits["cpu_seconds"]) * max(1, runs) + int(usage.ru_utime + usage.ru_stime) + 1
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     for name, value in ((resource.RLIMIT_FSIZE, int(limits["max_file_mb"]) * MB),
                         (resource.RLIMIT_NOFILE, int(limits["max_open_files"])),
@@ -79,19 +80,26 @@ def set_rlimits(limits: dict) -> None:
         resource.setrlimit(name, (value, value))
 
 
-def prepare(header: dict, kwargs_data: bytearray) -> dict:
-    """Trusted setup: rlimits, numpy/torch, kwargs, then the strict seccomp stage."""
-    devnull = os.open("/dev/null", os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    set_rlimits(header["limits"])
-    torch = sys.modules.get("torch")  # imported already, in main (unless --numpy-only)
-    if torch is not None and header.get("torch_threads"):
-        torch.set_num_threads(int(header["torch_threads"]))
+def prepare(header: dict, kwargs_data: bytearray, *, first: bool = True,
+            session: bool = False) -> dict:
+    """Trusted setup: rlimits, numpy/torch, kwargs, then the strict seccomp stage. In a
+    session (one sandbox serving a federated job's rounds: the catalogue's code only) the
+    first request sets the limits and the filter for all of them, the CPU limit being
+    ``session_runs`` times a run's, and stdin stays open for the next request."""
+    if not session:
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+    if first:
+        set_rlimits(header["limits"], runs=int(header.get("session_runs", 1)))
+        torch = sys.modules.get("torch")  # imported already, in main (unless --numpy-only)
+        if torch is not None and header.get("torch_threads"):
+            torch.set_num_threads(int(header["torch_threads"]))
     kwargs = plain_data.decode(kwargs_data, max_bytes=len(kwargs_data), allow_tensors=True)
     if not isinstance(kwargs, dict):
         raise TypeError("kwargs must be a dict")
-    install_filter(base64.b64decode(header["plan_filter"]), int(header["seccomp_syscall"]))
+    if first:
+        install_filter(base64.b64decode(header["plan_filter"]), int(header["seccomp_syscall"]))
     return kwargs
 
 
@@ -146,22 +154,40 @@ def main() -> None:
     if inherited != out:
         os.dup2(inherited, out, inheritable=False)
         os.close(inherited)
+    session = "--session" in sys.argv[2:]
     protocol.write_json_frame(out, protocol.TIMING, {"event": "main", "t": STARTED})
     try:
-        try:
-            import numpy  # noqa: F401  (imported while trusted, before any request)
-            if "--numpy-only" not in sys.argv[2:]:
-                import torch  # noqa: F401
-                environment = dict(os.environ)
-                for name in WARM_MODULES:
-                    __import__(name)
-                os.environ.clear()  # torch._dynamo sets a cache directory: the plan's
-                os.environ.update(environment)  # environment stays what bwrap gave it
+        import numpy  # noqa: F401  (imported while trusted, before any request)
+        if "--numpy-only" not in sys.argv[2:]:
+            import torch  # noqa: F401
+            environment = dict(os.environ)
+            for name in WARM_MODULES:
+                __import__(name)
+            os.environ.clear()  # torch._dynamo sets a cache directory: the plan's
+            os.environ.update(environment)  # environment stays what bwrap gave it
+    except BaseException as exc:
+        protocol.write_json_frame(out, protocol.ERROR, describe("setup", exc))
+        os._exit(0)
+    first = True
+    while serve(out, first=first, session=session) and session:
+        first = False
+    os._exit(0)  # no atexit handlers or finalizers of the researcher's code
 
-            header, kwargs_data = protocol.read_request(0)
+
+def serve(out: int, *, first: bool, session: bool) -> bool:
+    """Read one request, run it, answer with a RESULT or ERROR frame; False when a
+    session's input ended (the host closed it) before another request."""
+    try:
+        try:
+            try:
+                header, kwargs_data = protocol.read_request(0)
+            except EOFError:
+                if not first:
+                    return False
+                raise
             protocol.write_json_frame(out, protocol.TIMING,
                                       {"event": "request", "t": time.monotonic()})
-            kwargs = prepare(header, kwargs_data)
+            kwargs = prepare(header, kwargs_data, first=first, session=session)
             del kwargs_data
         except BaseException as exc:
             raise Stage("setup", exc) from None
@@ -179,8 +205,7 @@ def main() -> None:
     except Stage as failure:
         flush_std()
         protocol.write_json_frame(out, protocol.ERROR, describe(failure.stage, failure.exc))
-    os._exit(0)  # no atexit handlers or finalizers of the researcher's code
-
+    return True
 
 if __name__ == "__main__":
     main()

@@ -116,11 +116,12 @@ class PlanExecutor:
 
     def execute(self, kind: PlanKind, raw_code: str, kwargs: dict, *, requester: str,
                 run_id: str, credentials: Any, dataset: str, details: dict,
-                job_of: str | None = None) -> dict:
+                job_of: str | None = None, session: Any = None) -> dict:
         """Run `raw_code` of `kind` on `kwargs` in the sandbox and return what is released
         (RunFailed with the researcher's one line otherwise). A syft run claims its
         approval's one run; a round of the job approved as code `job_of` is bounded by the
-        job ledger instead (and trusted as that approval was)."""
+        job ledger instead (and trusted as that approval was), and may run in the job's
+        `session` (a `SandboxSession`) rather than a fresh sandbox."""
         limits = self.limits()
         charge: PrivacyCharge | None = None
         claimed = data_entered = False
@@ -149,12 +150,13 @@ class PlanExecutor:
             with self._queued(run_id, limits, requester) as waited:
                 if claimed:
                     self.approvals.run_started(run_id)
-                sandbox = self.sandbox_factory(limits)
+                sandbox = session or self.sandbox_factory(limits)
                 data_entered = True
                 run = sandbox.run(source, function, inputs,
                                   max_result_bytes=contract.max_custom_bytes
                                   if kind.whole_result else None,
-                                  torch_threads=self.queue.core_share(sandbox.torch_threads))
+                                  torch_threads=self.queue.core_share(
+                                      self.sandbox_factory(limits).torch_threads))
             kind.contract(run.result, contract)
             released = charge.release(run.result, self.ledger) if charge else run.result
             result = kind.release(released, trusted=trusted)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import threading
+import time
 from typing import Any, Callable
 
 from common import syft_compat
@@ -50,17 +52,32 @@ class JobRefused(Exception):
 
 
 class JobRounds:
-    """The job routes' decisions (see the module docstring)."""
+    """The job routes' decisions (see the module docstring). A job's rounds run one at a
+    time at this hospital, in one sandbox session per job (`SandboxSession`: the job's
+    code is the catalogue's), closed when the job ends, stops, fails a round, or has been
+    idle for `IDLE_SECONDS`."""
+
+    IDLE_SECONDS = 300
 
     def __init__(self, *, worker: Any, executor: Any, jobs: JobLedger, audit: Any,
                  private_key: Callable[[], bytes | None]):
         self.worker, self.executor, self.jobs, self.audit = worker, executor, jobs, audit
         self.private_key = private_key
+        self._lock = threading.Lock()
+        self._job_locks: dict[str, threading.Lock] = {}
+        self._sessions: dict[str, tuple[Any, float]] = {}  # request id -> (session, last use)
+        self._reaper: threading.Thread | None = None
 
     # --- the researcher's side -------------------------------------------------------
 
     def train(self, request_id: str, email: str, body: Any) -> dict:
         """Run round ``body["round"]`` of the job; what the round releases, with its number."""
+        with self._lock:
+            job_lock = self._job_locks.setdefault(request_id, threading.Lock())
+        with job_lock:  # one round of a job at a time here: the turn is checked and taken
+            return self._train(request_id, email, body)
+
+    def _train(self, request_id: str, email: str, body: Any) -> dict:
         where = {"target": request_id}
         try:
             code, kind, constants = self._approved_job(request_id, email)
@@ -85,6 +102,7 @@ class JobRounds:
         inputs = dict(syft_compat.code_inputs(self.worker, code), config=config,
                       initial_weights=weights, job=dict(job, round=spec.to_constant()))
         self.audit.record(email, "job.round", **where, model=spec.model[:16])
+        session = self._session(request_id, kind, rounds_left=job["rounds"] - number + 1)
         try:
             released = self.executor.execute(
                 kind, code.raw_code, inputs, requester=email,
@@ -92,11 +110,13 @@ class JobRounds:
                 dataset=self.executor.dataset_of(code), job_of=str(code.id.no_dash),
                 details={"requester": email, "function": code.service_func_name,
                          "plan": kind.name, "code_sha256": code_sha256(code.raw_code),
-                         "job": job["job_id"], "round": str(number)})
+                         "job": job["job_id"], "round": str(number)}, session=session)
         except RunFailed as exc:
+            self._close_session(request_id)
             raise JobRefused(409, str(exc)) from None
         if number == job["rounds"]:
             self.jobs.finish(request_id)
+            self._close_session(request_id)
         released = dict(released, sealed_shares=[base64.b64encode(sealed).decode()
                                                  for sealed in released["sealed_shares"]])
         return {"round": number, "attempt": attempt, "rounds": job["rounds"],
@@ -145,6 +165,7 @@ class JobRounds:
         if record.state != "running":
             raise JobRefused(409, f"job {record.job_id} is {record.state} already")
         self.jobs.stop(request_id, reason=f"stopped by {admin}: {reason}")
+        self._close_session(request_id)
         self.audit.record(admin, "job.stop", target=request_id, job=record.job_id,
                           round=str(record.round), reason=reason)
         return self.jobs.get(request_id).to_dict()
@@ -152,6 +173,39 @@ class JobRounds:
     def describe(self) -> list[dict]:
         """Every job on this domain, newest change first."""
         return [record.to_dict() for record in self.jobs.all()]
+
+    # --- the job's sandbox session ----------------------------------------------------
+
+    def _session(self, request_id: str, kind: PlanKind, *, rounds_left: int) -> Any:
+        """The job's live sandbox session, or a new one for its remaining rounds."""
+        with self._lock:
+            session, _ = self._sessions.get(request_id, (None, 0.0))
+        if session is None or not session.alive:
+            limits = self.executor.limits()
+            session = self.executor.sandbox_factory(limits).session(runs=max(1, rounds_left))
+        with self._lock:
+            self._sessions[request_id] = (session, time.monotonic())
+            if self._reaper is None:
+                self._reaper = threading.Thread(target=self._close_idle, daemon=True,
+                                                name="job-sessions")
+                self._reaper.start()
+        return session
+
+    def _close_session(self, request_id: str) -> None:
+        with self._lock:
+            session, _ = self._sessions.pop(request_id, (None, 0.0))
+        if session is not None:
+            session.close()
+
+    def _close_idle(self) -> None:
+        while True:
+            time.sleep(min(30.0, self.IDLE_SECONDS))
+            now = time.monotonic()
+            with self._lock:
+                idle = [r for r, (_, used) in self._sessions.items()
+                        if now - used > self.IDLE_SECONDS]
+            for request_id in idle:
+                self._close_session(request_id)
 
     # --- decisions -------------------------------------------------------------------
 
