@@ -168,7 +168,7 @@ def train(images: Any, labels: Any, *, model: str = "small_cnn", epochs: int = 3
           initial_weights: dict[str, np.ndarray] | None = None,
           proximal_mu: float = 0.0, class_balancing: str = "none",
           validation_fraction: float = 0.0, optimiser: str = "adam",
-          local_steps: int = 0) -> dict:
+          local_steps: int = 0, gradient_correction: dict | None = None) -> dict:
     """Train `model` with Adam (or plain SGD) and cross-entropy; deterministic for a seed.
 
     `local_steps` > 0 stops after that many optimiser steps (at most `epochs` passes):
@@ -177,6 +177,8 @@ def train(images: Any, labels: Any, *, model: str = "small_cnn", epochs: int = 3
     steps, which a server optimiser (FedAvgM) can carry momentum across;
     `proximal_mu` > 0 adds FedProx's proximal term towards `initial_weights`;
     `class_balancing="balanced"` weighs the loss by inverse class frequency;
+    `gradient_correction` ({parameter name: array}) is added to every step's gradient
+    (SCAFFOLD's c - c_i, `common.scaffold`); the result then says how many steps it took;
     `validation_fraction` holds out that share of the images, never trained on, and
     reports aggregate metrics of the model received (`initial_weights`, before any
     local step) on them: in a federation, the validation of the last global model.
@@ -207,6 +209,8 @@ def train(images: Any, labels: Any, *, model: str = "small_cnn", epochs: int = 3
                                          model) if len(held_out) else None)
         order = torch.Generator().manual_seed(seed)
         step = OPTIMISERS[optimiser](module.parameters(), lr=lr)
+        correction = _correction(module, gradient_correction)
+        steps_taken = 0
         loss_fn = nn.CrossEntropyLoss(weight=class_weights(y_train, class_balancing))
         history: dict[str, list[float]] = {"loss": [], "accuracy": []}
         module.train()
@@ -221,8 +225,11 @@ def train(images: Any, labels: Any, *, model: str = "small_cnn", epochs: int = 3
                     loss = loss + _proximal_term(module, anchor, float(proximal_mu))
                 step.zero_grad()
                 loss.backward()
+                for parameter, added in correction:
+                    parameter.grad.add_(added)
                 step.step()
                 steps_left -= 1
+                steps_taken += 1
                 total_loss += float(loss.detach()) * len(batch)
                 correct += int((logits.argmax(1) == y_train[batch]).sum())
                 seen += len(batch)
@@ -232,7 +239,22 @@ def train(images: Any, labels: Any, *, model: str = "small_cnn", epochs: int = 3
               "n_samples": int(len(x_train)), "model": model}
     if validation is not None:
         result["validation"] = validation
+    if gradient_correction is not None:
+        result["steps"] = steps_taken
     return result
+
+
+def _correction(module: nn.Module, correction: dict | None) -> list:
+    """(parameter, tensor) pairs to add to the gradients; none without a correction, and
+    zeros for parameters it does not name (SCAFFOLD's first round)."""
+    if correction is None:
+        return []
+    unknown = set(correction) - {name for name, _ in module.named_parameters()}
+    if unknown:
+        raise ValueError(f"gradient_correction names no parameter {sorted(unknown)[0]!r}")
+    return [(p, torch.broadcast_to(torch.as_tensor(np.asarray(correction[name], np.float32)),
+                                   p.shape).clone())
+            for name, p in module.named_parameters() if name in correction]
 
 
 def validation_metrics(x: torch.Tensor, y: torch.Tensor, weights: dict, model: str) -> dict:

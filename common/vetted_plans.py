@@ -95,16 +95,28 @@ def evaluate_private_xray_plan(images, labels, weights, config, privacy):
 def federated_job_xray_plan(images, labels, aggregation_key, config, initial_weights, job):
     """One round of a federated job (the request approves up to job["rounds"] of them):
     the domain calls it each round with the round's global model as initial_weights and
-    the round's spec as job["round"]; train, then seal the weights for that round."""
+    the round's spec as job["round"]; train (with SCAFFOLD's control variates when the
+    domain adds job["control"]), then seal the weights (and the control's step) for that
+    round. A SCAFFOLD round's new client control goes back to the domain, never out."""
     from common.aggregation import RoundSpec, contribute, private_key_bytes
+    from common.scaffold import scaffold_round, with_control
     from common.training import train
 
     spec = RoundSpec.from_constant(job["round"])
-    result = train(images, labels, **config, initial_weights=initial_weights or None)
-    return {"sealed_shares": contribute(private_key_bytes(aggregation_key), result["weights"],
+    control = job.get("control")
+    if control is None:
+        result = train(images, labels, **config, initial_weights=initial_weights or None)
+        shared, client_control = result["weights"], None
+    else:
+        result = scaffold_round(images, labels, initial_weights,
+                                server_control=control["server"],
+                                client_control=control["client"], **config)
+        shared = with_control(result["weights"], result["control_delta"])
+        client_control = result["client_control"]
+    return {"sealed_shares": contribute(private_key_bytes(aggregation_key), shared,
                                         result["n_samples"], spec),
             "n_samples": result["n_samples"], "history": result["history"],
-            "validation": result.get("validation")}
+            "validation": result.get("validation"), "client_control": client_control}
 
 
 def federated_job_private_xray_plan(images, labels, aggregation_key, config, initial_weights,

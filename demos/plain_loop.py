@@ -2,7 +2,7 @@
 `bench/bench_federated_job.py` times and the demo's "plain" reference.
 
 Round r trains every hospital's partition from the global model with the round's config
-(`common.federated_job.round_config`), averages the models in the fixed point a secure
+(`common.federated_job.round_config`; SCAFFOLD with each hospital's control variate), averages the models in the fixed point a secure
 round sums in (`scientist.federated.weighted_average`), and lets the strategy step; the
 held-out validation each hospital reports in a job is computed here too, so the loop does
 the work a job does, minus the domains.
@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable
 
 from common.federated_job import round_config
+from common.scaffold import scaffold_round, with_control
 from common.strategies import Strategy
 from common.training import train
 from domain_setup.admin.upload import take_partition
@@ -36,10 +37,21 @@ def plain_loop(partitions: list[Any], config: dict, *, rounds: int, strategy: St
     """`rounds` rounds over `partitions` in this process; the model the hospitals
     validated best (the last without validation) and each round's log."""
     weights, logs, best = dict(initial_weights or {}), [], BestValidated()
+    controls: list[dict] = [{} for _ in partitions]  # SCAFFOLD: each hospital's own c_i
     for number in range(1, rounds + 1):
         log, started = RoundLog(round=number, secure=False), time.perf_counter()
-        results = [train(part.images, part.labels, **round_config(config, number),
-                         initial_weights=weights or None) for part in partitions]
+        results = []
+        for i, part in enumerate(partitions):
+            if strategy.needs_control:
+                out = scaffold_round(part.images, part.labels, weights or None,
+                                     server_control=strategy.control,
+                                     client_control=controls[i], **round_config(config, number))
+                controls[i] = out["client_control"]
+                out["weights"] = with_control(out["weights"], out["control_delta"])
+            else:
+                out = train(part.images, part.labels, **round_config(config, number),
+                            initial_weights=weights or None)
+            results.append(out)
         for i, result in enumerate(results):
             log.n_samples[f"hospital {i + 1}"] = result["n_samples"]
             if result.get("validation"):

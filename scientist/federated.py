@@ -261,16 +261,18 @@ def new_round(hospitals: list[Hospital], config: dict,
                          model=model_digest(config, initial_weights or None))
 
 
-def call_domain(hospital: Hospital, method: str, path: str, body: dict | None = None) -> Any:
-    """One authenticated HTTP call to a hospital's /pneumosyft `path` (the response), or a
-    DomainError with the domain's one-line reason. Allows the time a sandbox run takes."""
+def call_domain(hospital: Hospital, method: str, path: str, body: dict | None = None,
+                data: str | bytes | None = None) -> Any:
+    """One authenticated HTTP call to a hospital's /pneumosyft `path` with a JSON `body`
+    (or raw `data`): the response, or a DomainError with the domain's one-line reason.
+    Allows the time a sandbox run takes."""
     import requests
 
     from common.connection import auth_headers, gate_reason
 
     try:
         response = requests.request(method, f"{hospital.url}/pneumosyft/{path}", json=body,
-                                    headers=auth_headers(hospital.token),
+                                    data=data, headers=auth_headers(hospital.token),
                                     timeout=AGGREGATION_TIMEOUT_SECONDS)
     except requests.RequestException as exc:
         raise DomainError(f"{hospital.url} did not answer ({type(exc).__name__})") from None
@@ -357,6 +359,9 @@ def run_rounds(hospitals: list[Hospital], plan: TrainingPlan, *, rounds: int, se
     if patience is not None and int(patience) < 1:
         raise ValueError(f"patience must be at least 1 round, got {patience}")
     strategy = strategy or FedAvg()
+    if strategy.needs_control:
+        raise ValueError(f"{strategy.name} keeps control variates at each hospital between "
+                         "rounds: run it as a federated job (scientist.federated_job)")
     config = strategy.client_config(plan.config())
     weights = dict(initial_weights or {})
     logs: list[RoundLog] = []

@@ -148,3 +148,93 @@ def test_the_job_ledger_keeps_a_jobs_round_model_and_state(tmp_path):
     assert oct((tmp_path / "jobs" / ("a" * 32 + ".npz")).stat().st_mode & 0o777) == "0o600"
     jobs.stop("a" * 32, reason="stopped by owner@x: enough")
     assert jobs.get("a" * 32).state == "stopped"
+
+
+def test_scaffold_is_the_papers_update_computed_by_hand_on_two_tiny_hospitals():
+    """Two hospitals of 12 images at 16 px, two rounds of 3 full-batch SGD steps: the
+    project's SCAFFOLD (scaffold_round at each hospital, the fixed-point average, the
+    Scaffold strategy) against the algorithm written out with torch alone."""
+    import torch
+
+    from common.aggregation import fixed_point_sum, scaled_contribution
+    from common.models import build_model
+    from common.scaffold import initial_model, scaffold_round, split_control, with_control
+    from common.training import prepare
+    from datasets.xray import generate
+
+    config = {"model": "small_cnn", "epochs": 3, "lr": 0.05, "batch_size": 12, "seed": 1,
+              "optimiser": "sgd", "local_steps": 3}
+    data = [generate(12, size=16, seed=s) for s in (1, 2)]
+    steps, lr = config["local_steps"], config["lr"]
+
+    # by hand: x, c on the server, c_i at each hospital, plain tensors
+    x = {k: torch.tensor(v) for k, v in initial_model(config, 16).items()}
+    names = [n for n, _ in build_model("small_cnn", image_size=16).named_parameters()]
+    c = {n: torch.zeros_like(x[n]) for n in names}
+    c_i = [{n: torch.zeros_like(x[n]) for n in names} for _ in data]
+    for _ in range(2):
+        ys, deltas = [], []
+        for i, (images, labels) in enumerate(data):
+            module = build_model("small_cnn", image_size=16)
+            module.load_state_dict({k: v.clone() for k, v in x.items()})
+            inputs, targets = prepare(images, labels)
+            for _ in range(steps):
+                module.zero_grad()
+                torch.nn.functional.cross_entropy(module(inputs), targets).backward()
+                with torch.no_grad():
+                    for n, p in module.named_parameters():
+                        p -= lr * (p.grad + c[n] - c_i[i][n])
+            y = {k: v.detach().clone() for k, v in module.state_dict().items()}
+            delta = {n: (x[n] - y[n]) / (steps * lr) - c[n] for n in names}
+            c_i[i] = {n: c_i[i][n] + delta[n] for n in names}
+            ys.append(y)
+            deltas.append(delta)
+        x = {k: (ys[0][k] + ys[1][k]) / 2 for k in x}  # equal sizes: the plain average
+        c = {n: c[n] + (deltas[0][n] + deltas[1][n]) / 2 for n in names}
+
+    # the project's
+    strategy, weights, controls = make_strategy("scaffold"), {}, [{}, {}]
+    for _ in range(2):
+        contributions = []
+        for i, (images, labels) in enumerate(data):
+            out = scaffold_round(images, labels, weights or None, server_control=strategy.control,
+                                 client_control=controls[i], **config)
+            controls[i] = out["client_control"]
+            contributions.append(scaled_contribution(
+                with_control(out["weights"], out["control_delta"]), 12, 24))
+        weights = strategy.next_global(weights, fixed_point_sum(contributions))
+    assert set(weights) == set(x) and not split_control(weights)[1]
+    for name in x:
+        np.testing.assert_allclose(weights[name], x[name].numpy(), atol=2e-5, rtol=1e-4)
+    for name in names:
+        np.testing.assert_allclose(strategy.control[name], c[name].numpy(), atol=2e-4,
+                                   rtol=1e-3)
+        for mine, theirs in zip(controls, c_i):
+            np.testing.assert_allclose(mine[name], theirs[name].numpy(), atol=2e-4, rtol=1e-3)
+    assert any(np.abs(strategy.control[n]).max() > 1e-3 for n in names)  # it did move
+
+
+def test_scaffold_runs_only_as_a_job_with_plain_sgd_and_without_dp(keys):
+    from common.strategies import make_strategy as strategy
+    from scientist import TrainingPlan
+    from scientist.federated import run_rounds
+
+    with pytest.raises(ValueError, match="run it as a federated job"):
+        run_rounds([], TrainingPlan(), rounds=1, secure=True, approver=None,
+                   strategy=strategy("scaffold"))
+    job = _job(keys, strategy=describe_constant(strategy("scaffold")))
+    adam = {"config": dict(CONFIG, optimiser="adam"), "initial_weights": {}, "job": job}
+    assert "plain SGD" in constant_problems(plan_kind("federated_job"), adam)[0]
+    sgd = dict(adam, config=CONFIG)
+    assert constant_problems(plan_kind("federated_job"), sgd) == []
+    private = dict(sgd, privacy={"target_epsilon": 1.0, "max_grad_norm": 1.0})
+    assert "DP-SGD does not" in constant_problems(plan_kind("federated_job_private"), private)[0]
+
+
+def test_a_stop_outlives_the_round_that_was_running_when_it_came(tmp_path):
+    jobs = JobLedger.of_state(tmp_path)
+    jobs.open("a" * 32, job_id="b" * 32, requester="ada@x", kind="federated_job", rounds=1)
+    assert jobs.stop("a" * 32, reason="stopped by the hospital's admin: enough")
+    jobs.finish("a" * 32)  # the last round, which was running, ends after the stop
+    assert jobs.get("a" * 32).state == "stopped"
+    assert not jobs.stop("a" * 32, reason="again")  # ended already

@@ -198,3 +198,50 @@ def _keep_failure(work, into: list) -> None:
         work()
     except BaseException as exc:  # the test reads it
         into.append(exc)
+
+
+def test_a_scaffold_job_keeps_each_hospitals_control_variate_at_home(federation):
+    domains, hospitals, _ = federation
+    job = _job(federation, rounds=2, strategy="scaffold")
+    shown = []
+    weights, logs = job.run(on_round=lambda w, log: shown.append(log))
+    assert [log.round for log in logs] == [1, 2]
+    assert not any(name.startswith("scaffold_control/") for name in weights)
+    assert job.strategy.control  # the researcher steps c too: it is the rounds' average
+    for domain in domains:
+        request = job.submissions[domains.index(domain)].request_id
+        kept = sorted(p.name for p in (domain.state.root / "jobs").glob(f"{request}.control-*"))
+        assert kept == [f"{request}.control-2.npz", f"{request}.control-3.npz"]
+        released = [e for e in _audited(domain, "execution", job=job.job["job_id"])]
+        assert released and all("client_control" not in e["released"] for e in released)
+
+
+def test_a_job_is_stopped_before_its_first_round_and_a_released_round_is_not_run_again(
+        federation):
+    domains, hospitals, _ = federation
+    unstarted = _job(federation, rounds=2)
+    domains[0].admin.stop_job(unstarted.submissions[0].request_id, reason="consent withdrawn")
+    with pytest.raises(DomainError, match="has ended: stopped by the hospital's admin: "
+                                          "consent withdrawn"):
+        unstarted.run()
+
+    job = _job(federation, rounds=1)
+    job.run()
+    first, request = hospitals[0], job.submissions[0].request_id
+    with pytest.raises(DomainError, match="was aggregated here already"):
+        _post(first, f"{request}/rounds", {"round": 1, "attempt": 2})
+    spec = job.status()[0]  # the job's round is not the ordinary route's to open again
+    from scientist.federated import call_domain
+    record_spec = _job_round_spec(domains[0], request)
+    with pytest.raises(DomainError, match="is a federated job's"):
+        call_domain(first, "POST", "federation/aggregate",
+                    {"aggregator_keys": record_spec, "ciphertexts": [""] * 3})
+    assert spec["state"] == "done"
+    with pytest.raises(DomainError, match="nested too deep"):
+        call_domain(first, "POST", f"jobs/{request}/rounds", None, data="[" * 100_000)
+
+
+def _job_round_spec(domain, request_id: str) -> dict:
+    from domain_setup.server.job_ledger import JobLedger
+
+    return JobLedger.of_state(domain.state.root).get(request_id).spec

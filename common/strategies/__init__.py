@@ -14,6 +14,8 @@ aggregation reveals), never one hospital's weights, so each works plain or secur
 | `fedprox` | FedAvg; hospitals add (mu/2)·‖w − w_global‖² (Li et al., 2020) |
 | `fedavgm` | server momentum on the average's step (Hsu et al., 2019)       |
 | `fedadam` | server Adam on the average's step (Reddi et al., 2021)         |
+| `scaffold`| control variates against client drift (Karimireddy et al., 2020); |
+|           | federated jobs only: each hospital keeps its own between rounds |
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from common.strategies.base import Strategy
 from common.strategies.fedavg import FedAvg
 from common.strategies.fedopt import FedAdam, FedAvgM
 from common.strategies.fedprox import FedProx
+from common.strategies.scaffold import Scaffold
 
 STRATEGIES: dict[str, Callable[..., Strategy]] = {
-    "fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM, "fedadam": FedAdam}
+    "fedavg": FedAvg, "fedprox": FedProx, "fedavgm": FedAvgM, "fedadam": FedAdam,
+    "scaffold": Scaffold}
 
 
 def make_strategy(name: str, **options) -> Strategy:
@@ -64,5 +68,5 @@ def describe_constant(strategy: Strategy) -> dict:
     return {"name": strategy.name, "options": strategy.options()}
 
 
-__all__ = ["STRATEGIES", "FedAdam", "FedAvg", "FedAvgM", "FedProx", "Strategy",
+__all__ = ["STRATEGIES", "FedAdam", "FedAvg", "FedAvgM", "FedProx", "Scaffold", "Strategy",
            "describe_constant", "make_strategy", "strategy_from_constant"]

@@ -14,6 +14,11 @@ class Strategy:
     """
 
     name = "fedavg"
+    needs_control = False  # SCAFFOLD: hospitals keep control variates (a federated job only)
+
+    def config_problems(self, config: dict) -> list[str]:
+        """Why this strategy cannot train with `config` (empty: it can)."""
+        return []
 
     def client_config(self, config: dict) -> dict:
         """The training config each hospital receives this round."""

@@ -40,6 +40,8 @@ def parse_aggregation(body: bytes) -> tuple[RoundSpec, list[bytes]]:
         if not isinstance(encoded, list) or not all(isinstance(c, str) for c in encoded):
             raise TypeError("ciphertexts must be a list of base64 strings")
         ciphertexts = [base64.b64decode(c, validate=True) for c in encoded]
+    except RecursionError:
+        raise RouteRefusal(400, "bad aggregation request: JSON nested too deep") from None
     except (ValueError, TypeError, KeyError, AttributeError, SharingError,
             binascii.Error) as exc:
         raise RouteRefusal(400, f"bad aggregation request: {str(exc)[:200]}") from None

@@ -116,12 +116,14 @@ class PlanExecutor:
 
     def execute(self, kind: PlanKind, raw_code: str, kwargs: dict, *, requester: str,
                 run_id: str, credentials: Any, dataset: str, details: dict,
-                job_of: str | None = None, session: Any = None) -> dict:
+                job_of: str | None = None, session: Any = None,
+                kept: dict | None = None) -> dict:
         """Run `raw_code` of `kind` on `kwargs` in the sandbox and return what is released
         (RunFailed with the researcher's one line otherwise). A syft run claims its
         approval's one run; a round of the job approved as code `job_of` is bounded by the
         job ledger instead (and trusted as that approval was), and may run in the job's
-        `session` (a `SandboxSession`) rather than a fresh sandbox."""
+        `session` (a `SandboxSession`) rather than a fresh sandbox. The kind's `kept`
+        fields go into `kept`, never out."""
         limits = self.limits()
         charge: PrivacyCharge | None = None
         claimed = data_entered = False
@@ -158,7 +160,9 @@ class PlanExecutor:
                                   torch_threads=self.queue.core_share(
                                       self.sandbox_factory(limits).torch_threads))
             kind.contract(run.result, contract)
-            released = charge.release(run.result, self.ledger) if charge else run.result
+            checked = dict(run.result)
+            taken = {name: checked.pop(name) for name in kind.kept if name in checked}
+            released = charge.release(checked, self.ledger) if charge else checked
             result = kind.release(released, trusted=trusted)
         except (Withheld, PlanError, ReleaseRefused) as exc:
             if charge is not None and not data_entered:
@@ -178,6 +182,8 @@ class PlanExecutor:
             raise RunFailed(message, data_entered=data_entered) from None
         if claimed:
             self.approvals.run_ended(run_id, "done")
+        if kept is not None:
+            kept.update(taken)
         self.audit.record(requester, "execution", target=run_id, **details,
                           queued_seconds=f"{waited:.2f}",
                           released=",".join(sorted(map(str, result))) if not kind.whole_result
@@ -223,7 +229,7 @@ class PlanExecutor:
         if problems:
             raise Withheld(f"the round is refused: {problems[0]}")
         try:
-            self.rounds.contribute(spec, requester)
+            self.rounds.contribute(spec, requester, job=isinstance(inputs.get("job"), dict))
         except RoundRefused as exc:
             raise Withheld(str(exc)) from None
 
@@ -265,14 +271,18 @@ class PlanExecutor:
             own = spec.index_of(private_key_bytes(inputs.get("aggregation_key")))
         except (SharingError, ValueError, TypeError) as exc:
             raise Withheld(f"aggregator_keys: {exc}") from None
-        return dataclasses.replace(context, n_parties=spec.n_parties, own_index=own)
+        job = inputs.get("job")
+        return dataclasses.replace(context, n_parties=spec.n_parties, own_index=own,
+                                   with_control=isinstance(job, dict)
+                                   and job.get("control") is not None)
 
     # --- the aggregation route -------------------------------------------------------
 
     def aggregate(self, spec: RoundSpec, ciphertexts: list, private_key: bytes,
-                  requester: str) -> bytes:
+                  requester: str, *, via_job: bool = False) -> bytes:
         """Run the registry's aggregation of `spec`'s round on exactly `ciphertexts` (one
-        per party) in the sandbox, once per round; the partial sum, or Withheld."""
+        per party) in the sandbox, once per round; the partial sum, or Withheld. A
+        federated job's round only `via_job`."""
         kind = plan_kind("aggregate")
         problems = aggregation_problems(self.policies.current, spec, self.own_aggregation_key())
         if problems:
@@ -280,7 +290,7 @@ class PlanExecutor:
                               outcome="refused", reason=problems[0])
             raise Withheld(f"the round is refused: {problems[0]}")
         try:
-            self.rounds.claim(spec, requester)
+            self.rounds.claim(spec, requester, via_job=via_job)
         except RoundRefused as exc:
             raise Withheld(str(exc)) from None
         details = {"requester": requester, "plan": kind.name, "round": spec.round_id}

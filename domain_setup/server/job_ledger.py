@@ -86,7 +86,8 @@ class JobLedger(SqliteStore):
         with self._transaction() as db:
             row = db.execute("SELECT request_id FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
             if row and row[0] != request_id:
-                raise ValueError(f"job {job_id} already runs here as request {row[0]}")
+                raise ValueError(f"job {job_id} already runs here under another request: a "
+                                 "job needs a new id")
             if row is None:
                 db.execute("INSERT INTO jobs (request_id, job_id, requester, kind, rounds, "
                            "state, updated_at) VALUES (?, ?, ?, ?, ?, 'running', ?)",
@@ -111,18 +112,22 @@ class JobLedger(SqliteStore):
         self._update(request_id, "round = ?, attempt = ?, spec = ?",
                      (round_number, attempt, json.dumps(spec)))
 
-    def stop(self, request_id: str, *, reason: str) -> None:
-        """End the job at its next round (an admin's stop, or its rounds used up)."""
-        self._update(request_id, "state = 'stopped', reason = ?", (reason,))
+    def stop(self, request_id: str, *, reason: str) -> bool:
+        """End the job at its next round (an admin's stop); False if it had ended already."""
+        return self._update(request_id, "state = 'stopped', reason = ?", (reason,),
+                            only_if="state IN ('running', 'done')")
 
     def finish(self, request_id: str) -> None:
-        """The job trained its last round here."""
-        self._update(request_id, "state = 'done'", ())
+        """The job trained its last round here (a stop that came meanwhile stays)."""
+        self._update(request_id, "state = 'done'", (), only_if="state = 'running'")
 
-    def _update(self, request_id: str, assignments: str, values: tuple) -> None:
+    def _update(self, request_id: str, assignments: str, values: tuple,
+                only_if: str = "1") -> bool:
         with self._transaction() as db:
-            db.execute(f"UPDATE jobs SET {assignments}, updated_at = ? WHERE request_id = ?",
-                       (*values, time.time(), request_id))
+            changed = db.execute(f"UPDATE jobs SET {assignments}, updated_at = ? "
+                                 f"WHERE request_id = ? AND {only_if}",
+                                 (*values, time.time(), request_id)).rowcount
+        return changed > 0
 
     # --- the global model this hospital computed ------------------------------------
 
@@ -143,8 +148,29 @@ class JobLedger(SqliteStore):
             state = {k[2:]: data[k] for k in data.files if k.startswith("s/")}
         return weights, state
 
+    def save_client_control(self, request_id: str, round_number: int, control: dict) -> None:
+        """Keep this hospital's SCAFFOLD control variate as it enters `round_number` (a
+        retried round starts again from the one that entered it); older ones go."""
+        buffer = io.BytesIO()
+        np.savez(buffer, **{name: np.asarray(v) for name, v in control.items()})
+        write_bytes_atomic(self._control_path(request_id, round_number), buffer.getvalue())
+        for old in self.models.glob(f"{request_id}.control-*.npz"):
+            if int(old.stem.rsplit("-", 1)[1]) < round_number - 1:
+                old.unlink(missing_ok=True)
+
+    def load_client_control(self, request_id: str, round_number: int) -> dict:
+        """The control variate that entered `round_number` here (none: zeros)."""
+        path = self._control_path(request_id, round_number)
+        if not path.exists():
+            return {}
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+
     def _model_path(self, request_id: str) -> Path:
         return self.models / f"{request_id}.npz"
+
+    def _control_path(self, request_id: str, round_number: int) -> Path:
+        return self.models / f"{request_id}.control-{int(round_number)}.npz"
 
 
 def _record(row: tuple) -> JobRecord:

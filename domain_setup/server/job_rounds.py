@@ -99,8 +99,15 @@ class JobRounds:
                           global_weights=weights)
         self.jobs.started(request_id, round_number=number, attempt=attempt,
                           spec=spec.to_constant())
+        round_job = dict(job, round=spec.to_constant())
+        strategy = strategy_from_constant(job["strategy"])
+        if strategy.needs_control:  # SCAFFOLD: c as of this round, and this hospital's c_i
+            strategy.load_state_arrays(self.jobs.load_model(request_id)[1])
+            round_job["control"] = {"server": strategy.control,
+                                    "client": self.jobs.load_client_control(request_id, number)}
         inputs = dict(syft_compat.code_inputs(self.worker, code), config=config,
-                      initial_weights=weights, job=dict(job, round=spec.to_constant()))
+                      initial_weights=weights, job=round_job)
+        kept: dict = {}
         self.audit.record(email, "job.round", **where, model=spec.model[:16])
         session = self._session(request_id, kind, rounds_left=job["rounds"] - number + 1)
         try:
@@ -110,12 +117,16 @@ class JobRounds:
                 dataset=self.executor.dataset_of(code), job_of=str(code.id.no_dash),
                 details={"requester": email, "function": code.service_func_name,
                          "plan": kind.name, "code_sha256": code_sha256(code.raw_code),
-                         "job": job["job_id"], "round": str(number)}, session=session)
+                         "job": job["job_id"], "round": str(number)}, session=session,
+                kept=kept)
         except RunFailed as exc:
             self._close_session(request_id)
             raise JobRefused(409, str(exc)) from None
+        if kept.get("client_control") is not None:
+            self.jobs.save_client_control(request_id, number + 1, kept["client_control"])
         if number == job["rounds"]:
             self.jobs.finish(request_id)
+        if self.jobs.get(request_id).state != "running":  # done, or stopped meanwhile
             self._close_session(request_id)
         released = dict(released, sealed_shares=[base64.b64encode(sealed).decode()
                                                  for sealed in released["sealed_shares"]])
@@ -125,8 +136,9 @@ class JobRounds:
     def aggregate(self, request_id: str, email: str, body: Any) -> dict:
         """Aggregate this hospital's share of the round the job last started here; the
         partial sum with one tag per member (base64)."""
-        if not isinstance(body, dict) or set(body) != {"round", "attempt", "ciphertexts"}:
-            raise JobRefused(400, "body must be {'round', 'attempt', 'ciphertexts'}")
+        if not isinstance(body, dict) or set(body) != {"round", "attempt", "ciphertexts"} \
+                or not all(type(body[k]) is int for k in ("round", "attempt")):
+            raise JobRefused(400, "body must be {'round': int, 'attempt': int, 'ciphertexts'}")
         _, _, constants = self._approved_job(request_id, email)
         record = self.jobs.get(request_id)
         if record is None or (record.round, record.attempt) != (body["round"], body["attempt"]):
@@ -139,7 +151,7 @@ class JobRounds:
                                   f"{len(ciphertexts)} ciphertexts were sent")
         key = self._key()
         try:
-            partial = self.executor.aggregate(spec, ciphertexts, key, email)
+            partial = self.executor.aggregate(spec, ciphertexts, key, email, via_job=True)
         except Withheld as exc:
             raise JobRefused(409, str(exc)) from None
         tags = tag_partial_sum(key, spec, partial)
@@ -158,17 +170,31 @@ class JobRounds:
     # --- the admin's side ------------------------------------------------------------
 
     def stop(self, request_id: str, admin: str, reason: str) -> dict:
-        """End the job at its next round (audited)."""
-        record = self.jobs.get(request_id)
-        if record is None:
-            raise JobRefused(404, f"no job has run as request {request_id} here")
-        if record.state != "running":
-            raise JobRefused(409, f"job {record.job_id} is {record.state} already")
-        self.jobs.stop(request_id, reason=f"stopped by {admin}: {reason}")
-        self._close_session(request_id)
+        """End the job at its next round (audited): a round running now finishes, none
+        starts after it. A job approved but not started yet is stopped before its first."""
+        record = self.jobs.get(request_id) or self._record_unstarted(request_id)
+        if not self.jobs.stop(request_id, reason=f"stopped by the hospital's admin: {reason}"):
+            raise JobRefused(409, f"job {record.job_id} has ended already ({record.state})")
+        with self._lock:
+            job_lock = self._job_locks.get(request_id)
+        if job_lock is None or job_lock.acquire(blocking=False):  # no round running now
+            self._close_session(request_id)
+            if job_lock is not None:
+                job_lock.release()
         self.audit.record(admin, "job.stop", target=request_id, job=record.job_id,
                           round=str(record.round), reason=reason)
         return self.jobs.get(request_id).to_dict()
+
+    def _record_unstarted(self, request_id: str) -> JobRecord:
+        """The ledger entry of an approved job that has not run a round here yet."""
+        code = syft_compat.request_code(self.worker, request_id)
+        kind = identify(code.raw_code) if code is not None else None
+        if kind is None or not kind.job:
+            raise JobRefused(404, f"request {request_id} is no federated job of this domain")
+        job = _constants(code)["job"]
+        return self.jobs.open(request_id, job_id=job["job_id"], kind=kind.name,
+                              requester=syft_compat.email_of(self.worker, code.user_verify_key),
+                              rounds=job["rounds"])
 
     def describe(self) -> list[dict]:
         """Every job on this domain, newest change first."""
@@ -221,10 +247,7 @@ class JobRounds:
         if request_status(request) != "approved":
             raise JobRefused(409, f"request {request_id} is {request_status(request)}: a job "
                                   "runs once its request is approved")
-        constants = {kwarg: syft_compat.rule_value(rule) for kwarg, rule
-                     in syft_compat.input_policy_rules(code).items()
-                     if syft_compat.is_constant(rule)}
-        return code, kind, constants
+        return code, kind, _constants(code)
 
     def _key(self) -> bytes:
         key = self.private_key()
@@ -239,10 +262,17 @@ class JobRounds:
         if number > record.rounds:
             raise JobRefused(409, f"job {record.job_id} was approved for {record.rounds} rounds; "
                                   f"round {number} is beyond it")
+        if record.state == "done" and not (number == record.round and attempt > record.attempt):
+            raise JobRefused(409, f"job {record.job_id} has run its {record.rounds} rounds")
         if number == record.round + 1:
             return
         if number == record.round and attempt > record.attempt:
-            return  # a retry of the round last started here
+            last = RoundSpec.from_constant(record.spec).round_id if record.spec else None
+            if last is not None and self.executor.rounds.state(last) == "released":
+                raise JobRefused(409, f"round {number} (attempt {record.attempt}) was aggregated "
+                                      "here already: a round is retried only when it broke "
+                                      "before this hospital released its partial sum")
+            return  # a retry of a round that broke before its aggregation here
         expected = (f"round {record.round + 1}" + (f" (or round {record.round} with an attempt "
                     f"above {record.attempt})" if record.round else ""))
         raise JobRefused(409, f"job {record.job_id} is at round {record.round} here: the next "
@@ -275,6 +305,13 @@ class JobRounds:
         weights = next_global(strategy, current, previous["partial_sums"])
         self.jobs.save_model(record.request_id, number, weights, strategy.state_arrays())
         return weights
+
+
+def _constants(code: Any) -> dict:
+    """The constants a request's code was approved with, by keyword."""
+    return {kwarg: syft_compat.rule_value(rule)
+            for kwarg, rule in syft_compat.input_policy_rules(code).items()
+            if syft_compat.is_constant(rule)}
 
 
 def _round_request(body: Any) -> tuple[int, int, dict | None]:

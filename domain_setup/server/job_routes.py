@@ -30,8 +30,8 @@ async def _body(request: Request) -> Any:
         raise RouteRefusal(413, f"a job request of {len(body)} bytes; at most {MAX_BODY_BYTES}")
     try:
         return json.loads(body)
-    except ValueError:
-        raise RouteRefusal(400, "the body is not JSON") from None
+    except (ValueError, RecursionError):
+        raise RouteRefusal(400, "the body is not JSON (or nested too deep)") from None
 
 
 def make_job_router(gate: Any, rounds: JobRounds) -> APIRouter:

@@ -45,15 +45,19 @@ class RoundLedger(SqliteStore):
         round_id TEXT PRIMARY KEY, email TEXT NOT NULL, spec_digest TEXT NOT NULL,
         n_parties INTEGER NOT NULL, contributed_at REAL NOT NULL,
         aggregation TEXT NOT NULL DEFAULT 'none', aggregated_at REAL);
+    CREATE TABLE IF NOT EXISTS job_rounds (round_id TEXT PRIMARY KEY);
     """
 
     @classmethod
     def of_state(cls, state_root: str | os.PathLike) -> "RoundLedger":
         return cls(Path(state_root) / LEDGER_FILE)
 
-    def contribute(self, spec: RoundSpec, email: str) -> None:
-        """Record this domain's contribution to `spec`'s round (once per round id)."""
+    def contribute(self, spec: RoundSpec, email: str, *, job: bool = False) -> None:
+        """Record this domain's contribution to `spec`'s round (once per round id); a
+        `job` round is aggregated only through its job's route."""
         with self._transaction() as db:
+            if job:
+                db.execute("INSERT OR IGNORE INTO job_rounds VALUES (?)", (spec.round_id,))
             if db.execute("SELECT 1 FROM rounds WHERE round_id = ?",
                           (spec.round_id,)).fetchone():
                 raise RoundRefused(f"round {spec.round_id} already has this hospital's "
@@ -62,9 +66,14 @@ class RoundLedger(SqliteStore):
                        "contributed_at) VALUES (?, ?, ?, ?, ?)",
                        (spec.round_id, email, spec_digest(spec), spec.n_parties, time.time()))
 
-    def claim(self, spec: RoundSpec, email: str) -> None:
-        """Reserve the round's one aggregation for `email` (RoundRefused if not allowed)."""
+    def claim(self, spec: RoundSpec, email: str, *, via_job: bool = False) -> None:
+        """Reserve the round's one aggregation for `email` (RoundRefused if not allowed);
+        a federated job's round only `via_job` (its route checks the attempt)."""
         with self._transaction() as db:
+            if not via_job and db.execute("SELECT 1 FROM job_rounds WHERE round_id = ?",
+                                          (spec.round_id,)).fetchone():
+                raise RoundRefused(f"round {spec.round_id} is a federated job's: its job's "
+                                   "route aggregates it")
             row = db.execute("SELECT email, spec_digest, aggregation FROM rounds "
                              "WHERE round_id = ?", (spec.round_id,)).fetchone()
             if row is None:

@@ -39,7 +39,7 @@ def constant_problems(kind: Any, constants: dict[str, Any]) -> list[str]:
     if "aggregator_keys" in constants:
         problems += round_problems(constants)
     if "job" in constants:
-        problems += federated_job_problems(constants["job"], config)
+        problems += federated_job_problems(constants["job"], config, private=kind.private)
     if "privacy" in constants:
         problems += privacy_request_problems(kind.mechanism.request_keys, constants["privacy"])
     return problems
@@ -102,18 +102,22 @@ def weights_problems(what: str, weights: Any, model: Any) -> list[str]:
     return []
 
 
-def federated_job_problems(job: Any, config: Any) -> list[str]:
-    """Why ``job`` is not a federated job's constant whose strategy trains with `config`."""
+def federated_job_problems(job: Any, config: Any, *, private: bool = False) -> list[str]:
+    """Why ``job`` is not a federated job's constant whose strategy trains with `config`
+    (with DP-SGD when `private`)."""
     from common.federated_job import job_problems
     from common.strategies import strategy_from_constant
 
     problems = job_problems(job)
     if problems or not isinstance(config, dict):
         return problems
-    if strategy_from_constant(job["strategy"]).client_config(config) != config:
-        return [f"job.strategy {job['strategy']['name']} trains with another config (its "
+    strategy = strategy_from_constant(job["strategy"])
+    if strategy.client_config(config) != config:
+        return [f"job.strategy {strategy.name} trains with another config (its "
                 "client_config of this one)"]
-    return []
+    if strategy.needs_control and private:
+        return [f"job.strategy {strategy.name} keeps control variates, which DP-SGD does not"]
+    return [f"job.strategy: {problem}" for problem in strategy.config_problems(config)]
 
 
 def round_problems(constants: dict[str, Any]) -> list[str]:

@@ -50,13 +50,14 @@ class ContractContext:
     n_ciphertexts: int | None = None  # aggregate: number of sealed shares given
     max_custom_bytes: int = 1 << 20   # custom code: bound on the encoded result
     max_epsilon: float | None = None  # train_private: the ε the domain charged for
+    with_control: bool = False        # a SCAFFOLD job round: control variates beside weights
 
     def __post_init__(self) -> None:
         if self.model is not None and not isinstance(self.model, str):
             raise ValueError(f"context.model must be a str or None, got {self.model!r}")
         for field in fields(self):
             value = getattr(self, field.name)
-            if field.name in ("model", "max_epsilon") or value is None:
+            if field.name in ("model", "max_epsilon", "with_control") or value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"context.{field.name} must be a non-negative int, "
@@ -175,6 +176,28 @@ def model_shapes(model: str) -> dict[str, tuple[int, ...]]:
     return {name: tuple(value.shape) for name, value in build_model(model).state_dict().items()}
 
 
+def control_shapes(model: str, zeros: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Zeros shaped like `model`'s trainable parameters (a SCAFFOLD control variate)."""
+    from common.scaffold import parameter_names
+
+    return {name: zeros[name] for name in parameter_names(model)}
+
+
+def control_variate(path: str, value: Any, model: str) -> None:
+    """Exactly `model`'s trainable parameters as finite float32 numpy arrays."""
+    from common.scaffold import parameter_names
+
+    names = parameter_names(model)
+    items = exact_keys(path, value, names)
+    for name in names:
+        item, item_path = items[name], f"{path}[{name!r}]"
+        if not isinstance(item, np.ndarray) or item.dtype != np.float32:
+            raise violation(f"{item_path} is {_a(item)}; expected a float32 numpy array")
+        shape(item_path, item.shape, model, name)
+        if not np.isfinite(item).all():
+            raise violation(f"{item_path} is not finite")
+
+
 def shape(path: str, shape: tuple[int, ...], model: str, name: str) -> None:
     expected = model_shapes(model)[name]
     if tuple(shape) != expected:
@@ -213,17 +236,22 @@ def confusion_matrix(path: str, value: Any, n_samples: int) -> list[list[int]]:
 
 
 @functools.lru_cache(maxsize=None)
-def contribution_lengths(model: str, n_parties: int, own_index: int) -> tuple[int, ...]:
+def contribution_lengths(model: str, n_parties: int, own_index: int,
+                         with_control: bool = False) -> tuple[int, ...]:
     """The exact byte length of each entry of a hospital's contribution to a round of
     `n_parties`: a sealed seed for every other party, the sealed correction share at
     `own_index`. Computed with the project's own functions, by contributing a zero
-    float32 state dict of `model` to a throwaway round of that many parties."""
+    float32 state dict of `model` (and, `with_control`, a zero SCAFFOLD control step) to
+    a throwaway round of that many parties."""
     from common.aggregation import RoundSpec, contribute
+    from common.scaffold import with_control as and_control
     from common.sealing import generate_keypair, key_to_text
 
     if not 0 <= own_index < n_parties:
         raise ValueError(f"context.own_index {own_index} is not below n_parties {n_parties}")
     zeros = {name: np.zeros(shape, np.float32) for name, shape in model_shapes(model).items()}
+    if with_control:
+        zeros = and_control(zeros, control_shapes(model, zeros))
     pairs = [generate_keypair() for _ in range(max(n_parties, 2))]
     spec = RoundSpec.new([key_to_text(public) for _, public in pairs[:n_parties]], 1, "0" * 64)
     return tuple(len(sealed) for sealed in contribute(pairs[own_index][0], zeros, 1, spec))

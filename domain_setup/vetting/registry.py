@@ -74,6 +74,8 @@ class PlanKind:
     secure: bool = False                 # trains and seals shares for a secure round
     job: bool = False                    # a federated job: approved once, run per round by
                                          # the job routes (server/job_routes.py), never by syft
+    kept: tuple[str, ...] = ()           # result fields the domain takes out and keeps (a
+                                         # SCAFFOLD client control): never released
     submitted: bool = True               # False: only the domain itself runs it (aggregate)
     whole_result: bool = False           # custom code: the return value is the field "result"
     extra_problems: Callable[[dict], list[str]] | None = field(default=None, repr=False)

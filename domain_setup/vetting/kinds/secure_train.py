@@ -12,7 +12,8 @@ from domain_setup.vetting.registry import (AGGREGATION_KEY_ASSET, Bound, PlanKin
 def sealed_shares(result, context) -> None:
     """One ciphertext per party of the round, each exactly as long as what it must be (a
     sealed seed; at the hospital's own index its sealed correction share)."""
-    lengths = part.contribution_lengths(context.model, context.n_parties, context.own_index)
+    lengths = part.contribution_lengths(context.model, context.n_parties, context.own_index,
+                                        context.with_control)
     shares = part.sized_list("sealed_shares", result["sealed_shares"], len(lengths), "items",
                              ", one per party of the round")
     for party, (sealed, length) in enumerate(zip(shares, lengths)):
