@@ -152,7 +152,8 @@ class PlanExecutor:
             with self._queued(run_id, limits, requester) as waited:
                 if claimed:
                     self.approvals.run_started(run_id)
-                sandbox = session or self.sandbox_factory(limits)
+                live = session is not None and session.alive
+                sandbox = session if live else self.sandbox_factory(limits)
                 data_entered = True
                 run = sandbox.run(source, function, inputs,
                                   max_result_bytes=contract.max_custom_bytes

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import threading
 import time
 from typing import Any, Callable
@@ -35,10 +36,12 @@ from common.federated_job import (MAX_ATTEMPTS, check_partial_sums, next_global,
                                   round_spec, tag_partial_sum)
 from common.strategies import strategy_from_constant
 from common.syft_requests import request_status
+from domain_setup.sandbox import SandboxError
 from domain_setup.server.execution import RunFailed, Withheld
 from domain_setup.server.job_ledger import JobLedger, JobRecord
 from domain_setup.vetting.registry import PlanKind, code_sha256, identify
 
+log = logging.getLogger("pneumosyft.jobs")
 ROUND_KEYS = {"round", "attempt", "previous"}
 PREVIOUS_KEYS = {"attempt", "partial_sums", "tags"}
 
@@ -109,7 +112,7 @@ class JobRounds:
                       initial_weights=weights, job=round_job)
         kept: dict = {}
         self.audit.record(email, "job.round", **where, model=spec.model[:16])
-        session = self._session(request_id, kind, rounds_left=job["rounds"] - number + 1)
+        session = self._session(request_id, rounds_left=job["rounds"] - number + 1)
         try:
             released = self.executor.execute(
                 kind, code.raw_code, inputs, requester=email,
@@ -175,12 +178,7 @@ class JobRounds:
         record = self.jobs.get(request_id) or self._record_unstarted(request_id)
         if not self.jobs.stop(request_id, reason=f"stopped by the hospital's admin: {reason}"):
             raise JobRefused(409, f"job {record.job_id} has ended already ({record.state})")
-        with self._lock:
-            job_lock = self._job_locks.get(request_id)
-        if job_lock is None or job_lock.acquire(blocking=False):  # no round running now
-            self._close_session(request_id)
-            if job_lock is not None:
-                job_lock.release()
+        self._close_session_between_rounds(request_id)
         self.audit.record(admin, "job.stop", target=request_id, job=record.job_id,
                           round=str(record.round), reason=reason)
         return self.jobs.get(request_id).to_dict()
@@ -202,13 +200,18 @@ class JobRounds:
 
     # --- the job's sandbox session ----------------------------------------------------
 
-    def _session(self, request_id: str, kind: PlanKind, *, rounds_left: int) -> Any:
-        """The job's live sandbox session, or a new one for its remaining rounds."""
+    def _session(self, request_id: str, *, rounds_left: int) -> Any:
+        """The job's live sandbox session, or a new one for its remaining rounds (None when
+        none can start: the round then runs in a fresh sandbox, and says why if it fails)."""
         with self._lock:
             session, _ = self._sessions.get(request_id, (None, 0.0))
         if session is None or not session.alive:
             limits = self.executor.limits()
-            session = self.executor.sandbox_factory(limits).session(runs=max(1, rounds_left))
+            try:
+                session = self.executor.sandbox_factory(limits).session(runs=max(1, rounds_left))
+            except SandboxError as exc:
+                log.error("no sandbox session for job %s: %s", request_id, exc)
+                return None
         with self._lock:
             self._sessions[request_id] = (session, time.monotonic())
             if self._reaper is None:
@@ -223,6 +226,19 @@ class JobRounds:
         if session is not None:
             session.close()
 
+    def _close_session_between_rounds(self, request_id: str) -> None:
+        """Close the job's session unless a round runs in it now (that round's end closes
+        it when the job has stopped)."""
+        with self._lock:
+            job_lock = self._job_locks.get(request_id)
+        if job_lock is None:
+            self._close_session(request_id)
+        elif job_lock.acquire(blocking=False):
+            try:
+                self._close_session(request_id)
+            finally:
+                job_lock.release()
+
     def _close_idle(self) -> None:
         while True:
             time.sleep(min(30.0, self.IDLE_SECONDS))
@@ -231,7 +247,7 @@ class JobRounds:
                 idle = [r for r, (_, used) in self._sessions.items()
                         if now - used > self.IDLE_SECONDS]
             for request_id in idle:
-                self._close_session(request_id)
+                self._close_session_between_rounds(request_id)
 
     # --- decisions -------------------------------------------------------------------
 
