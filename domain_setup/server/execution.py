@@ -161,8 +161,10 @@ class PlanExecutor:
                                   torch_threads=self.queue.core_share(
                                       self.sandbox_factory(limits).torch_threads))
             kind.contract(run.result, contract)
-            checked = dict(run.result)
-            taken = {name: checked.pop(name) for name in kind.kept if name in checked}
+            checked, taken = run.result, {}
+            if kind.kept:  # fields the domain keeps (the contract made the result a dict)
+                checked = dict(checked)
+                taken = {name: checked.pop(name) for name in kind.kept if name in checked}
             released = charge.release(checked, self.ledger) if charge else checked
             result = kind.release(released, trusted=trusted)
         except (Withheld, PlanError, ReleaseRefused) as exc:
