@@ -238,3 +238,20 @@ def test_a_stop_outlives_the_round_that_was_running_when_it_came(tmp_path):
     jobs.finish("a" * 32)  # the last round, which was running, ends after the stop
     assert jobs.get("a" * 32).state == "stopped"
     assert not jobs.stop("a" * 32, reason="again")  # ended already
+
+
+def test_a_dp_plan_with_federated_knobs_is_a_violation_at_review_not_a_failure_later(keys):
+    from domain_setup.vetting.constants import dp_config_problems
+
+    sgd = {"config": CONFIG, "initial_weights": {}, "job": _job(keys),
+           "privacy": {"target_epsilon": 1.0, "max_grad_norm": 1.0}}
+    problems = constant_problems(plan_kind("federated_job_private"), sgd)
+    assert problems == ["config: DP-SGD training does not take optimiser, local_steps; leave it "
+                        "at its default"]
+    plain = {"model": "small_cnn", "epochs": 1, "lr": 0.001, "batch_size": 8, "seed": 0}
+    assert dp_config_problems(plain) == []
+    assert constant_problems(plan_kind("federated_job_private"), dict(sgd, config=plain)) == []
+    assert constant_problems(plan_kind("train_private"),
+                             {"config": dict(plain, validation_fraction=0.1),
+                              "initial_weights": {}, "privacy": sgd["privacy"]})[0].startswith(
+        "config: DP-SGD training does not take validation_fraction")

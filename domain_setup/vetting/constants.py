@@ -42,7 +42,19 @@ def constant_problems(kind: Any, constants: dict[str, Any]) -> list[str]:
         problems += federated_job_problems(constants["job"], config, private=kind.private)
     if "privacy" in constants:
         problems += privacy_request_problems(kind.mechanism.request_keys, constants["privacy"])
+    if kind.private and "config" in kind.constants and isinstance(config, dict):
+        problems += dp_config_problems(config)
     return problems
+
+
+def dp_config_problems(config: dict) -> list[str]:
+    """A DP plan's config may not set the federated knobs, which DP-SGD training refuses
+    (better at review than as a failure inside the sandbox)."""
+    from common.training_config import federated_knobs_set
+
+    refused = federated_knobs_set(config)
+    return [f"config: DP-SGD training does not take {', '.join(refused)}; leave it at its "
+            "default"] if refused else []
 
 
 def privacy_request_problems(keys: tuple[str, ...], privacy: Any) -> list[str]:
