@@ -152,14 +152,13 @@ class PlanExecutor:
             with self._queued(run_id, limits, requester) as waited:
                 if claimed:
                     self.approvals.run_started(run_id)
-                live = session is not None and session.alive
-                sandbox = session if live else self.sandbox_factory(limits)
+                pooled = self.sandbox_factory(limits)
+                sandbox = session if session is not None and session.alive else pooled
                 data_entered = True
                 run = sandbox.run(source, function, inputs,
                                   max_result_bytes=contract.max_custom_bytes
                                   if kind.whole_result else None,
-                                  torch_threads=self.queue.core_share(
-                                      self.sandbox_factory(limits).torch_threads))
+                                  torch_threads=self.queue.core_share(pooled.torch_threads))
             kind.contract(run.result, contract)
             checked, taken = run.result, {}
             if kind.kept:  # fields the domain keeps (the contract made the result a dict)

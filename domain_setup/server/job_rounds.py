@@ -91,7 +91,7 @@ class JobRounds:
             record = self.jobs.open(request_id, job_id=job["job_id"], requester=email,
                                     kind=kind.name, rounds=job["rounds"])
             self._check_turn(record, number, attempt)
-            weights = self._global_model(record, constants, number, previous)
+            weights, strategy = self._global_model(record, constants, number, previous)
         except (JobRefused, ValueError) as exc:
             refusal = exc if isinstance(exc, JobRefused) else JobRefused(409, str(exc))
             self.audit.record(email, "job.round", outcome="refused", reason=refusal.reason,
@@ -103,9 +103,7 @@ class JobRounds:
         self.jobs.started(request_id, round_number=number, attempt=attempt,
                           spec=spec.to_constant())
         round_job = dict(job, round=spec.to_constant())
-        strategy = strategy_from_constant(job["strategy"])
         if strategy.needs_control:  # SCAFFOLD: c as of this round, and this hospital's c_i
-            strategy.load_state_arrays(self.jobs.load_model(request_id)[1])
             round_job["control"] = {"server": strategy.control,
                                     "client": self.jobs.load_client_control(request_id, number)}
         inputs = dict(syft_compat.code_inputs(self.worker, code), config=config,
@@ -295,15 +293,18 @@ class JobRounds:
                               f"is {expected}, not round {number} attempt {attempt}")
 
     def _global_model(self, record: JobRecord, constants: dict, number: int,
-                      previous: dict | None) -> dict:
-        """Round `number`'s global model, computed (and kept) here."""
-        if record.model_round == number:
-            return self.jobs.load_model(record.request_id)[0]
+                      previous: dict | None) -> tuple[dict, Any]:
+        """Round `number`'s global model, computed (and kept) here, and the job's strategy
+        with the server state that came with it (SCAFFOLD's c among it)."""
         strategy = strategy_from_constant(constants["job"]["strategy"])
+        if record.model_round == number:
+            weights, state = self.jobs.load_model(record.request_id)
+            strategy.load_state_arrays(state)
+            return weights, strategy
         if number == 1:
             weights = dict(constants.get("initial_weights") or {})
             self.jobs.save_model(record.request_id, 1, weights, strategy.state_arrays())
-            return weights
+            return weights, strategy
         if previous is None:
             raise JobRefused(400, f"round {number} needs the partial sums of round {number - 1}")
         current, state = self.jobs.load_model(record.request_id)
@@ -320,8 +321,7 @@ class JobRounds:
             raise JobRefused(409, f"round {number} refused: {exc}") from None
         weights = next_global(strategy, current, previous["partial_sums"])
         self.jobs.save_model(record.request_id, number, weights, strategy.state_arrays())
-        return weights
-
+        return weights, strategy
 
 def _constants(code: Any) -> dict:
     """The constants a request's code was approved with, by keyword."""
