@@ -22,7 +22,9 @@ import argparse
 import sys
 import tempfile
 import time
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 from common.errors import PneumoSyftError
 from demos.local_domain import (TRUSTED, LocalDomain, join_federation, start_domains,
@@ -104,36 +106,104 @@ def job_label(secure: bool) -> str:
     return f"{STRATEGY} job, " + ("secure" if secure else "plain loop")
 
 
-def baselines(data, partitions: list, seed: int) -> dict:
-    """Held-out metrics of centralised training and of the best hospital alone (the
-    demo's data is synthetic: the researcher may train on all of it here)."""
-    from common.training import evaluate, train
+class ReferenceRuns:
+    """The demo's training outside the domains (the data is synthetic, so the researcher
+    may train on all of it here): centralised, each hospital alone and the plain loop,
+    in one worker process that runs beside the jobs with the sandboxes' thread count
+    (what keeps the plain loop bit-identical to a job's rounds). Each run is queued as
+    soon as it is known and read when the table needs it; centralised training does not
+    depend on the partitioning, so each seed's runs once."""
+
+    def __init__(self, n: int, size: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_reference_worker, initargs=(n, size))
+        self.centralised: dict[int, Future] = {}
+
+    def queue(self, skew: float | None, seed: int, config: dict, rounds: int) -> dict:
+        """Futures of one seed's reference runs on one partitioning: "centralised",
+        "best hospital alone" and the job's plain loop (held-out metrics each)."""
+        if seed not in self.centralised:
+            self.centralised[seed] = self.pool.submit(_centralised, seed)
+        return {"centralised": self.centralised[seed],
+                "best hospital alone": self.pool.submit(_best_alone, skew, seed),
+                job_label(False): self.pool.submit(_plain_reference, skew, config, rounds)}
+
+    def close(self) -> None:
+        self.pool.shutdown(cancel_futures=True)
+
+
+_REFERENCE_DATA: dict = {}
+
+
+def _reference_worker(n: int, size: int) -> None:
+    import torch
+
+    from datasets.xray import load_synthetic
+
+    torch.set_num_threads(threads_per_domain(len(HOSPITALS)))
+    _REFERENCE_DATA["data"] = load_synthetic(n=n, size=size)
+
+
+def _held_out(weights: dict) -> dict:
+    from common.training import evaluate
+
+    data = _REFERENCE_DATA["data"]
+    return evaluate(data.test.images, data.test.labels, weights, model="small_cnn")
+
+
+def _baseline_trained(images, labels, seed: int) -> dict:
+    """Held-out metrics of the demo's baseline recipe (Adam 0.003, BASELINE_EPOCHS)."""
+    from common.training import train
     from scientist import TrainingPlan
 
     config = TrainingPlan(model="small_cnn", epochs=BASELINE_EPOCHS, lr=3e-3, seed=seed).config()
+    return _held_out(train(images, labels, **config)["weights"])
 
-    def held_out(images, labels) -> dict:
-        weights = train(images, labels, **config)["weights"]
-        return evaluate(data.test.images, data.test.labels, weights, model="small_cnn")
 
-    alone = [held_out(p.images, p.labels) for p in partitions]
+def _centralised(seed: int) -> dict:
+    train = _REFERENCE_DATA["data"].train
+    return _baseline_trained(train.images, train.labels, seed)
+
+
+def _best_alone(skew: float | None, seed: int) -> dict:
+    from demos.plain_loop import hospital_partitions
+
+    partitions = hospital_partitions(_REFERENCE_DATA["data"], len(HOSPITALS), skew)
+    alone = [_baseline_trained(p.images, p.labels, seed) for p in partitions]
     best = max(range(len(alone)), key=lambda i: alone[i]["auc"])
-    return {"centralised": held_out(data.train.images, data.train.labels),
-            "best hospital alone": dict(alone[best], hospital=HOSPITALS[best])}
+    return dict(alone[best], hospital=HOSPITALS[best])
 
 
-def one_seed(hospitals, approver, data, partitions, seed: int, rounds: int) -> tuple[dict, list]:
-    """One job (secure, on the domains) and the same training in a plain loop: held-out
-    metrics of the model each kept, and the job's held-out AUC per round."""
-    import torch
-
+def _plain_reference(skew: float | None, config: dict, rounds: int) -> dict:
     from common.strategies import make_strategy
-    from common.training import evaluate
-    from demos.plain_loop import plain_loop
+    from demos.plain_loop import hospital_partitions, plain_loop
+
+    partitions = hospital_partitions(_REFERENCE_DATA["data"], len(HOSPITALS), skew)
+    weights, _ = plain_loop(partitions, config, rounds=rounds,
+                            strategy=make_strategy(STRATEGY, **STRATEGY_OPTIONS))
+    return _held_out(weights)
+
+
+def job_plan(seed: int) -> tuple[Any, dict]:
+    """The seed's training plan and the config its job's hospitals train with."""
+    from common.strategies import make_strategy
     from scientist import TrainingPlan
-    from scientist.federated_job import FederatedJob
 
     plan = TrainingPlan(model="small_cnn", seed=seed, **JOB_PLAN)
+    return plan, make_strategy(STRATEGY, **STRATEGY_OPTIONS).client_config(plan.config())
+
+
+def secure_job(hospitals, approver, data, seed: int, rounds: int) -> tuple[dict, list]:
+    """One secure job on the domains: held-out metrics of the model it kept and its
+    held-out AUC per round."""
+    from common.strategies import make_strategy
+    from common.training import evaluate
+    from scientist.federated_job import FederatedJob
+
+    plan, _ = job_plan(seed)
     job = FederatedJob.submit(hospitals, plan, rounds=rounds,
                               strategy=make_strategy(STRATEGY, **STRATEGY_OPTIONS))
     job.approve(approver)
@@ -142,15 +212,8 @@ def one_seed(hospitals, approver, data, partitions, seed: int, rounds: int) -> t
     def held_out(weights: dict) -> dict:
         return evaluate(data.test.images, data.test.labels, weights, model=plan.model)
 
-    secure, _ = job.run(on_round=lambda weights, log: curve.append(held_out(weights)["auc"]))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(threads_per_domain(len(hospitals)))  # as in each hospital's sandbox
-    try:
-        plain, _ = plain_loop(partitions, job.config, rounds=rounds,
-                              strategy=make_strategy(STRATEGY, **STRATEGY_OPTIONS))
-    finally:
-        torch.set_num_threads(threads)
-    return {job_label(True): held_out(secure), job_label(False): held_out(plain)}, curve
+    kept, _ = job.run(on_round=lambda weights, log: curve.append(held_out(weights)["auc"]))
+    return held_out(kept), curve
 
 
 def dp_job(hospitals, approver, data, epsilon: float, rounds: int) -> dict:
@@ -174,10 +237,10 @@ def run(n: int, size: int, rounds: int, seeds: int, workdir: Path, plot: Path | 
         epsilon: float | None = None, dp_rounds: int = 4) -> dict:
     """The demo (module docstring); returns {(partitioning, model): [metrics per seed]}."""
     from datasets.xray import load_synthetic
-    from demos.plain_loop import hospital_partitions
     from scientist.federated import join
 
     data = load_synthetic(n=n, size=size)
+    references = ReferenceRuns(n, size)
     print("== [admins] start three hospital domains", flush=True)
     domains = start_hospitals(workdir, n, size)
     results: dict = {}
@@ -191,15 +254,17 @@ def run(n: int, size: int, rounds: int, seeds: int, workdir: Path, plot: Path | 
                   f"rounds of {STRATEGY}", flush=True)
             hospitals = [join(str(files[name]), dataset=DATASETS[partitioning])
                          for name in HOSPITALS]
-            partitions = hospital_partitions(data, len(HOSPITALS), skew)
+            queued = [references.queue(skew, seed, job_plan(seed)[1], rounds)
+                      for seed in range(seeds)]
             for seed in range(seeds):
                 started = time.perf_counter()
-                found = dict(baselines(data, partitions, seed))
-                federated, curves[(partitioning, seed)] = one_seed(
-                    hospitals, approver, data, partitions, seed, rounds)
-                found.update(federated)
-                for model, metrics in found.items():
-                    results.setdefault((partitioning, model), []).append(metrics)
+                secure, curves[(partitioning, seed)] = secure_job(hospitals, approver, data,
+                                                                  seed, rounds)
+                found = {model: future.result() for model, future in queued[seed].items()}
+                found[job_label(True)] = secure
+                for model in ("centralised", "best hospital alone", job_label(True),
+                              job_label(False)):
+                    results.setdefault((partitioning, model), []).append(found[model])
                 print(f"  seed {seed}: " + ", ".join(f"{model} {m['auc']:.3f}"
                                                      for model, m in found.items())
                       + f" ({time.perf_counter() - started:.0f} s)", flush=True)
@@ -209,6 +274,7 @@ def run(n: int, size: int, rounds: int, seeds: int, workdir: Path, plot: Path | 
                 results[(partitioning, f"FedAvg job, secure + DP (ε {epsilon:g}/round)")] = [
                     dp_job(hospitals, approver, data, epsilon, dp_rounds)]
     finally:
+        references.close()
         for domain in domains.values():
             domain.stop()
     print_table(results, n, size, rounds, seeds)
