@@ -958,6 +958,27 @@ def test_a_session_serves_runs_in_one_sandbox_and_ends_with_them(sandbox):
             session.run(SESSION_PLAN, "main", {"x": np.zeros(1)})
 
 
+def test_a_warm_spare_becomes_a_session_and_the_next_spare_starts():
+    """A job's session does not wait for a cold start: it takes the spare, whose runner
+    learns from the first request that more will follow; a single run that comes next
+    gets a new spare, never the session's process."""
+    box = warm_sandbox()
+    try:
+        box.prewarm()
+        wait_for_spare(box)
+        with box.session(runs=2) as session:
+            first = session.run(SESSION_PLAN, "main", {"x": np.ones(2)})
+            second = session.run(SESSION_PLAN, "main", {"x": np.ones(3)})
+            assert first.warm and second.warm
+            assert first.result["pid"] == second.result["pid"] and second.result["seen"] == [3.0]
+            assert not session.alive  # its two runs used up: ended
+        wait_for_spare(box)  # started when the session took the last one
+        single = run(box, SESSION_PLAN, x=np.ones(1))
+        assert single.warm and single.result == {"pid": 2, "seen": [1.0]}
+    finally:
+        box.close()
+
+
 def test_a_sessions_runs_keep_the_sandboxes_limits_and_a_failure_ends_it(sandbox):
     slow = textwrap.dedent("""
         import time

@@ -101,7 +101,7 @@ class _Mounts:
 
 def command(*, interpreter: Interpreter, vetted_packages: list[str], tmpfs_bytes: int,
             seccomp_fd: int, result_fd: int, bwrap: str = "bwrap",
-            preload_torch: bool = True, session: bool = False) -> list[str]:
+            preload_torch: bool = True) -> list[str]:
     """The full argv: bwrap with its mounts, then setpriv, then the runner, which moves
     ``result_fd`` (inherited through all three) to fd 3."""
     mounts = _Mounts()
@@ -124,5 +124,5 @@ def command(*, interpreter: Interpreter, vetted_packages: list[str], tmpfs_bytes
         "--", SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
         "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
         "--", interpreter.executable, "-I", "-B", RUNNER_MAIN, str(result_fd),
-        *(() if preload_torch else ("--numpy-only",)), *(("--session",) if session else ()),
+        *(() if preload_torch else ("--numpy-only",)),
     ]

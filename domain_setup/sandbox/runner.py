@@ -248,20 +248,25 @@ class Sandbox:
         a federated job's rounds, whose code is always the catalogue's (never the
         researcher's), so that a round does not pay a fresh interpreter's imports. Its
         limits are this sandbox's, per run (the CPU limit: `runs` runs' worth in all);
-        anything going wrong in a run ends the session."""
+        anything going wrong in a run ends the session. It takes the warm spare when there
+        is one (no request has reached it yet), else starts a sandbox."""
         if type(runs) is not int or runs < 1:
             raise SandboxError(f"runs must be a positive integer, got {runs!r}")
+        spare = self._take_spare()  # a warm spare becomes the session (its runner learns
+        if spare is not None:       # so from the first request), and another spare starts
+            self._refill()
+            return SandboxSession(self, spare, runs, warm=True)
         env = self._environment()
         with self._lock:  # bwrap's --die-with-parent follows the thread that started it:
             if self._launcher is None:  # a session outlives the request's thread
                 self._launcher = ThreadPoolExecutor(max_workers=1,
                                                     thread_name_prefix="sandbox-sessions")
-        started = self._launcher.submit(self._launch, env, True).result()
+        started = self._launcher.submit(self._launch, env).result()
         return SandboxSession(self, started, runs)
 
     def _request(self, source: str, function: str, kwargs: Mapping[str, Any], *,
                  max_result_bytes: int | None, torch_threads: int | None,
-                 session_runs: int = 1) -> tuple[list[protocol.Chunk], int]:
+                 session_runs: int | None = None) -> tuple[list[protocol.Chunk], int]:
         """The request's chunks for the runner, and the bound on its encoded result."""
         if not isinstance(source, str) or not isinstance(function, str) or not function.isidentifier():
             raise SandboxError("run takes the source (str) and a function name (identifier)")
@@ -277,7 +282,8 @@ class Sandbox:
         _check_threads(torch_threads)
         request = protocol.request_parts(
             {"source": source, "function": function, "limits": self.limits.to_dict(),
-             "max_result_bytes": bound, "session_runs": session_runs,
+             "max_result_bytes": bound, "session": session_runs is not None,
+             "session_runs": session_runs or 1,
              "torch_threads": torch_threads or self.torch_threads, "plan_filter": env.plan_bpf,
              "seccomp_syscall": env.seccomp_syscall},
             plain_data.encode_parts(dict(kwargs), allow_tensors=True, name="kwargs"))
@@ -341,19 +347,19 @@ class Sandbox:
 
     # --- one sandbox -------------------------------------------------------------------
 
-    def _launch(self, env: _Environment, session: bool = False) -> _Started:
+    def _launch(self, env: _Environment) -> _Started:
         """Start a sandbox (cgroup, bwrap, runner), which imports and waits for its request
-        (or, as a `session`, for one request after another)."""
+        (or, when that request opens a session, for one request after another)."""
         cgroup = env.cgroups.create(memory_bytes=self.limits.memory_bytes,
                                     max_processes=self.limits.max_processes)
         try:
-            return self._start_in(env, cgroup, session)
+            return self._start_in(env, cgroup)
         except BaseException:
             cgroup.kill()
             cgroup.remove()
             raise
 
-    def _start_in(self, env: _Environment, cgroup: RunCgroup, session: bool = False) -> _Started:
+    def _start_in(self, env: _Environment, cgroup: RunCgroup) -> _Started:
         result_read, result_write = os.pipe()
         result_write = _high_fd(result_write)
         seccomp_fd = _high_fd(_memfd(env.sandbox_bpf))
@@ -361,7 +367,7 @@ class Sandbox:
                 *bwrap_command(interpreter=env.interpreter, vetted_packages=self.vetted_packages,
                                tmpfs_bytes=self.limits.tmpfs_bytes, seccomp_fd=seccomp_fd,
                                result_fd=result_write, bwrap=env.bwrap,
-                               preload_torch=self.preload_torch, session=session)]
+                               preload_torch=self.preload_torch)]
         launched = time.monotonic()
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -503,8 +509,8 @@ class SandboxSession:
                 run = session.run(source, "plan", dict(inputs, initial_weights=weights))
     """
 
-    def __init__(self, sandbox: Sandbox, started: _Started, runs: int):
-        self.sandbox, self.runs_left = sandbox, runs
+    def __init__(self, sandbox: Sandbox, started: _Started, runs: int, *, warm: bool = False):
+        self.sandbox, self.runs_left, self._warm = sandbox, runs, warm
         self._started: _Started | None = started
         self._lock = threading.Lock()
         self._runs = runs
@@ -529,7 +535,7 @@ class SandboxSession:
             first = self.runs_left == self._runs
             self.runs_left -= 1
             try:
-                outcome = self.sandbox._exchange(started, request, warm=not first,
+                outcome = self.sandbox._exchange(started, request, warm=self._warm or not first,
                                                  max_result_bytes=bound, session=True)
                 run = self.sandbox._interpret(outcome, bound)
             except BaseException:

@@ -8,8 +8,10 @@ fresh namespace and calls ``function(**kwargs)``. The result goes back as plain
 data on fd 3, or an ERROR frame with the exception type, a one-line message and
 a short traceback. The researcher's prints go to the real stdout/stderr. Its one
 argument is the inherited fd of the result pipe, which it moves to fd 3 first;
-with a second, ``--numpy-only``, it does not import torch (a light sandbox); with
-``--session`` it serves one request after another until its stdin ends (`serve`).
+with a second, ``--numpy-only``, it does not import torch (a light sandbox). When its
+first request says ``session`` (the host's choice, for catalogue code only), it serves
+one request after another until its stdin ends (`serve`): any started sandbox, a warm
+spare too, can become a session.
 
 It imports only the standard library, numpy, torch (with `WARM_MODULES`) and its sibling modules
 (bound read-only at /opt/pneumosyft/pneumosyft_sandbox); the vetted packages are
@@ -154,7 +156,6 @@ def main() -> None:
     if inherited != out:
         os.dup2(inherited, out, inheritable=False)
         os.close(inherited)
-    session = "--session" in sys.argv[2:]
     protocol.write_json_frame(out, protocol.TIMING, {"event": "main", "t": STARTED})
     try:
         import numpy  # noqa: F401  (imported while trusted, before any request)
@@ -168,23 +169,29 @@ def main() -> None:
     except BaseException as exc:
         protocol.write_json_frame(out, protocol.ERROR, describe("setup", exc))
         os._exit(0)
-    first = True
-    while serve(out, first=first, session=session) and session:
+    first, session = True, False
+    while True:
+        answered, session = serve(out, first=first, session=session)
+        if not (answered and session):
+            break
         first = False
     os._exit(0)  # no atexit handlers or finalizers of the researcher's code
 
 
-def serve(out: int, *, first: bool, session: bool) -> bool:
-    """Read one request, run it, answer with a RESULT or ERROR frame; False when a
-    session's input ended (the host closed it) before another request."""
+def serve(out: int, *, first: bool, session: bool) -> tuple[bool, bool]:
+    """Read one request, run it, answer with a RESULT or ERROR frame. Returns (answered,
+    session): answered is False when a session's input ended (the host closed it) before
+    another request; session is what the first request's header said."""
     try:
         try:
             try:
                 header, kwargs_data = protocol.read_request(0)
             except EOFError:
                 if not first:
-                    return False
+                    return False, session
                 raise
+            if first:
+                session = header.get("session") is True
             protocol.write_json_frame(out, protocol.TIMING,
                                       {"event": "request", "t": time.monotonic()})
             kwargs = prepare(header, kwargs_data, first=first, session=session)
@@ -205,7 +212,7 @@ def serve(out: int, *, first: bool, session: bool) -> bool:
     except Stage as failure:
         flush_std()
         protocol.write_json_frame(out, protocol.ERROR, describe(failure.stage, failure.exc))
-    return True
+    return True, session
 
 if __name__ == "__main__":
     main()
