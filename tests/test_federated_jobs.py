@@ -10,7 +10,7 @@ import pytest
 
 from common.aggregation import model_digest
 from common.errors import DomainError
-from common.federated_job import round_config
+from common.federated_job import round_config, round_id
 from common.strategies import make_strategy
 from conftest import RESEARCHER, approve_with
 from scientist import TrainingPlan
@@ -47,6 +47,15 @@ def test_a_job_approved_once_runs_its_rounds_and_every_hospital_computes_the_sam
     for domain in domains:
         rounds = _audited(domain, "job.round", job=job.job["job_id"])
         assert [e["round"] for e in rounds] == ["1", "2", "3"]
+    # every hospital aggregated the job's rounds in one sandbox (numpy only) started for
+    # the job, not in a new one per round
+    for domain in domains:
+        aggregated = [_audited(domain, "federation.aggregate",
+                               target=round_id(job.job["job_id"], number, 1))
+                      for number in (1, 2, 3)]
+        assert [e["sandbox"] for (e,) in aggregated] == ["job session"] * 3
+        # round 1 took the light spare when one was ready; rounds 2 and 3 its process
+        assert [e["warm"] for (e,) in aggregated[1:]] == ["yes", "yes"]
     # round 3 trained at every hospital from the model the researcher computed after round 2
     status = job.status()
     assert all(s["round"] == 3 and s["state"] == "done" for s in status)

@@ -281,10 +281,10 @@ class PlanExecutor:
     # --- the aggregation route -------------------------------------------------------
 
     def aggregate(self, spec: RoundSpec, ciphertexts: list, private_key: bytes,
-                  requester: str, *, via_job: bool = False) -> bytes:
+                  requester: str, *, via_job: bool = False, session: Any = None) -> bytes:
         """Run the registry's aggregation of `spec`'s round on exactly `ciphertexts` (one
-        per party) in the sandbox, once per round; the partial sum, or Withheld. A
-        federated job's round only `via_job`."""
+        per party) in the sandbox (a job's light `session` when given), once per round;
+        the partial sum, or Withheld. A federated job's round only `via_job`."""
         kind = plan_kind("aggregate")
         problems = aggregation_problems(self.policies.current, spec, self.own_aggregation_key())
         if problems:
@@ -302,7 +302,8 @@ class PlanExecutor:
         limits = self.limits()
         try:
             with self._queued(f"aggregate-{spec.round_id}", limits, requester):
-                run = self.sandbox_factory(limits, light=True).run(source, function, inputs)
+                runner = session or self.sandbox_factory(limits, light=True)
+                run = runner.run(source, function, inputs)
             kind.contract(run.result, ContractContext(n_ciphertexts=len(ciphertexts),
                                                       n_parties=spec.n_parties))
             released = kind.release(run.result, trusted=False)
@@ -317,7 +318,8 @@ class PlanExecutor:
         self.rounds.released(spec.round_id)
         self.audit.record(requester, "federation.aggregate", target=spec.round_id, **details,
                           parties=str(spec.n_parties), seconds=f"{run.seconds:.2f}",
-                          warm="yes" if run.warm else "no")
+                          warm="yes" if run.warm else "no",
+                          sandbox="job session" if session is not None else "per run")
         return released["partial_sum"]
 
 

@@ -56,9 +56,10 @@ class JobRefused(Exception):
 
 class JobRounds:
     """The job routes' decisions (see the module docstring). A job's rounds run one at a
-    time at this hospital, in one sandbox session per job (`SandboxSession`: the job's
-    code is the catalogue's), closed when the job ends, stops, fails a round, or has been
-    idle for `IDLE_SECONDS`."""
+    time at this hospital, in two sandbox sessions per job (`SandboxSession`: the job's
+    code is the catalogue's), one training and one (numpy only) aggregating, so that a
+    round starts no interpreter; both closed when the job ends, stops, fails a round, or
+    has been idle for `IDLE_SECONDS`."""
 
     IDLE_SECONDS = 300
 
@@ -68,7 +69,8 @@ class JobRounds:
         self.private_key = private_key
         self._lock = threading.Lock()
         self._job_locks: dict[str, threading.Lock] = {}
-        self._sessions: dict[str, tuple[Any, float]] = {}  # request id -> (session, last use)
+        # (request id, aggregating?) -> (session, last use)
+        self._sessions: dict[tuple[str, bool], tuple[Any, float]] = {}
         self._reaper: threading.Thread | None = None
 
     # --- the researcher's side -------------------------------------------------------
@@ -137,6 +139,12 @@ class JobRounds:
     def aggregate(self, request_id: str, email: str, body: Any) -> dict:
         """Aggregate this hospital's share of the round the job last started here; the
         partial sum with one tag per member (base64)."""
+        with self._lock:
+            job_lock = self._job_locks.setdefault(request_id, threading.Lock())
+        with job_lock:  # a stop closes the job's sessions between rounds, not during one
+            return self._aggregate(request_id, email, body)
+
+    def _aggregate(self, request_id: str, email: str, body: Any) -> dict:
         if not isinstance(body, dict) or set(body) != {"round", "attempt", "ciphertexts"} \
                 or not all(type(body[k]) is int for k in ("round", "attempt")):
             raise JobRefused(400, "body must be {'round': int, 'attempt': int, 'ciphertexts'}")
@@ -152,7 +160,10 @@ class JobRounds:
                                   f"{len(ciphertexts)} ciphertexts were sent")
         key = self._key()
         try:
-            partial = self.executor.aggregate(spec, ciphertexts, key, email, via_job=True)
+            session = self._session(request_id, rounds_left=record.rounds - record.round + 1,
+                                    aggregating=True)
+            partial = self.executor.aggregate(spec, ciphertexts, key, email, via_job=True,
+                                              session=session)
         except Withheld as exc:
             raise JobRefused(409, str(exc)) from None
         tags = tag_partial_sum(key, spec, partial)
@@ -198,20 +209,23 @@ class JobRounds:
 
     # --- the job's sandbox session ----------------------------------------------------
 
-    def _session(self, request_id: str, *, rounds_left: int) -> Any:
-        """The job's live sandbox session, or a new one for its remaining rounds (None when
-        none can start: the round then runs in a fresh sandbox, and says why if it fails)."""
+    def _session(self, request_id: str, *, rounds_left: int, aggregating: bool = False) -> Any:
+        """The job's live training (or aggregating) sandbox session, or a new one for its
+        remaining rounds (None when none can start: the round then runs in a fresh sandbox,
+        and says why if it fails)."""
+        key = (request_id, aggregating)
         with self._lock:
-            session, _ = self._sessions.get(request_id, (None, 0.0))
+            session, _ = self._sessions.get(key, (None, 0.0))
         if session is None or not session.alive:
             limits = self.executor.limits()
             try:
-                session = self.executor.sandbox_factory(limits).session(runs=max(1, rounds_left))
+                session = self.executor.sandbox_factory(limits, light=aggregating).session(
+                    runs=max(1, rounds_left))
             except SandboxError as exc:
                 log.error("no sandbox session for job %s: %s", request_id, exc)
                 return None
         with self._lock:
-            self._sessions[request_id] = (session, time.monotonic())
+            self._sessions[key] = (session, time.monotonic())
             if self._reaper is None:
                 self._reaper = threading.Thread(target=self._close_idle, daemon=True,
                                                 name="job-sessions")
@@ -219,10 +233,13 @@ class JobRounds:
         return session
 
     def _close_session(self, request_id: str) -> None:
+        """Close both of the job's sessions."""
         with self._lock:
-            session, _ = self._sessions.pop(request_id, (None, 0.0))
-        if session is not None:
-            session.close()
+            sessions = [self._sessions.pop((request_id, aggregating), (None, 0.0))[0]
+                        for aggregating in (False, True)]
+        for session in sessions:
+            if session is not None:
+                session.close()
 
     def _close_session_between_rounds(self, request_id: str) -> None:
         """Close the job's session unless a round runs in it now (that round's end closes
@@ -242,8 +259,8 @@ class JobRounds:
             time.sleep(min(30.0, self.IDLE_SECONDS))
             now = time.monotonic()
             with self._lock:
-                idle = [r for r, (_, used) in self._sessions.items()
-                        if now - used > self.IDLE_SECONDS]
+                idle = {r for (r, _), (_, used) in self._sessions.items()
+                        if now - used > self.IDLE_SECONDS}
             for request_id in idle:
                 self._close_session_between_rounds(request_id)
 
