@@ -249,6 +249,7 @@ def run(n: int, size: int, rounds: dict[str, int], seeds: int, workdir: Path, pl
 
     data = load_synthetic(n=n, size=size)
     print("== [admins] start three hospital domains", flush=True)
+    began = time.perf_counter()
     domains = start_hospitals(workdir, n, size)
     secure: dict = {}   # (partitioning, seed) -> the secure job's held-out metrics
     models: dict = {}   # (partitioning, seed) -> the job's global model after each round
@@ -278,7 +279,10 @@ def run(n: int, size: int, rounds: dict[str, int], seeds: int, workdir: Path, pl
     finally:
         for domain in domains.values():
             domain.stop()
+    print(f"  the domains' part: {time.perf_counter() - began:.0f} s", flush=True)
+    began = time.perf_counter()
     results, curves = reference_runs(n, size, rounds, seeds, secure, models, private)
+    print(f"  the reference runs: {time.perf_counter() - began:.0f} s", flush=True)
     print_table(results, n, size, rounds, seeds)
     print_goals(results)
     if plot:
