@@ -424,15 +424,22 @@ def test_exported_seccomp_programs_load_and_filter():
 # --- resource limits --------------------------------------------------------------------
 
 def test_infinite_loop_is_killed_by_the_wall_clock_and_the_next_run_works():
-    box = make_sandbox(timeout_seconds=4)
-    with pytest.raises(PlanTimeout) as caught:
-        run(box, """
-            def main():
-                print("looping", flush=True)
-                while True:
-                    pass
-        """)
-    assert str(caught.value) == "plan exceeded its 4 s wall-clock limit and was killed"
+    # a warm spare, so that the clock measures the loop: a cold start's imports alone
+    # took over 4 s on a loaded 2-core machine, and the loop never ran
+    box = warm_sandbox(timeout_seconds=6)
+    try:
+        box.prewarm()
+        wait_for_spare(box)
+        with pytest.raises(PlanTimeout) as caught:
+            run(box, """
+                def main():
+                    print("looping", flush=True)
+                    while True:
+                        pass
+            """)
+    finally:
+        box.close()  # and its next spare
+    assert str(caught.value) == "plan exceeded its 6 s wall-clock limit and was killed"
     assert "looping" in caught.value.stdout  # the loop really ran
     assert sandbox_processes() == [] and run_cgroups() == []
     # the next run, with the usual wall clock: a cold start (numpy and torch imported)
