@@ -141,7 +141,8 @@ class ReferenceRuns:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-_REFERENCE_DATA: dict = {}
+_REFERENCE_DATA: dict = {}  # a worker's synthetic data set ("data")
+_PARTITIONS: dict = {}  # a worker's hospital partitions by label skew
 REFERENCE_WORKERS = 2  # one per core of a 2-core machine: the domains are stopped by then
 
 
@@ -159,11 +160,24 @@ def _reference_worker(n: int, size: int) -> None:
     _REFERENCE_DATA["data"] = load_synthetic(n=n, size=size)
 
 
-def _held_out(weights: dict) -> dict:
+def held_out(data, weights: dict) -> dict:
+    """Held-out metrics of `weights` (a small_cnn) on `data`'s test split."""
     from common.training import evaluate
 
-    data = _REFERENCE_DATA["data"]
     return evaluate(data.test.images, data.test.labels, weights, model="small_cnn")
+
+
+def _held_out(weights: dict) -> dict:
+    return held_out(_REFERENCE_DATA["data"], weights)
+
+
+def _partitions(skew: float | None) -> list:
+    """This worker's hospital partitions of one partitioning (computed once)."""
+    from demos.plain_loop import hospital_partitions
+
+    if skew not in _PARTITIONS:
+        _PARTITIONS[skew] = hospital_partitions(_REFERENCE_DATA["data"], len(HOSPITALS), skew)
+    return _PARTITIONS[skew]
 
 
 def _baseline_trained(images, labels, seed: int) -> dict:
@@ -181,52 +195,48 @@ def _centralised(seed: int) -> dict:
 
 
 def _best_alone(skew: float | None, seed: int) -> dict:
-    from demos.plain_loop import hospital_partitions
-
-    partitions = hospital_partitions(_REFERENCE_DATA["data"], len(HOSPITALS), skew)
-    alone = [_baseline_trained(p.images, p.labels, seed) for p in partitions]
+    alone = [_baseline_trained(p.images, p.labels, seed) for p in _partitions(skew)]
     best = max(range(len(alone)), key=lambda i: alone[i]["auc"])
     return dict(alone[best], hospital=HOSPITALS[best])
 
 
 def _plain_reference(skew: float | None, config: dict, rounds: int) -> dict:
-    from common.strategies import make_strategy
-    from demos.plain_loop import hospital_partitions, plain_loop
+    from demos.plain_loop import plain_loop
 
-    partitions = hospital_partitions(_REFERENCE_DATA["data"], len(HOSPITALS), skew)
-    weights, _ = plain_loop(partitions, config, rounds=rounds,
-                            strategy=make_strategy(STRATEGY, **STRATEGY_OPTIONS))
+    weights, _ = plain_loop(_partitions(skew), config, rounds=rounds, strategy=demo_strategy())
     return _held_out(weights)
+
+
+def demo_strategy() -> Any:
+    """A fresh instance of the demo's strategy (it keeps server state)."""
+    from common.strategies import make_strategy
+
+    return make_strategy(STRATEGY, **STRATEGY_OPTIONS)
 
 
 def job_plan(seed: int) -> tuple[Any, dict]:
     """The seed's training plan and the config its job's hospitals train with."""
-    from common.strategies import make_strategy
     from scientist import TrainingPlan
 
     plan = TrainingPlan(model="small_cnn", seed=seed, **JOB_PLAN)
-    return plan, make_strategy(STRATEGY, **STRATEGY_OPTIONS).client_config(plan.config())
+    return plan, demo_strategy().client_config(plan.config())
 
 
 def secure_job(hospitals, approver, data, seed: int, rounds: int) -> tuple[dict, list]:
     """One secure job on the domains: held-out metrics of the model it kept, and the
     global model after each round (for the plot, evaluated later by the workers)."""
-    from common.strategies import make_strategy
-    from common.training import evaluate
     from scientist.federated_job import FederatedJob
 
     plan, _ = job_plan(seed)
-    job = FederatedJob.submit(hospitals, plan, rounds=rounds,
-                              strategy=make_strategy(STRATEGY, **STRATEGY_OPTIONS))
+    job = FederatedJob.submit(hospitals, plan, rounds=rounds, strategy=demo_strategy())
     job.approve(approver)
     per_round: list[dict] = []
     kept, _ = job.run(on_round=lambda weights, log: per_round.append(dict(weights)))
-    return evaluate(data.test.images, data.test.labels, kept, model=plan.model), per_round
+    return held_out(data, kept), per_round
 
 
 def dp_job(hospitals, approver, data, epsilon: float, rounds: int) -> dict:
     """One secure FedAvg job with DP-SGD at every hospital (ε per round), seed 0."""
-    from common.training import evaluate
     from scientist import TrainingPlan
     from scientist.federated_job import FederatedJob
     from scientist.privacy import private_training
@@ -238,7 +248,7 @@ def dp_job(hospitals, approver, data, epsilon: float, rounds: int) -> dict:
     for hospital, spent in logs[-1].privacy.items():
         print(f"  {hospital}: ε spent on {spent['dataset']} {spent['spent']:.2f} (composed; "
               f"sum {spent['spent_sum']:.2f}), {spent['left']:.2f} left", flush=True)
-    return evaluate(data.test.images, data.test.labels, weights, model="small_cnn")
+    return held_out(data, weights)
 
 
 def run(n: int, size: int, rounds: dict[str, int], seeds: int, workdir: Path, plot: Path | None,

@@ -121,9 +121,9 @@ def test_five_runs_on_a_budget_of_two_wait_in_a_queue_the_researcher_can_see(bus
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
+        clients = [connect(connection_file=ada_file) for _ in submissions]
         with concurrent.futures.ThreadPoolExecutor(5) as pool:
-            results = list(pool.map(lambda s: run_approved(connect(connection_file=ada_file), s),
-                                    submissions))
+            results = list(pool.map(run_approved, clients, submissions))
     finally:
         done.set()
         watcher.join()
@@ -135,11 +135,18 @@ def test_five_runs_on_a_budget_of_two_wait_in_a_queue_the_researcher_can_see(bus
     runs = [e for e in _audit_lines(busy)
             if e["action"] == "execution" and e.get("function") in names]
     assert len(runs) == 5 and all(e["outcome"] == "ok" for e in runs)
-    assert sum(float(e["queued_seconds"]) > 0.5 for e in runs) >= 3  # three had to wait
+    assert any(float(e["queued_seconds"]) > 0.5 for e in runs)
     # never more than two at once: each run's [start, end] from the audit
     spans = [(_epoch(e) - float(e["seconds"]), _epoch(e)) for e in runs]
     for start, _ in spans:
         assert sum(1 for s, t in spans if s <= start + 0.05 < t) <= 2, spans
+    # a run that arrived while two ran waited until one of them ended (how many had to
+    # wait depends on how the five requests interleave, so the test checks the rule)
+    for (start, end), e in zip(spans, runs):
+        arrived = start - float(e["queued_seconds"])
+        running = [t for s, t in spans if (s, t) != (start, end) and s <= arrived < t]
+        if len(running) >= 2:
+            assert start >= min(running) - 0.25, (arrived, start, spans)
 
 
 def count_images(images):

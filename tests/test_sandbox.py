@@ -8,6 +8,7 @@ After every test, no sandbox process and no run cgroup may be left.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import io
 import json
@@ -22,6 +23,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -426,19 +428,9 @@ def test_exported_seccomp_programs_load_and_filter():
 def test_infinite_loop_is_killed_by_the_wall_clock_and_the_next_run_works():
     # a warm spare, so that the clock measures the loop: a cold start's imports alone
     # took over 4 s on a loaded 2-core machine, and the loop never ran
-    box = warm_sandbox(timeout_seconds=6)
-    try:
-        box.prewarm()
-        wait_for_spare(box)
+    with spare_ready(timeout_seconds=6) as box:  # closed with its next spare
         with pytest.raises(PlanTimeout) as caught:
-            run(box, """
-                def main():
-                    print("looping", flush=True)
-                    while True:
-                        pass
-            """)
-    finally:
-        box.close()  # and its next spare
+            run(box, LOOP_FOREVER)
     assert str(caught.value) == "plan exceeded its 6 s wall-clock limit and was killed"
     assert "looping" in caught.value.stdout  # the loop really ran
     assert sandbox_processes() == [] and run_cgroups() == []
@@ -645,13 +637,8 @@ def test_concurrent_runs_from_several_threads(sandbox):
 
 def test_start_cost(sandbox, capsys):
     runs = [run(sandbox, "def main():\n    return None\n") for _ in range(3)]
-    box = warm_sandbox()
-    try:
-        box.prewarm()
-        wait_for_spare(box)
+    with spare_ready() as box:
         warm = run(box, "def main():\n    return None\n")
-    finally:
-        box.close()
     with capsys.disabled():
         for done in runs:
             print(f"\n[sandbox start cost] cold: launch->runner main {done.start_seconds:.3f} s, "
@@ -688,11 +675,29 @@ def wait_for_spare(box: Sandbox, seconds: float = 120) -> None:
     time.sleep(2)  # numpy and torch imported, waiting for its request
 
 
-def test_a_warm_spare_serves_one_run_and_nothing_it_ran_survives():
-    box = warm_sandbox()
+@contextlib.contextmanager
+def spare_ready(**changes) -> Iterator[Sandbox]:
+    """A warm sandbox (`warm_sandbox(**changes)`) whose spare is up; closed, spares and
+    all, on the way out."""
+    box = warm_sandbox(**changes)
     try:
         box.prewarm()
         wait_for_spare(box)
+        yield box
+    finally:
+        box.close()
+
+
+LOOP_FOREVER = textwrap.dedent("""
+    def main():
+        print("looping", flush=True)
+        while True:
+            pass
+""")
+
+
+def test_a_warm_spare_serves_one_run_and_nothing_it_ran_survives():
+    with spare_ready() as box:
         planted = run(box, """
             import builtins, sys, torch
             def main():
@@ -713,26 +718,16 @@ def test_a_warm_spare_serves_one_run_and_nothing_it_ran_survives():
         assert second.warm and second.result == {"hooks": 0, "attrs": [False, False],
                                                  "file": False}
         assert 0 <= second.start_seconds <= second.ready_seconds <= second.seconds
-    finally:
-        box.close()
     assert sandbox_processes() == []
 
 
 def test_a_warm_run_gets_its_whole_wall_clock_and_is_still_bounded():
-    box = warm_sandbox(timeout_seconds=3, memory_mb=512)
-    try:
-        box.prewarm()
-        wait_for_spare(box)
+    with spare_ready(timeout_seconds=3, memory_mb=512) as box:
         time.sleep(2)  # the spare waited longer than the timeout: the clock had not started
         assert run(box, "def main():\n    return 'on time'\n").result == "on time"
         wait_for_spare(box)
         with pytest.raises(PlanTimeout) as caught:
-            run(box, """
-                def main():
-                    print("looping", flush=True)
-                    while True:
-                        pass
-            """)
+            run(box, LOOP_FOREVER)
         assert "looping" in caught.value.stdout
         wait_for_spare(box)
         with pytest.raises(PlanOutOfMemory) as caught:
@@ -744,8 +739,6 @@ def test_a_warm_run_gets_its_whole_wall_clock_and_is_still_bounded():
                         blocks.append(bytearray(64 * 1024 * 1024))
             """)
         assert "allocating" in caught.value.stdout
-    finally:
-        box.close()
     assert sandbox_processes() == [] and run_cgroups() == []
 
 
@@ -969,10 +962,7 @@ def test_a_warm_spare_becomes_a_session_and_the_next_spare_starts():
     """A job's session does not wait for a cold start: it takes the spare, whose runner
     learns from the first request that more will follow; a single run that comes next
     gets a new spare, never the session's process."""
-    box = warm_sandbox()
-    try:
-        box.prewarm()
-        wait_for_spare(box)
+    with spare_ready() as box:
         with box.session(runs=2) as session:
             first = session.run(SESSION_PLAN, "main", {"x": np.ones(2)})
             second = session.run(SESSION_PLAN, "main", {"x": np.ones(3)})
@@ -982,8 +972,6 @@ def test_a_warm_spare_becomes_a_session_and_the_next_spare_starts():
         wait_for_spare(box)  # started when the session took the last one
         single = run(box, SESSION_PLAN, x=np.ones(1))
         assert single.warm and single.result == {"pid": 2, "seen": [1.0]}
-    finally:
-        box.close()
 
 
 def test_a_sessions_runs_keep_the_sandboxes_limits_and_a_failure_ends_it(sandbox):
@@ -993,7 +981,9 @@ def test_a_sessions_runs_keep_the_sandboxes_limits_and_a_failure_ends_it(sandbox
             time.sleep(wait)
             return wait
     """)
-    with make_sandbox(timeout_seconds=10).session(runs=5) as session:
+    # the session takes a warm spare: a cold start's imports alone can outlast a 10 s
+    # clock on a loaded 2-core machine
+    with spare_ready(timeout_seconds=10) as box, box.session(runs=5) as session:
         assert session.run(slow, "main", {"wait": 0.1}).result == 0.1
         with pytest.raises(PlanTimeout):
             session.run(slow, "main", {"wait": 30})

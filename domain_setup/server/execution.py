@@ -153,7 +153,7 @@ class PlanExecutor:
                 if claimed:
                     self.approvals.run_started(run_id)
                 pooled = self.sandbox_factory(limits)
-                sandbox = session if session is not None and session.alive else pooled
+                sandbox = _live(session) or pooled
                 data_entered = True
                 run = sandbox.run(source, function, inputs,
                                   max_result_bytes=contract.max_custom_bytes
@@ -302,7 +302,7 @@ class PlanExecutor:
         limits = self.limits()
         try:
             with self._queued(f"aggregate-{spec.round_id}", limits, requester):
-                runner = session or self.sandbox_factory(limits, light=True)
+                runner = _live(session) or self.sandbox_factory(limits, light=True)
                 run = runner.run(source, function, inputs)
             kind.contract(run.result, ContractContext(n_ciphertexts=len(ciphertexts),
                                                       n_parties=spec.n_parties))
@@ -319,8 +319,14 @@ class PlanExecutor:
         self.audit.record(requester, "federation.aggregate", target=spec.round_id, **details,
                           parties=str(spec.n_parties), seconds=f"{run.seconds:.2f}",
                           warm="yes" if run.warm else "no",
-                          sandbox="job session" if session is not None else "per run")
+                          sandbox="job session" if runner is session else "per run")
         return released["partial_sum"]
+
+
+def _live(session: Any) -> Any:
+    """A federated job's sandbox session if it can serve a run, else None (the run then
+    takes a sandbox from the pool)."""
+    return session if session is not None and session.alive else None
 
 
 def _round_spec(inputs: dict) -> RoundSpec:

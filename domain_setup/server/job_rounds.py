@@ -77,9 +77,7 @@ class JobRounds:
 
     def train(self, request_id: str, email: str, body: Any) -> dict:
         """Run round ``body["round"]`` of the job; what the round releases, with its number."""
-        with self._lock:
-            job_lock = self._job_locks.setdefault(request_id, threading.Lock())
-        with job_lock:  # one round of a job at a time here: the turn is checked and taken
+        with self._job_lock(request_id):  # one round at a time: the turn checked and taken
             return self._train(request_id, email, body)
 
     def _train(self, request_id: str, email: str, body: Any) -> dict:
@@ -139,10 +137,13 @@ class JobRounds:
     def aggregate(self, request_id: str, email: str, body: Any) -> dict:
         """Aggregate this hospital's share of the round the job last started here; the
         partial sum with one tag per member (base64)."""
-        with self._lock:
-            job_lock = self._job_locks.setdefault(request_id, threading.Lock())
-        with job_lock:  # a stop closes the job's sessions between rounds, not during one
+        with self._job_lock(request_id):  # a stop closes the sessions between rounds only
             return self._aggregate(request_id, email, body)
+
+    def _job_lock(self, request_id: str) -> threading.Lock:
+        """The lock a job's rounds and aggregations at this hospital take in turn."""
+        with self._lock:
+            return self._job_locks.setdefault(request_id, threading.Lock())
 
     def _aggregate(self, request_id: str, email: str, body: Any) -> dict:
         if not isinstance(body, dict) or set(body) != {"round", "attempt", "ciphertexts"} \
