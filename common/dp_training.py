@@ -108,7 +108,11 @@ def train_private(images: Any, labels: Any, *, noise_multiplier: float, max_grad
     private_seed = secrets.randbits(64) if noise_seed is None else int(noise_seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = _model(model, x.shape[-1], initial_weights or None)
+        # Opacus' per-sample gradients assume the default memory format: channels-last
+        # (what `_model` returns for speed) changed a DP run's losses, so not here
+        module = _model(model, x.shape[-1], initial_weights or None).to(
+            memory_format=torch.contiguous_format)
+        x = x.contiguous()
         torch.manual_seed(private_seed)  # nothing random past the init is the researcher's
         randomness = torch.Generator().manual_seed(private_seed)
         problems = private_model_problems(module)
