@@ -1,6 +1,6 @@
 """The baseline of bench_domain_overhead.py: the same training in plain PyTorch, in a fresh
-process, as the domain's warm sandbox runs it: numpy and torch imported ahead (as in a
-notebook, or a sandbox started before its run), then timed from there: the tensors read
+process, as the domain's warm sandbox runs it: numpy, torch, torch._dynamo and Opacus
+imported ahead (as in a notebook after its first run, or a sandbox started before its run), then timed from there: the tensors read
 in, `common.training.train`, the weights out as numpy arrays.
 
     OMP_NUM_THREADS=2 python bench/plain_train.py --data train.npz --epochs 2
@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> None:
 
     launched = time.perf_counter()
     import numpy as np
+    import opacus  # noqa: F401  (imported ahead, as a warm sandbox has them: runner_main's
     import torch
+    import torch._dynamo  # noqa: F401  WARM_MODULES; torch's first optimiser step imports
+    # torch._dynamo, 1.1 s that would otherwise count against plain PyTorch)
 
     from common.training import train
     from common.training_config import default_training_config
