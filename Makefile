@@ -41,6 +41,7 @@ bench: install
 	$(PY) bench/bench_federated_job.py
 	$(PY) bench/bench_dp.py
 	$(PY) bench/bench_upload.py
+	$(PY) bench/bench_dicom.py
 	$(PY) bench/bench_scale.py
 	$(PY) bench/bench_load.py
 	$(PY) bench/bench_review.py

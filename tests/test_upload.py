@@ -15,7 +15,8 @@ import requests
 from conftest import RESEARCHER, start_hospital
 from common.connection import auth_headers
 from common.errors import DomainError
-from datasets.xray import load_synthetic
+from datasets.xray import generate, load_source, load_synthetic
+from dicom_files import export
 from domain_setup.admin import upload as upload_module
 from domain_setup.admin.upload import MOCK_SEED_OFFSET, blob_bytes, mock_like
 
@@ -192,3 +193,36 @@ def test_blob_route_writes_once_for_its_own_uploader(domain, uploaded):
 class _NoProgress:
     def update(self, n: int) -> None:
         pass
+
+
+def test_a_dicom_export_uploads_and_nothing_that_names_a_patient_reaches_the_store(
+        domain, uploaded, tmp_path):
+    images, labels = generate(12, size=96, pneumonia_fraction=0.5, seed=5)
+    identities = export(tmp_path / "pacs", images, labels)
+    result = domain.run("upload", f"dicom:{tmp_path / 'pacs'}", "--name", "xray-dicom",
+                        "--size", "64")
+    assert "uploaded 'xray-dicom'" in result.stdout
+    expected = load_source(f"dicom:{tmp_path / 'pacs'}", size=64)
+    assets = _assets(domain.admin.syft_client(), "xray-dicom")
+    assert np.array_equal(np.asarray(assets["train_images"].data), expected.train.images)
+    assert np.array_equal(np.asarray(assets["test_labels"].data), expected.test.labels)
+    # no identifying header value anywhere in the state directory: database, blobs, logs
+    secrets = {value.encode() for ids in identities for value in ids.values()}
+    secrets |= {b"Quillfeather", b"Zebedee"}
+    files = [p for p in domain.state.root.rglob("*") if p.is_file()]
+    assert len(files) > 5
+    for path in files:
+        content = path.read_bytes()
+        assert not [s for s in secrets if s in content], path
+
+
+def test_a_bad_dicom_export_uploads_nothing(domain, uploaded, tmp_path):
+    images, labels = generate(4, size=96, seed=6)
+    export(tmp_path / "pacs", images, labels)
+    (tmp_path / "pacs" / "series0" / "img002.dcm").write_bytes(b"not a radiograph")
+    before = _blob_files(domain)
+    result = domain.attempt("upload", f"dicom:{tmp_path / 'pacs'}", "--name", "bad-dicom")
+    assert result.returncode != 0
+    assert "series0/img002.dcm: not a DICOM file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "bad-dicom" not in domain.admin.datasets() and _blob_files(domain) == before

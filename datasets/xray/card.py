@@ -40,6 +40,7 @@ def make_card(data: XRayData, name: str) -> dict:
         "splits": splits,
         "n_images": total,
         "pneumonia_fraction": fraction,
+        **({"acquisition": data.acquisition} if data.acquisition else {}),
     }
 
 
@@ -59,6 +60,8 @@ def card_markdown(card: dict) -> str:
     ]
     if "partition" in card:  # set by the uploader when a hospital holds one partition
         lines.append(f"- **partition:** {card['partition']}")
+    if "acquisition" in card:
+        lines += _acquisition_lines(card["acquisition"])
     lines += ["", "| split | images | normal | pneumonia | pneumonia % |",
               "|---|---:|---:|---:|---:|"]
     for split_name, counts in card["splits"].items():
@@ -66,3 +69,21 @@ def card_markdown(card: dict) -> str:
                      f"{counts['pneumonia']} | {counts['pneumonia_fraction']:.1%} |")
     lines += ["", "Mocks are synthetic images with the same shape, dtype and class balance."]
     return "\n".join(lines)
+
+
+def _acquisition_lines(acquisition: dict) -> list[str]:
+    """The DICOM header values kept (counts of allowlisted values) and the caveat."""
+    def counts(key: str) -> str:
+        return ", ".join(f"{value} {count}" for value, count in acquisition[key].items())
+
+    spacing = acquisition.get("pixel_spacing_mm")
+    return [
+        f"- **acquisition (DICOM):** modality {counts('modality')}; view position "
+        f"{counts('view_position')}; bits stored {counts('bits_stored')}; "
+        f"{counts('photometric')}; pixel spacing "
+        + (f"{spacing[0]:g} to {spacing[1]:g} mm" if spacing else "not stated")
+        + f"; transfer syntax {counts('transfer_syntax')}",
+        "- **de-identified:** no header field that names a patient was kept (names, IDs, "
+        "birth dates, accession numbers, dates, institution, UIDs); the pixels may still "
+        f"carry burned-in text (burned-in annotation flag: {counts('burned_in_annotation')})",
+    ]

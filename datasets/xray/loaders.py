@@ -1,11 +1,13 @@
 """Load chest X-rays into one in-memory form, whatever the source.
 
-Three sources, all ending as uint8 images N x 1 x H x W and int64 labels (0 = normal,
+Four sources, all ending as uint8 images N x 1 x H x W and int64 labels (0 = normal,
 1 = pneumonia):
 
 - ``synthetic``: the generator in :mod:`datasets.xray.synthetic` (no patient data);
 - ``pneumoniamnist:PATH``: a MedMNIST ``.npz`` (PneumoniaMNIST, any MedMNIST+ size);
-- ``folder:PATH``: the Kermany layout ``train|val|test/NORMAL|PNEUMONIA/*.jpeg``.
+- ``folder:PATH``: the Kermany layout ``train|val|test/NORMAL|PNEUMONIA/*.jpeg``;
+- ``dicom:PATH``: a PACS export of CR/DX radiographs and a labels CSV
+  (:mod:`datasets.xray.dicom`).
 
 Every problem with a file or folder raises :class:`common.errors.DataError` with one
 line naming the file and what is wrong.
@@ -56,6 +58,7 @@ class XRayData:
     source: str
     licence: str
     synthetic: bool
+    acquisition: dict | None = None  # allowlisted header counts (DICOM), for the card
 
     def splits(self) -> dict[str, XRaySplit]:
         """The splits that exist, by name (train, val when present, test)."""

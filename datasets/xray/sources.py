@@ -7,8 +7,8 @@ a loader and its ``@register_source`` (imported below, or by whoever needs it).
     load_source("synthetic", size=28, n=400)
     load_source("folder:chest_xray", size=64)
 
-    @register_source("dicomdir")
-    def load_dicomdir(path: str, *, size: int, n: int, seed: int) -> XRayData: ...
+    @register_source("nifti")
+    def load_nifti(path: str, *, size: int, n: int, seed: int) -> XRayData: ...
 """
 
 from __future__ import annotations
@@ -83,3 +83,10 @@ def _pneumoniamnist(path: str, *, size: int, n: int, seed: int) -> XRayData:
 @register_source("folder")
 def _kermany_folder(path: str, *, size: int, n: int, seed: int) -> XRayData:
     return load_kermany(path, size=size)
+
+
+@register_source("dicom")
+def _dicom_folder(path: str, *, size: int, n: int, seed: int) -> XRayData:
+    from datasets.xray.dicom import load_dicom_folder
+
+    return load_dicom_folder(path, size=size, seed=seed)

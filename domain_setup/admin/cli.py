@@ -16,6 +16,7 @@ import sys
 from typing import Any, Callable
 
 from common.errors import PneumoSyftError
+from datasets.xray.sources import source_usages
 from domain_setup import operating_limits
 from domain_setup.admin.client import AdminClient
 from domain_setup.policy.roles import ROLES
@@ -301,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = add("upload", cmd_upload, "upload X-rays as a dataset with synthetic mocks")
-    p.add_argument("source", help="synthetic | pneumoniamnist:PATH.npz | folder:PATH")
+    p.add_argument("source", help=" | ".join(source_usages()) + " (dicom: a folder of CR/DX "
+                   "files and labels.csv; datasets/xray/dicom.py)")
     p.add_argument("--name", required=True, help="dataset name, e.g. xray")
     p.add_argument("--size", type=int, default=64, metavar="PX", help="image size (px)")
     p.add_argument("--n", type=int, default=3000, help="number of synthetic images")
