@@ -530,3 +530,29 @@ NOT_BEARER = "authorization scheme must be Bearer"
 def test_bearer_token_refuses(header, message: str) -> None:
     with pytest.raises(TokenError, match=f"^{message}$"):
         bearer_token(header)
+
+
+def test_a_revocation_from_inside_an_update_is_queued_not_a_deadlock(authority):
+    """A garbage-collected admin session revokes its token from a finalizer, which can run
+    in the middle of another registry write on the same thread (seen in a test run: the
+    CLI hung for ever on the registry's flock). Here the finalizer is called by hand."""
+    import threading
+
+    _, session = authority.issue("admin@example.org", "admin", ttl_seconds=60)
+    _, other = authority.issue("ada@example.org", "data_scientist", ttl_seconds=60)
+
+    def finalizer_mid_write(tokens: dict) -> None:
+        assert TokenAuthority.load(authority.state_dir).revoke(session["jti"]) is None
+        tokens[other["jti"]]["reason"] = "outer change"
+
+    worker = threading.Thread(target=authority._registry.update, args=(finalizer_mid_write,),
+                              daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "the nested update waited for the flock its thread holds"
+    records = {r["jti"]: r for r in TokenAuthority.load(authority.state_dir).list_tokens()}
+    assert records[session["jti"]]["revoked"] and not records[other["jti"]]["revoked"]
+    assert records[other["jti"]]["reason"] == "outer change"  # both changes saved
+    # and a revocation queued for a token already revoked is dropped without harm
+    authority._registry.update(lambda tokens: TokenAuthority.load(
+        authority.state_dir).revoke(session["jti"]))

@@ -181,6 +181,10 @@ def _public_pem(public: Any) -> bytes:
 
 
 # -- the registry of issued tokens ---------------------------------------------------
+# registry files this thread is updating, each with the changes queued by re-entrant calls
+_HELD_REGISTRIES = threading.local()
+
+
 class _Registry:
     """``tokens.json``: issued tokens and revocations, shared by processes.
 
@@ -232,7 +236,19 @@ class _Registry:
             return [dict(r) for r in sorted(self._tokens.values(), key=lambda r: r["iat"])]
 
     def update(self, change: Any) -> Any:
-        """Apply `change(tokens) -> result` to fresh registry contents and save them."""
+        """Apply `change(tokens) -> result` to fresh registry contents and save them.
+
+        Called again on a thread already inside an update of the same registry file (a
+        garbage-collected admin session's finalizer revoking its token in the middle of
+        a write: another `_Registry` would wait for the flock this thread holds, for
+        ever), the change is queued, applied and saved by the update in progress, and
+        None is returned."""
+        key = str(self.path)
+        held = _HELD_REGISTRIES.__dict__.setdefault("queued", {})
+        if key in held:
+            held[key].append(change)
+            return None
+        held[key] = []
         with self._thread_lock:
             fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
@@ -240,12 +256,23 @@ class _Registry:
                 self._refresh(force=True)
                 tokens = {k: dict(v) for k, v in self._tokens.items()}
                 result = change(tokens)
-                write_json_atomic(self.path, {"version": 1, "tokens": list(tokens.values())})
-                self._tokens = tokens
-                self._signature = self._stat_signature()
+                self._save(tokens)
+                while held[key]:
+                    queued = held[key].pop(0)
+                    try:
+                        queued(tokens)
+                    except TokenError:  # e.g. a token revoked twice: the queuer ignores it
+                        continue
+                    self._save(tokens)
                 return result
             finally:
+                del held[key]
                 os.close(fd)  # releases the flock
+
+    def _save(self, tokens: dict[str, dict]) -> None:
+        write_json_atomic(self.path, {"version": 1, "tokens": list(tokens.values())})
+        self._tokens = tokens
+        self._signature = self._stat_signature()
 
 
 # -- the authority -------------------------------------------------------------------
