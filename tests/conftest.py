@@ -26,6 +26,7 @@ ACCOUNTS_YAML = PROJECT_ROOT / "policies" / "accounts.yaml"
 RESEARCHER = "ada@pneumosyft-research.org"
 OTHER_RESEARCHER = "grace@lung-imaging-lab.ac.uk"
 DATA_OWNER = "owner@stmary-hospital.org"
+ADMIN = "admin@pneumosyft-hospital.org"  # policies/accounts.yaml's root admin
 SMALL_SET = ("--n", "400", "--size", "28")
 
 

@@ -12,7 +12,7 @@ from common.aggregation import model_digest
 from common.errors import DomainError
 from common.federated_job import round_config, round_id
 from common.strategies import make_strategy
-from conftest import RESEARCHER, approve_with
+from conftest import ADMIN, RESEARCHER, approve_with
 from scientist import TrainingPlan
 from scientist.federated_job import FederatedJob, _post
 
@@ -24,6 +24,19 @@ PLAN = TrainingPlan(optimiser="sgd", lr=0.05, local_steps=3, epochs=1, batch_siz
 def _audited(domain, action: str, **fields) -> list[dict]:
     return [e for e in domain.admin.audit(action=action)
             if all(e.get(k) == v for k, v in fields.items())]
+
+
+def _rounds_aggregated(domain) -> float:
+    """The domain's pneumosyft_rounds_aggregated_total, read as its monitoring would."""
+    import requests
+    from prometheus_client.parser import text_string_to_metric_families
+
+    token, _ = domain.admin.issue_token(ADMIN, ttl="10m")
+    text = requests.get(f"{domain.url}/pneumosyft/metrics", timeout=10,
+                        headers={"Authorization": f"Bearer {token}"}).text
+    return next(sample.value for family in text_string_to_metric_families(text)
+                for sample in family.samples
+                if sample.name == "pneumosyft_rounds_aggregated_total")
 
 
 def _job(federation, rounds: int, strategy="fedavgm", **options):
@@ -39,9 +52,13 @@ def test_a_job_approved_once_runs_its_rounds_and_every_hospital_computes_the_sam
     domains, hospitals, _ = federation
     job = _job(federation, rounds=3)
     approvals_before = [len(_audited(d, "request.approve")) for d in domains]
+    aggregated_before = [_rounds_aggregated(d) for d in domains]
     seen = []
     weights, logs = job.run(on_round=lambda w, log: seen.append(dict(w)))
     assert [log.round for log in logs] == [1, 2, 3]
+    # each hospital's monitoring counts the three rounds it aggregated
+    assert [_rounds_aggregated(d) - before
+            for d, before in zip(domains, aggregated_before)] == [3, 3, 3]
     # no request and no approval after the job's own: one per hospital, at the start
     assert [len(_audited(d, "request.approve")) for d in domains] == approvals_before
     for domain in domains:

@@ -25,14 +25,13 @@ import pytest
 import requests
 
 from common.secure_files import read_json
-from conftest import OTHER_RESEARCHER, RESEARCHER
+from conftest import ADMIN, OTHER_RESEARCHER, RESEARCHER
 from domain_setup.admin.session import AdminSession
 from demos.local_domain import LocalDomain
 from domain_setup.server.tokens import TokenAuthority
 
 pytestmark = pytest.mark.domain
 
-ADMIN = "admin@pneumosyft-hospital.org"
 TIMEOUT = 10
 
 

@@ -13,7 +13,8 @@ import requests
 
 from common.dp_accounting import Mechanism, epsilon, gaussian_count_mechanism
 from common.models import build_model
-from conftest import DATA_OWNER, OTHER_RESEARCHER, PROJECT_ROOT, RESEARCHER, start_hospital
+from conftest import (ADMIN, DATA_OWNER, OTHER_RESEARCHER, PROJECT_ROOT, RESEARCHER,
+                      start_hospital)
 from domain_setup.server.privacy_ledger import PrivacyLedger
 from scientist import TrainingPlan, connect
 from scientist.plans import train_xray_plan
@@ -197,6 +198,56 @@ def test_the_privacy_routes_check_who_asks(domain, ada_file):
         domain.cli("privacy", "grant", RESEARCHER, "--dataset", "xray", "--epsilon", "-1",
                    "--reason", "negative")
     assert "epsilon must be a number above 0" in str(refused.value)
+
+
+def _metrics(domain, token: str | None) -> requests.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.get(f"{domain.url}/pneumosyft/metrics", headers=headers, timeout=10)
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """One sample's value from the Prometheus text (0 when the series is absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return sample.value
+    return 0.0
+
+
+def test_metrics_count_what_the_audit_log_saw_and_only_an_auditor_reads_them(domain,
+                                                                              ada_file):
+    from common.secure_files import read_json
+
+    admin, _ = domain.admin.issue_token(ADMIN, ttl="1h")
+    before = _metrics(domain, admin)
+    assert before.status_code == 200 and before.headers["content-type"].startswith(
+        "text/plain")
+    for token in (None, "not-a-token"):  # two refusals at the gate, counted
+        assert _metrics(domain, token).status_code == 401
+    assert _metrics(domain, read_json(ada_file)["token"]).status_code == 403
+    after = _metrics(domain, admin).text
+    refused = (_sample(after, "pneumosyft_gate_refusals_total", reason="invalid token")
+               - _sample(before.text, "pneumosyft_gate_refusals_total", reason="invalid token"))
+    assert refused == 2
+    assert _sample(after, "pneumosyft_http_responses_total", status="401") >= 2
+    assert _sample(after, "pneumosyft_http_responses_total", status="403") >= 1
+    # the earlier tests' runs and approvals, and the ledger's ε, per dataset
+    ledger = ledger_of(domain)
+    spent = sum(ledger.account(email, "xray", delta=DELTA).spent
+                for email, dataset in ledger.owners() if dataset == "xray")
+    assert spent > 0
+    assert _sample(after, "pneumosyft_privacy_epsilon_spent", dataset="xray") == \
+        pytest.approx(spent)
+    assert _sample(after, "pneumosyft_privacy_accounts", dataset="xray") == sum(
+        dataset == "xray" for _, dataset in ledger.owners())
+    assert _sample(after, "pneumosyft_sandbox_runs_total", outcome="ok") >= 1
+    assert _sample(after, "pneumosyft_sandbox_run_seconds_count") == _sample(
+        after, "pneumosyft_sandbox_runs_total", outcome="ok")  # a finished run's duration
+    assert _sample(after, "pneumosyft_approvals_total", outcome="approved") >= 1
+    # no label names a researcher, a request or a token
+    assert RESEARCHER not in after and OTHER_RESEARCHER not in after
 
 
 def test_the_ledger_survives_a_restart(domain, ada_file):

@@ -67,6 +67,12 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
     from domain_setup.server.job_ledger import JobLedger
     from domain_setup.server.job_routes import make_job_router
     from domain_setup.server.job_rounds import JobRounds
+    from domain_setup.server.metrics import (
+        DomainMetrics,
+        ResponseCounter,
+        epsilon_by_dataset,
+        make_metrics_router,
+    )
     from domain_setup.server.run_routes import make_run_router
     from domain_setup.server.privacy_routes import make_privacy_router
     from domain_setup.server.routes import install_refusal_handler, make_domain_router
@@ -120,9 +126,14 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
         problems = checked["problems"]
         return {"status": "degraded" if problems else "ok", "problems": problems}
 
+    metrics = DomainMetrics(lambda: epsilon_by_dataset(ledger, policies))
+    audit.observers.append(metrics.observe)
+    app.include_router(make_metrics_router(gate, metrics), prefix="/pneumosyft")
+
     app.add_middleware(GateMiddleware, gate=gate)
     app.add_middleware(DiskFullResponses, state_root=state.root, min_free_mb=min_free_mb,
                        syft_error_body=lambda text: syft_compat.signed_syft_error(worker, text))
+    app.add_middleware(ResponseCounter, metrics=metrics)  # outermost: every response
     app.state.gate = gate
     write_connection(state, config, gate.authority)
     return app

@@ -27,7 +27,7 @@ import time
 from collections import Counter, deque
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from common.errors import PneumoSyftError
 from domain_setup.server.tokens import duration_seconds
@@ -102,6 +102,9 @@ class AuditLog:
         self.max_bytes, self.keep = int(max_bytes), int(keep)
         self._lock = threading.Lock()
         self._sampler = _AnonymousSampler(sample_window_seconds, sample_first)
+        # called with every entry written, and with every anonymous refusal (written or
+        # only counted): the server's metrics (`server/metrics.py`)
+        self.observers: list[Callable[[dict], None]] = []
 
     def refused_anonymous(self, path: str, *, status: int, reason: str) -> None:
         """A request without a valid token was refused: written in full while the window
@@ -113,6 +116,9 @@ class AuditLog:
         if write:
             self.record("anonymous", "auth", target=path, outcome="refused", status=status,
                         reason=reason)
+        else:
+            self._notify({"actor": "anonymous", "action": "auth", "outcome": "refused",
+                          "status": status})
 
     def record(self, actor: str, action: str, target: str = "", outcome: str = "ok",
                **details: Any) -> dict:
@@ -126,7 +132,12 @@ class AuditLog:
         line = json.dumps(entry, default=str).encode("utf-8") + b"\n"
         with self._lock:
             self._append(line)
+        self._notify(entry)
         return entry
+
+    def _notify(self, entry: dict) -> None:
+        for observer in self.observers:
+            observer(entry)
 
     def _open_current(self) -> int:
         """The current file, opened and locked (reopened if another process rotated it)."""
