@@ -131,6 +131,19 @@ def _bad_export(folder):
     ds.save_as(path)
 
 
+def test_a_header_claiming_a_huge_image_is_refused_before_decoding(tmp_path):
+    from pydicom import dcmread
+
+    images, labels = _written(2)
+    export(tmp_path / "pacs", images, labels)
+    path = tmp_path / "pacs" / "series0" / "img000.dcm"
+    ds = dcmread(path)
+    ds.Rows = ds.Columns = 60000  # 3.6 billion pixels: 29 GB as float64
+    ds.save_as(path)
+    with pytest.raises(DataError, match="img000.dcm: 60000 x 60000 px is not a radiograph"):
+        load_source(f"dicom:{tmp_path / 'pacs'}", size=SIZE)
+
+
 def test_bad_files_are_each_named_with_a_reason(tmp_path):
     _bad_export(tmp_path / "pacs")
     with pytest.raises(DataError) as refused:

@@ -48,6 +48,7 @@ LABEL_VALUES = {"0": 0, "1": 1, "normal": 0, "pneumonia": 1}
 SPLITS = ("train", "test")
 TEST_FRACTION = 0.2
 MAX_NAMED = 5  # bad files named in the error; the count says how many in all
+MAX_PIXELS = 50_000_000  # a detector's largest radiographs are about 4300 x 3500 px
 UNREADABLE = (ValueError, TypeError, AttributeError, KeyError, IndexError, OSError,
               EOFError, RuntimeError, NotImplementedError)
 
@@ -104,6 +105,24 @@ def _read_radiograph(path: Path, transform) -> tuple[np.ndarray, str, dict]:
         raise DataError("not a DICOM file") from None
     except UNREADABLE as exc:
         raise DataError(f"unreadable DICOM ({type(exc).__name__})") from None
+    try:
+        photometric = _check_header(ds)
+    except UNREADABLE as exc:
+        raise DataError(f"malformed header ({type(exc).__name__})") from None
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    try:
+        pixels = ds.pixel_array
+    except UNREADABLE as exc:
+        name = getattr(syntax, "name", None) or "unknown"
+        raise DataError(f"transfer syntax {name[:60]} cannot be decoded here "
+                        f"({type(exc).__name__})") from None
+    uid = str(ds.get("SOPInstanceUID", "") or "")
+    return _to_image(ds, pixels, photometric, transform), uid, _allowed_values(ds, syntax)
+
+
+def _check_header(ds: Any) -> str:
+    """Refuse what is not one greyscale CR/DX frame of a sane size; its photometric
+    interpretation (read before any pixel is decoded)."""
     modality = str(ds.get("Modality", "") or "none")
     if modality not in MODALITIES:
         raise DataError(f"modality {modality[:16]}, not a chest radiograph "
@@ -116,15 +135,11 @@ def _read_radiograph(path: Path, transform) -> tuple[np.ndarray, str, dict]:
                         "a greyscale radiograph (MONOCHROME1 or MONOCHROME2)")
     if int(ds.get("NumberOfFrames", 1) or 1) != 1:
         raise DataError("more than one frame (a radiograph has one)")
-    syntax = ds.file_meta.get("TransferSyntaxUID")
-    try:
-        pixels = ds.pixel_array
-    except UNREADABLE as exc:
-        name = getattr(syntax, "name", None) or "unknown"
-        raise DataError(f"transfer syntax {name[:60]} cannot be decoded here "
-                        f"({type(exc).__name__})") from None
-    uid = str(ds.get("SOPInstanceUID", "") or "")
-    return _to_image(ds, pixels, photometric, transform), uid, _allowed_values(ds, syntax)
+    rows, columns = int(ds.Rows), int(ds.Columns)
+    if not (0 < rows and 0 < columns and rows * columns <= MAX_PIXELS):
+        raise DataError(f"{rows} x {columns} px is not a radiograph's size (at most "
+                        f"{MAX_PIXELS // 1_000_000} million pixels)")
+    return photometric
 
 
 def _to_image(ds: Any, pixels: np.ndarray, photometric: str, transform) -> np.ndarray:
@@ -149,7 +164,10 @@ def _allowed_values(ds: Any, syntax: Any) -> dict:
     """The header values the card may show, each from an allowlist (else "other")."""
     view = str(ds.get("ViewPosition", "") or "").upper()
     burned = str(ds.get("BurnedInAnnotation", "") or "").upper()
-    bits = int(ds.get("BitsStored", 0) or 0)
+    try:
+        bits = int(ds.get("BitsStored", 0) or 0)
+    except (TypeError, ValueError):
+        bits = 0
     spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
     try:
         spacing_mm = float(spacing[0]) if spacing else None
