@@ -19,6 +19,7 @@ from common.errors import PneumoSyftError
 from datasets.xray.sources import source_usages
 from domain_setup import operating_limits
 from domain_setup.admin.client import AdminClient
+from domain_setup.exposure import check_exposure
 from domain_setup.policy.roles import ROLES
 from domain_setup.state import StateDir, resolve_state_dir
 
@@ -48,7 +49,10 @@ def cmd_start(args: argparse.Namespace, state: StateDir) -> int:
     config = lifecycle.resolve_config(
         state, name=args.name, port=args.port, host=args.host, db_url=args.db_url,
         policies=args.policies, admin_email=args.admin_email, jwt_algorithm=args.jwt_algorithm,
-        operating=operating_limits.from_args(args))
+        operating=operating_limits.from_args(args), insecure_http=args.insecure_http)
+    warning = check_exposure(config)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.foreground:
         from domain_setup.server.app import serve
 
@@ -288,7 +292,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("start", cmd_start, "start the domain (a new one, or the one in --state-dir)")
     p.add_argument("--name", help="domain name (first start)")
     p.add_argument("--port", type=int, help="TCP port")
-    p.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1; any other "
+                   "needs --insecure-http)")
+    p.add_argument("--insecure-http", action="store_true",
+                   help="serve plain HTTP on a non-loopback --host (this start only; "
+                   "loud and audited)")
     p.add_argument("--db-url", help="postgresql://USER@HOST:PORT/DB (default: SQLite in the state dir)")
     p.add_argument("--policies", help="folder with accounts/permissions/approval YAML "
                    "(default: the project's policies/)")

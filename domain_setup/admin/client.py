@@ -37,17 +37,19 @@ class AdminClient:
     def start(cls, state_dir: str | Path, *, name: str | None = None, port: int | None = None,
               host: str | None = None, db_url: str | None = None, policies: str | None = None,
               admin_email: str | None = None, jwt_algorithm: str | None = None,
-              operating: dict | None = None,
+              operating: dict | None = None, insecure_http: bool = False,
               progress: Callable[[str], None] = print) -> "AdminClient":
         """Start the domain of `state_dir` (a new one needs `name` and `port`); `operating`
         sets operating limits by key (`domain_setup.operating_limits`, e.g.
-        ``{"max_concurrent_runs": 2}``)."""
+        ``{"max_concurrent_runs": 2}``); `insecure_http` lets this start serve plain HTTP
+        on a non-loopback `host` (`domain_setup.exposure`)."""
         from domain_setup.admin import lifecycle
 
         admin = cls(state_dir)
         config = lifecycle.resolve_config(
             admin.state, name=name, port=port, host=host, db_url=db_url, policies=policies,
-            admin_email=admin_email, jwt_algorithm=jwt_algorithm, operating=operating)
+            admin_email=admin_email, jwt_algorithm=jwt_algorithm, operating=operating,
+            insecure_http=insecure_http)
         lifecycle.start(admin.state, config, progress=progress)
         return admin
 

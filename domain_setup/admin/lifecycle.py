@@ -18,6 +18,7 @@ from common.errors import DomainError, PneumoSyftError
 from common.processes import pid_alive
 from domain_setup import PROJECT_ROOT
 from domain_setup import operating_limits
+from domain_setup.exposure import INSECURE_HTTP_KEY, check_exposure
 from domain_setup.state import DomainConfig, StateDir, validate_name
 
 START_TIMEOUT_SECONDS = 240
@@ -87,13 +88,16 @@ def _check_database(db_url: str) -> None:
 def resolve_config(state: StateDir, *, name: str | None, port: int | None, host: str | None,
                    db_url: str | None, policies: str | None, admin_email: str | None,
                    jwt_algorithm: str | None,
-                   operating: Mapping[str, Any] | None = None) -> DomainConfig:
+                   operating: Mapping[str, Any] | None = None,
+                   insecure_http: bool = False) -> DomainConfig:
     """Merge command-line options with what the state directory remembers; `operating`
-    holds the operating limits (`domain_setup.operating_limits`) given this time."""
+    holds the operating limits (`domain_setup.operating_limits`) given this time;
+    `insecure_http` holds for this start only (`domain_setup.exposure`)."""
     config = _resolve_identity(state, name=name, port=port, host=host, db_url=db_url,
                                policies=policies, admin_email=admin_email,
                                jwt_algorithm=jwt_algorithm)
     config.extra.update(operating_limits.checked(operating or {}))
+    config.extra[INSECURE_HTTP_KEY] = bool(insecure_http)
     return config
 
 
@@ -132,6 +136,7 @@ def start(state: StateDir, config: DomainConfig, *, progress=print) -> DomainCon
     pid = state.read_pid()
     if is_domain_process(pid, state):
         raise DomainError(f"domain {config.name!r} is already running (pid {pid}) at {config.url}")
+    check_exposure(config)  # plain HTTP beyond loopback only with --insecure-http
     load_domain_policies(config)  # a malformed policy file stops us before anything is written
     if config.db_url:
         _check_database(config.db_url)

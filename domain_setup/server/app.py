@@ -230,16 +230,22 @@ def serve(state: StateDir) -> None:
     from domain_setup.server import approval_guard, syft_patches
     from domain_setup.server.audit import DEFAULT_KEEP, DEFAULT_MAX_BYTES, AuditLog
     from domain_setup.aggregation_key import published_public_key
+    from domain_setup.exposure import check_exposure
     from domain_setup.server.approval_ledger import ApprovalLedger
     from domain_setup.server.privacy_ledger import PrivacyLedger
     from domain_setup.server.pending_requests import PendingRequests
     from domain_setup.server.recovery import recover
     from domain_setup.sandbox.cgroups import CgroupHost
 
+    exposed = check_exposure(config)  # again here: a foreground or hand-edited start
     policies = LivePolicies(load_domain_policies(config, state.root))
     audit = AuditLog(state.root, max_bytes=operating_limits.get(
         config.extra, "audit_max_mb", DEFAULT_MAX_BYTES // 2**20) * 2**20,
         keep=operating_limits.get(config.extra, "audit_keep", DEFAULT_KEEP))
+    if exposed:
+        logging.getLogger("pneumosyft.exposure").warning(exposed)
+        audit.record("domain", "domain.insecure_http", outcome="warning", host=config.host,
+                     port=str(config.port))
     sandboxes = SandboxPool(torch_threads=int(os.environ.get("OMP_NUM_THREADS") or 0) or None)
     # no sandbox, no domain: nothing submitted ever runs in this process
     sandboxes.check(sandbox_limits(policies.current.approval, config.extra))
