@@ -556,3 +556,15 @@ def test_a_revocation_from_inside_an_update_is_queued_not_a_deadlock(authority):
     # and a revocation queued for a token already revoked is dropped without harm
     authority._registry.update(lambda tokens: TokenAuthority.load(
         authority.state_dir).revoke(session["jti"]))
+
+
+def test_a_revocation_queued_during_a_failing_update_is_still_saved(authority):
+    _, session = authority.issue("admin@example.org", "admin", ttl_seconds=60)
+
+    def fails_after_a_finalizer_ran(tokens: dict) -> None:
+        TokenAuthority.load(authority.state_dir).revoke(session["jti"])
+        raise TokenError("unknown token id x")
+
+    with pytest.raises(TokenError, match="unknown token id x"):
+        authority._registry.update(fails_after_a_finalizer_ran)
+    assert TokenAuthority.load(authority.state_dir).list_tokens()[0]["revoked"]

@@ -255,19 +255,26 @@ class _Registry:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 self._refresh(force=True)
                 tokens = {k: dict(v) for k, v in self._tokens.items()}
-                result = change(tokens)
+                try:
+                    result = change(tokens)
+                except BaseException:  # the change fails; what was queued meanwhile holds
+                    self._apply(held[key], {k: dict(v) for k, v in self._tokens.items()})
+                    raise
                 self._save(tokens)
-                while held[key]:
-                    queued = held[key].pop(0)
-                    try:
-                        queued(tokens)
-                    except TokenError:  # e.g. a token revoked twice: the queuer ignores it
-                        continue
-                    self._save(tokens)
+                self._apply(held[key], tokens)
                 return result
             finally:
                 del held[key]
                 os.close(fd)  # releases the flock
+
+    def _apply(self, queued: list, tokens: dict[str, dict]) -> None:
+        """Apply and save the changes queued by re-entrant calls, in order."""
+        while queued:
+            try:
+                queued.pop(0)(tokens)
+            except TokenError:  # e.g. a token revoked twice: its caller ignores it
+                continue
+            self._save(tokens)
 
     def _save(self, tokens: dict[str, dict]) -> None:
         write_json_atomic(self.path, {"version": 1, "tokens": list(tokens.values())})
