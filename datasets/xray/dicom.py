@@ -239,7 +239,7 @@ def _read_labels(root: Path, images: dict[Path, np.ndarray],
             if "split" in columns:
                 splits[matched] = split
     problems += [f"{p.relative_to(root)}: no label in {LABELS_FILE}"
-                 for p in sorted(images) if p not in labels and len(problems) < MAX_NAMED]
+                 for p in sorted(images) if p not in labels]
     if problems:
         unlabelled = sum(1 for p in images if p not in labels)
         raise DataError(f"{path}: {'; '.join(problems[:MAX_NAMED])}"
