@@ -76,3 +76,17 @@ def test_approval_limits_are_read_from_the_schema():
     assert check_config({"model": "tiny_test_net"}, rules) == [
         "config: model 'tiny_test_net' is not allowed (allowed: small_cnn, resnet18)"]
     assert check_config(default_training_config(), rules) == []
+
+
+def test_the_upload_help_names_every_registered_source():
+    import subprocess
+    import sys
+
+    from domain_setup.admin.cli import UPLOAD_SOURCES
+
+    # in a new process: this module registers sources of its own
+    shipped = subprocess.run(
+        [sys.executable, "-c", "from datasets.xray.sources import source_usages; "
+         "print(' | '.join(source_usages()))"], cwd=PROJECT_ROOT, capture_output=True,
+        text=True, check=True).stdout.strip()
+    assert UPLOAD_SOURCES == shipped

@@ -16,7 +16,6 @@ import sys
 from typing import Any, Callable
 
 from common.errors import PneumoSyftError
-from datasets.xray.sources import source_usages
 from domain_setup import operating_limits
 from domain_setup.admin.client import AdminClient
 from domain_setup.exposure import check_exposure
@@ -40,6 +39,11 @@ def os_error_line(exc: Exception) -> str:
         return "the disk is full: nothing was written (free space in the state directory)"
     where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
     return " ".join(f"{getattr(exc, 'strerror', None) or exc}{where}".split())
+
+
+# the registered data sources (`datasets.xray.sources.source_usages()`), written out: the
+# registry imports numpy, 75 ms on every CLI command; tests/test_registries.py keeps it true
+UPLOAD_SOURCES = "synthetic | pneumoniamnist:PATH | folder:PATH | dicom:PATH"
 
 
 # -- commands -----------------------------------------------------------------------
@@ -310,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     p = add("upload", cmd_upload, "upload X-rays as a dataset with synthetic mocks")
-    p.add_argument("source", help=" | ".join(source_usages()) + " (dicom: a folder of CR/DX "
-                   "files and labels.csv; datasets/xray/dicom.py)")
+    p.add_argument("source", help=UPLOAD_SOURCES + " (dicom: a folder of CR/DX files and "
+                   "labels.csv; datasets/xray/dicom.py)")
     p.add_argument("--name", required=True, help="dataset name, e.g. xray")
     p.add_argument("--size", type=int, default=64, metavar="PX", help="image size (px)")
     p.add_argument("--n", type=int, default=3000, help="number of synthetic images")
