@@ -3,7 +3,8 @@
 Both roles use it: the researcher via `scientist.connect`, the admin CLI with its
 own admin token. Example::
 
-    client = connect_client("http://127.0.0.1:8081", token=jwt, email=e, password=p)
+    client = connect_client("https://10.0.0.2:8081", token=jwt, email=e, password=p,
+                            tls_fingerprint="AB:CD:...")
     client.datasets
 """
 
@@ -17,6 +18,7 @@ import requests
 
 from common import syft_compat
 from common.errors import DomainError
+from common.tls import explain, trust
 
 HTTP_TIMEOUT = 10
 
@@ -25,13 +27,13 @@ def validate_url(url: str) -> str:
     """An http(s) URL with a host and nothing after the port; returned without a trailing /."""
     parsed = urlparse(url or "")
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise DomainError(f"invalid domain URL {url!r}: expected http://HOST:PORT")
+        raise DomainError(f"invalid domain URL {url!r}: expected http(s)://HOST:PORT")
     try:
         parsed.port
     except ValueError:
         raise DomainError(f"invalid port in domain URL {url!r}") from None
     if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
-        raise DomainError(f"invalid domain URL {url!r}: give only http://HOST:PORT")
+        raise DomainError(f"invalid domain URL {url!r}: give only http(s)://HOST:PORT")
     return url.rstrip("/")
 
 
@@ -51,8 +53,9 @@ def check_reachable(url: str, token: str) -> None:
     """Fail with a clear error when the domain is down or refuses the token."""
     try:
         health = requests.get(f"{url}/health", timeout=HTTP_TIMEOUT)
-    except requests.RequestException:
-        raise DomainError(f"cannot reach a domain at {url}: is it running?") from None
+    except requests.RequestException as exc:
+        raise DomainError(explain(exc, url) or
+                          f"cannot reach a domain at {url}: is it running?") from None
     if health.status_code != 200:
         raise DomainError(f"{url} is not a PneumoSyft domain (GET /health gave {health.status_code})")
     probe = requests.get(f"{url}/api/v2/metadata", headers=auth_headers(token),
@@ -70,14 +73,19 @@ def _login_refusal(url: str, token: str, email: str, password: str) -> str:
 
 
 def connect_client(url: str, *, token: str, email: str, password: str,
-                   quiet: bool = True) -> Any:
-    """A logged-in syft client whose every request carries the domain's JWT."""
+                   quiet: bool = True, tls_fingerprint: str | None = None,
+                   ca_bundle: str | None = None) -> Any:
+    """A logged-in syft client whose every request carries the domain's JWT; over HTTPS the
+    server's certificate is checked against `tls_fingerprint` or `ca_bundle` (`common.tls`)."""
     from syft.client.client import HTTPConnection
 
     url = validate_url(url)
+    if tls_fingerprint or ca_bundle:
+        trust(url, fingerprint=tls_fingerprint, ca_bundle=ca_bundle)
     if not token:
         raise DomainError("a token is required: ask the hospital admin for one")
     check_reachable(url, token)
+    syft_compat.keep_https_ports()
     connection = HTTPConnection(url=url, headers=auth_headers(token))
     with syft_compat.muted() if quiet else contextlib.nullcontext():
         guest = connection.get_client_type().unwrap()(connection=connection)

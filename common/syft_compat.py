@@ -400,6 +400,28 @@ def replace(target: str, replacement: Callable) -> Callable:
 
 # --------------------------------------------------------------------------- client side
 
+@requires("syft.types.server_url:ServerURL.from_url")
+def keep_https_ports() -> None:
+    """syft 0.9.5's ``ServerURL.from_url`` puts every https URL on port 443, and every
+    request path goes through it (``with_path`` copies by ``from_url``): keep the port a
+    URL names. (A stock client reaches HTTPS on port 443 only; README, "TLS".)"""
+    from urllib.parse import urlparse
+
+    server_url = resolve("syft.types.server_url:ServerURL")
+    if getattr(server_url.from_url, "keeps_port", False):
+        return
+    original = server_url.from_url
+
+    def from_url(cls: Any, url: Any) -> Any:
+        result = original(url)
+        if isinstance(url, str) and url.startswith("https://"):
+            result.port = urlparse(url).port or 443
+        return result
+
+    from_url.keeps_port = True  # type: ignore[attr-defined]
+    server_url.from_url = classmethod(from_url)
+
+
 _tokens_by_account: dict[tuple[str, str], str] = {}
 
 

@@ -38,6 +38,7 @@ from common.secure_files import (
 DEFAULT_ROOT_PASSWORD = "changethis"
 ADMIN_PASSWORD_ENV = "PNEUMOSYFT_ADMIN_PASSWORD"
 STATE_DIR_ENV = "PNEUMOSYFT_STATE_DIR"
+TLS_KEY = "tls"  # config.extra: the served certificate (domain_setup.tls_certificate)
 MIN_PASSWORD_LENGTH = 12
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,62}$")
 
@@ -57,7 +58,9 @@ class DomainConfig:
     @property
     def url(self) -> str:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.port}"
+        host = f"[{host}]" if ":" in host else host
+        scheme = "https" if self.extra.get(TLS_KEY) else "http"
+        return f"{scheme}://{host}:{self.port}"
 
 
 @dataclass

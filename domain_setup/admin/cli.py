@@ -53,7 +53,8 @@ def cmd_start(args: argparse.Namespace, state: StateDir) -> int:
     config = lifecycle.resolve_config(
         state, name=args.name, port=args.port, host=args.host, db_url=args.db_url,
         policies=args.policies, admin_email=args.admin_email, jwt_algorithm=args.jwt_algorithm,
-        operating=operating_limits.from_args(args), insecure_http=args.insecure_http)
+        operating=operating_limits.from_args(args), insecure_http=args.insecure_http,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_self_signed=args.tls_self_signed)
     warning = check_exposure(config)
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
@@ -66,6 +67,10 @@ def cmd_start(args: argparse.Namespace, state: StateDir) -> int:
         return 0
     lifecycle.start(state, config)
     print(f"domain {config.name!r} is up at {config.url}")
+    if config.extra.get("tls"):
+        from domain_setup.tls_certificate import fingerprint
+
+        print(f"  TLS:   SHA-256 fingerprint {fingerprint(config)}")
     print(f"  admin: {config.admin_email} (password in {state.admin_password_path})")
     print(f"  next:  python -m domain_setup upload synthetic --name xray --state-dir {state.root}")
     return 0
@@ -297,7 +302,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="domain name (first start)")
     p.add_argument("--port", type=int, help="TCP port")
     p.add_argument("--host", help="address to listen on (default 127.0.0.1; any other "
-                   "needs --insecure-http)")
+                   "needs TLS or --insecure-http)")
+    p.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate "
+                   "(chain); with --tls-key (kept for later starts)")
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
+    p.add_argument("--tls-self-signed", action="store_true",
+                   help="serve HTTPS with a key and self-signed certificate generated into the "
+                   "state dir on first start and kept (researchers pin its fingerprint)")
     p.add_argument("--insecure-http", action="store_true",
                    help="serve plain HTTP on a non-loopback --host (this start only; "
                    "loud and audited)")

@@ -38,18 +38,22 @@ class AdminClient:
               host: str | None = None, db_url: str | None = None, policies: str | None = None,
               admin_email: str | None = None, jwt_algorithm: str | None = None,
               operating: dict | None = None, insecure_http: bool = False,
+              tls_cert: str | None = None, tls_key: str | None = None,
+              tls_self_signed: bool = False,
               progress: Callable[[str], None] = print) -> "AdminClient":
         """Start the domain of `state_dir` (a new one needs `name` and `port`); `operating`
         sets operating limits by key (`domain_setup.operating_limits`, e.g.
         ``{"max_concurrent_runs": 2}``); `insecure_http` lets this start serve plain HTTP
-        on a non-loopback `host` (`domain_setup.exposure`)."""
+        on a non-loopback `host` (`domain_setup.exposure`); `tls_cert` and `tls_key`, or
+        `tls_self_signed`, serve HTTPS (`domain_setup.tls_certificate`)."""
         from domain_setup.admin import lifecycle
 
         admin = cls(state_dir)
         config = lifecycle.resolve_config(
             admin.state, name=name, port=port, host=host, db_url=db_url, policies=policies,
             admin_email=admin_email, jwt_algorithm=jwt_algorithm, operating=operating,
-            insecure_http=insecure_http)
+            insecure_http=insecure_http, tls_cert=tls_cert, tls_key=tls_key,
+            tls_self_signed=tls_self_signed)
         lifecycle.start(admin.state, config, progress=progress)
         return admin
 

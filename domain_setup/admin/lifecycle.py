@@ -18,8 +18,9 @@ from common.errors import DomainError, PneumoSyftError
 from common.processes import pid_alive
 from domain_setup import PROJECT_ROOT
 from domain_setup import operating_limits
+from domain_setup import tls_certificate
 from domain_setup.exposure import INSECURE_HTTP_KEY, check_exposure
-from domain_setup.state import DomainConfig, StateDir, validate_name
+from domain_setup.state import TLS_KEY, DomainConfig, StateDir, validate_name
 
 START_TIMEOUT_SECONDS = 240
 STOP_TIMEOUT_SECONDS = 30
@@ -89,15 +90,21 @@ def resolve_config(state: StateDir, *, name: str | None, port: int | None, host:
                    db_url: str | None, policies: str | None, admin_email: str | None,
                    jwt_algorithm: str | None,
                    operating: Mapping[str, Any] | None = None,
-                   insecure_http: bool = False) -> DomainConfig:
+                   insecure_http: bool = False, tls_cert: str | None = None,
+                   tls_key: str | None = None, tls_self_signed: bool = False) -> DomainConfig:
     """Merge command-line options with what the state directory remembers; `operating`
     holds the operating limits (`domain_setup.operating_limits`) given this time;
-    `insecure_http` holds for this start only (`domain_setup.exposure`)."""
+    `insecure_http` holds for this start only (`domain_setup.exposure`); TLS, once on,
+    stays on (`domain_setup.tls_certificate`)."""
     config = _resolve_identity(state, name=name, port=port, host=host, db_url=db_url,
                                policies=policies, admin_email=admin_email,
                                jwt_algorithm=jwt_algorithm)
     config.extra.update(operating_limits.checked(operating or {}))
     config.extra[INSECURE_HTTP_KEY] = bool(insecure_http)
+    tls = tls_certificate.checked_choice(state, config.extra.get(TLS_KEY), cert=tls_cert,
+                                         key=tls_key, self_signed=tls_self_signed)
+    if tls:
+        config.extra[TLS_KEY] = tls
     return config
 
 
@@ -142,6 +149,10 @@ def start(state: StateDir, config: DomainConfig, *, progress=print) -> DomainCon
         _check_database(config.db_url)
     _check_port_free(config.host, config.port)
     state.create_dirs()
+    expiring = tls_certificate.ensure_certificate(state, config)
+    if expiring:
+        progress(f"warning: {expiring}")
+    tls_certificate.trust_own_domain(config)
     state.save_config(config)
     state.load_or_create_admin_password()  # here, so that no secret is in the server's env
     started = time.time()
@@ -209,12 +220,14 @@ def status(state: StateDir) -> dict:
     config = state.load_config()
     pid = state.read_pid()
     running = is_domain_process(pid, state)
+    tls_certificate.trust_own_domain(config)
     answer = health(config.url) if running else None
     return {"name": config.name, "url": config.url, "pid": pid if running else None,
             "running": running, "healthy": answer is not None,
             "problems": (answer or {}).get("problems", []),
             "state_dir": str(state.root),
-            "database": "postgresql" if config.db_url else "sqlite (state dir)"}
+            "database": "postgresql" if config.db_url else "sqlite (state dir)",
+            "tls_fingerprint": tls_certificate.fingerprint(config)}
 
 
 __all__ = ["start", "stop", "status", "resolve_config", "PneumoSyftError"]

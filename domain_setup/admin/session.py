@@ -18,9 +18,11 @@ import requests
 from common.connection import auth_headers, connect_client, gate_reason
 from common.errors import DomainError
 from common.secure_files import read_json
+from common.tls import explain
 from domain_setup.server.cli_credentials import (CLI_SESSION_TTL_SECONDS, cli_session_token,
                                                   end_cli_session)
 from domain_setup.state import StateDir
+from domain_setup.tls_certificate import trust_own_domain
 
 RENEW_BEFORE_SECONDS = 300
 # a privacy quote or a policy reload on a busy 2-core host can take longer than a ping
@@ -37,6 +39,7 @@ class AdminSession:
                               f"start --state-dir {state.root}` first")
         data = read_json(state.connection_path)
         self.url: str = data["url"]
+        trust_own_domain(state.load_config())  # its certificate, from the state directory
         self.email: str = data["email"]
         self._token = ""
         self._renew_at = 0.0
@@ -67,8 +70,9 @@ class AdminSession:
         except requests.Timeout:
             raise DomainError(f"the domain at {self.url} did not answer {path} within "
                               f"{ROUTE_TIMEOUT_SECONDS} s") from None
-        except requests.RequestException:
-            raise DomainError(f"cannot reach the domain at {self.url}: is it running?") from None
+        except requests.RequestException as exc:
+            raise DomainError(explain(exc, self.url) or
+                              f"cannot reach the domain at {self.url}: is it running?") from None
         if response.status_code != 200:
             raise DomainError(gate_reason(response))
         return response.json()

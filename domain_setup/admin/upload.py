@@ -303,17 +303,14 @@ BLOB_TIMEOUT_SECONDS = 600
 def stream_blob(session, entry_id: str, blob: BlobBytes, progress: Any) -> None:
     """PUT the blob's bytes to the domain's blob route (domain_setup.server.blob_upload),
     gathered into large sends; `progress` is a tqdm bar (updated with bytes sent)."""
-    import http.client
     import json
-    from urllib.parse import urlparse
 
     from common.connection import auth_headers
+    from common.tls import open_connection
 
-    url = urlparse(session.url)
-    connection_type = (http.client.HTTPSConnection if url.scheme == "https"
-                       else http.client.HTTPConnection)
-    connection = connection_type(url.hostname, url.port, timeout=BLOB_TIMEOUT_SECONDS)
+    connection = None
     try:
+        connection = open_connection(session.url, BLOB_TIMEOUT_SECONDS)  # verified as requests
         connection.putrequest("PUT", f"/pneumosyft/blob/{entry_id}")
         for key, value in {**auth_headers(session.token), "Content-Length": str(blob.length),
                            "Content-Type": "application/octet-stream"}.items():
@@ -345,7 +342,8 @@ def stream_blob(session, entry_id: str, blob: BlobBytes, progress: Any) -> None:
     except OSError as exc:
         raise DomainError(f"cannot send the data to the domain at {session.url}: {exc}") from None
     finally:
-        connection.close()
+        if connection is not None:
+            connection.close()
     if response.status != 200:
         try:
             reason = json.loads(body)["error"]

@@ -213,6 +213,22 @@ def plan_executor(state: StateDir, config: DomainConfig, policies: Any, audit: A
                         own_aggregation_key=lambda: published_public_key(state))
 
 
+def _closing_idle_tls_at_once() -> type:
+    """uvicorn's HTTP protocol, but a stop drops an idle TLS keep-alive connection at once:
+    a graceful TLS close waits up to 30 s for the client's close_notify, which an idle
+    client's pool never sends, and so held every stop for 30 s."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    class ClosingIdleAtOnce(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+        def shutdown(self) -> None:
+            if self.cycle is None or self.cycle.response_complete:
+                self.transport.abort()
+            else:
+                super().shutdown()
+
+    return ClosingIdleAtOnce
+
+
 def serve(state: StateDir) -> None:
     """Run the domain in the foreground until SIGTERM/SIGINT."""
     import uvicorn
@@ -231,6 +247,7 @@ def serve(state: StateDir) -> None:
     from domain_setup.server.audit import DEFAULT_KEEP, DEFAULT_MAX_BYTES, AuditLog
     from domain_setup.aggregation_key import published_public_key
     from domain_setup.exposure import check_exposure
+    from domain_setup import tls_certificate
     from domain_setup.server.approval_ledger import ApprovalLedger
     from domain_setup.server.privacy_ledger import PrivacyLedger
     from domain_setup.server.pending_requests import PendingRequests
@@ -238,10 +255,13 @@ def serve(state: StateDir) -> None:
     from domain_setup.sandbox.cgroups import CgroupHost
 
     exposed = check_exposure(config)  # again here: a foreground or hand-edited start
+    expiring = tls_certificate.ensure_certificate(state, config)
     policies = LivePolicies(load_domain_policies(config, state.root))
     audit = AuditLog(state.root, max_bytes=operating_limits.get(
         config.extra, "audit_max_mb", DEFAULT_MAX_BYTES // 2**20) * 2**20,
         keep=operating_limits.get(config.extra, "audit_keep", DEFAULT_KEEP))
+    if expiring:
+        logging.getLogger("pneumosyft.exposure").warning(expiring)
     if exposed:
         logging.getLogger("pneumosyft.exposure").warning(exposed)
         audit.record("domain", "domain.insecure_http", outcome="warning", host=config.host,
@@ -271,8 +291,11 @@ def serve(state: StateDir) -> None:
                     ledger=ledger, executor=executor, pending=pending)
     state.pid_path.write_text(str(os.getpid()))
     try:
+        tls = config.extra.get(tls_certificate.TLS_KEY) or {}
         uvicorn.run(app, host=config.host, port=config.port, log_level="warning",
-                    access_log=False, timeout_keep_alive=30)
+                    access_log=False, timeout_keep_alive=30,
+                    ssl_certfile=tls.get("cert"), ssl_keyfile=tls.get("key"),
+                    http=_closing_idle_tls_at_once() if tls else "auto")
     finally:
         if state.read_pid() == os.getpid():
             state.pid_path.unlink(missing_ok=True)
