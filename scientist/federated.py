@@ -61,6 +61,36 @@ class Hospital:
     aggregation_key: Any = field(default=None, repr=False)  # the key asset, once looked up
     url: str = ""
     token: str = field(default="", repr=False)
+    members: list = field(default_factory=list, repr=False)  # its admin's federation list
+
+
+def federation_problems(hospitals: list[Hospital]) -> list[str]:
+    """Where the hospitals' own member lists disagree with the round the researcher would
+    open: a hospital that does not list another (by its aggregation key), or lists it with
+    another TLS certificate than the one this researcher's connection to it pins. The
+    parties of a round come from the domains; each domain refuses a round naming a key it
+    does not list, and this says so before any training is spent."""
+    from common.tls import trusted
+
+    problems = []
+    for hospital in hospitals:
+        listed = {m["public_key"]: m for m in hospital.members}
+        for other in hospitals:
+            if other is hospital:
+                continue
+            member = listed.get(other.public_key)
+            if member is None:
+                problems.append(f"{hospital.name} does not list {other.name} as a member of its "
+                                "federation (its admin adds their card: `federation members "
+                                "add CARD-FILE`)")
+                continue
+            pinned = trusted(other.url)
+            if member.get("tls_fingerprint") and pinned and pinned.fingerprint and \
+                    pinned.fingerprint != member["tls_fingerprint"]:
+                problems.append(f"{hospital.name} lists {other.name} with TLS certificate "
+                                f"{member['tls_fingerprint'][:23]}..., but your connection "
+                                f"to it pins {pinned.fingerprint[:23]}...")
+    return problems
 
 
 @dataclass
@@ -113,7 +143,8 @@ AGGREGATION_TIMEOUT_SECONDS = 600
 
 
 def join(connection_file: str, *, dataset: str = "xray") -> Hospital:
-    """Connect to one hospital and fetch its name and aggregation public key."""
+    """Connect to one hospital and fetch its name, its aggregation public key and its
+    admin's federation member list (the hospitals it runs secure rounds with)."""
     import requests
 
     from common.connection import HTTP_TIMEOUT, auth_headers, gate_reason
@@ -129,9 +160,13 @@ def join(connection_file: str, *, dataset: str = "xray") -> Hospital:
     if not info.get("aggregation_public_key"):
         raise DomainError(f"{info['name']} is not an aggregation party yet: its admin runs "
                           "`python -m domain_setup federation enable`")
+    members = requests.get(f"{details['url']}/pneumosyft/federation/members",
+                           headers=auth_headers(details["token"]), timeout=HTTP_TIMEOUT)
+    if members.status_code != 200:
+        raise DomainError(f"{details['url']}: {gate_reason(members)}")
     return Hospital(name=info["name"], client=client, dataset=dataset,
                     public_key=info["aggregation_public_key"], url=details["url"],
-                    token=details["token"])
+                    token=details["token"], members=members.json()["members"])
 
 
 def _submit_and_run(hospital: Hospital, plan_function: Callable, inputs: dict, constants: dict,
@@ -248,6 +283,10 @@ def new_round(hospitals: list[Hospital], config: dict,
     missing = [h.name for h in hospitals if not h.public_key]
     if missing:
         raise DomainError(f"no aggregation public key for {', '.join(missing)}")
+    disagreements = federation_problems(hospitals)
+    if disagreements:
+        raise DomainError(disagreements[0] + (f" (and {len(disagreements) - 1} more)"
+                                              if len(disagreements) > 1 else ""))
     if train_assets is None:
         train_assets = [split_assets(h.client, h.dataset, "train") for h in hospitals]
     fraction = float(config.get("validation_fraction", 0.0))

@@ -210,16 +210,43 @@ def cmd_federation_enable(args: argparse.Namespace, state: StateDir) -> int:
     return 0
 
 
+def cmd_federation_card(args: argparse.Namespace, state: StateDir) -> int:
+    from domain_setup.admin.federation_card import key_id
+    from common.secure_files import write_bytes_atomic
+
+    card = AdminClient(state).federation_card(url=args.url)
+    text = json.dumps(card, indent=2) + "\n"
+    if args.write:
+        write_bytes_atomic(args.write, text.encode(), mode=0o644)
+        print(f"wrote {args.write}", file=sys.stderr)
+    else:
+        print(text, end="")
+    print(f"card of {card['name']!r} at {card['url']}, key id {key_id(card)}: read the key id "
+          "to the other hospital's admin when they add it", file=sys.stderr)
+    return 0
+
+
 def cmd_federation_members(args: argparse.Namespace, state: StateDir) -> int:
     admin = AdminClient(state)
-    if args.members_command == "add":
+    if args.members_command == "add" and not (args.url or args.public_key):
+        from domain_setup.admin.federation_card import key_id
+
+        card, members = admin.add_federation_card(args.name)
+        print(f"added {card['name']!r} at {card['url']} from its card (signature verified; "
+              f"key id {key_id(card)}: compare it with their admin)")
+    elif args.members_command == "add":
+        if not (args.url and args.public_key):
+            raise PneumoSyftError("add a member from its card file, or give both --url and "
+                                  "--public-key")
         members = admin.add_federation_member(args.name, url=args.url,
                                               public_key=args.public_key)
     elif args.members_command == "remove":
         members = admin.remove_federation_member(args.name)
     else:
         members = admin.federation_members()
-    _print_table(members, ["name", "url", "public_key"])
+    _print_table([{**m, "tls": "pinned" if m.get("tls_fingerprint") else "-",
+                   "card": "signed" if m.get("signing_key") else "-"} for m in members],
+                 ["name", "url", "public_key", "tls", "card"])
     return 0
 
 
@@ -381,15 +408,23 @@ def build_parser() -> argparse.ArgumentParser:
         dest="federation_command", required=True, metavar="ACTION")
     add("enable", cmd_federation_enable,
         "act as a secure-aggregation party (publishes the key asset)", federation)
+    p = add("card", cmd_federation_card, "print this hospital's signed federation card (name, "
+            "URL, TLS fingerprint, aggregation key) for the other hospitals' admins", federation)
+    p.add_argument("--url", help="the URL the others reach this domain at (default: its own; "
+                   "https:// unless all run on this machine)")
+    p.add_argument("--write", metavar="FILE", help="write the card to FILE instead of stdout")
     members = federation.add_parser(
         "members", help="the hospitals secure rounds may name (audited)").add_subparsers(
         dest="members_command", required=True, metavar="ACTION")
     add("list", cmd_federation_members, "list the federation's member hospitals", members)
-    p = add("add", cmd_federation_members, "add a member hospital", members)
-    p.add_argument("name", help="the hospital's name, e.g. \"Royal Infirmary\"")
-    p.add_argument("--url", required=True, help="its domain's URL, http(s)://HOST:PORT")
-    p.add_argument("--public-key", required=True,
-                   help="its aggregation public key (its admin's `federation enable` prints it)")
+    p = add("add", cmd_federation_members, "add a member hospital from its card file "
+            "(signature verified), or by name, URL and key", members)
+    p.add_argument("name", metavar="CARD-FILE | NAME",
+                   help="the card its admin's `federation card` wrote, or the hospital's name "
+                   "with --url and --public-key")
+    p.add_argument("--url", help="with a name: its domain's URL, http(s)://HOST:PORT")
+    p.add_argument("--public-key",
+                   help="with a name: its aggregation public key (`federation enable` prints it)")
     p = add("remove", cmd_federation_members, "remove a member hospital", members)
     p.add_argument("name")
 

@@ -205,11 +205,30 @@ class AdminClient:
         """The hospitals this one runs secure rounds with: name, url, public_key."""
         return self.session.request("GET", "/pneumosyft/federation/members")["members"]
 
-    def add_federation_member(self, name: str, *, url: str, public_key: str) -> list[dict]:
+    def add_federation_member(self, name: str, *, url: str, public_key: str,
+                              tls_fingerprint: str | None = None,
+                              signing_key: str | None = None) -> list[dict]:
         """Add a hospital to the federation (audited); returns the members."""
+        body = {"name": name, "url": url, "public_key": public_key,
+                "tls_fingerprint": tls_fingerprint, "signing_key": signing_key}
         return self.session.request("POST", "/pneumosyft/federation/members",
-                                    json={"name": name, "url": url,
-                                          "public_key": public_key})["members"]
+                                    json={k: v for k, v in body.items() if v})["members"]
+
+    def federation_card(self, url: str | None = None) -> dict:
+        """This hospital's signed federation card (`domain_setup.admin.federation_card`)."""
+        from domain_setup.admin.federation_card import make_card
+
+        return make_card(self.state, url=url)
+
+    def add_federation_card(self, path: str) -> tuple[dict, list[dict]]:
+        """Verify another hospital's card file and add it (audited): (card, members)."""
+        from domain_setup.admin.federation_card import read_card
+
+        card = read_card(path)
+        members = self.add_federation_member(
+            card["name"], url=card["url"], public_key=card["aggregation_public_key"],
+            tls_fingerprint=card.get("tls_fingerprint"), signing_key=card["signing_key"])
+        return card, members
 
     def remove_federation_member(self, name: str) -> list[dict]:
         """Remove a hospital from the federation (audited); returns the members."""

@@ -32,16 +32,22 @@ _NAME = re.compile(r"[^\x00-\x1f\x7f]{1,100}")
 
 @dataclass(frozen=True)
 class Member:
-    """Another hospital of the federation: its name, its domain's URL, its aggregation key."""
+    """Another hospital of the federation: its name, its domain's URL, its aggregation key,
+    and, when it came from a federation card, its TLS fingerprint and card signing key."""
 
     name: str
     url: str
     public_key: str
+    tls_fingerprint: str | None = None
+    signing_key: str | None = None
 
     @classmethod
-    def checked(cls, name: Any, url: Any, public_key: Any) -> "Member":
+    def checked(cls, name: Any, url: Any, public_key: Any, *, tls_fingerprint: Any = None,
+                signing_key: Any = None) -> "Member":
         """A member from outside input (PolicyError with a one-line reason)."""
+        from common.errors import DomainError
         from common.sealing import key_from_text, key_to_text
+        from common.tls import normalize_fingerprint
 
         if not isinstance(name, str) or not _NAME.fullmatch(name.strip()):
             raise PolicyError("a member's name is 1 to 100 printable characters")
@@ -52,10 +58,27 @@ class Member:
             key = key_to_text(key_from_text(public_key))
         except SharingError as exc:
             raise PolicyError(f"a member's aggregation public key: {exc}") from None
-        return cls(name.strip(), url.rstrip("/"), key)
+        try:
+            pin = normalize_fingerprint(tls_fingerprint) if tls_fingerprint else None
+        except DomainError as exc:
+            raise PolicyError(f"a member's {exc}") from None
+        if signing_key is not None and not re.fullmatch(r"[0-9a-f]{64}", str(signing_key)):
+            raise PolicyError("a member's card signing key is 64 lowercase hex digits")
+        return cls(name.strip(), url.rstrip("/"), key, pin, signing_key)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "url": self.url, "public_key": self.public_key}
+        extra = {k: v for k, v in (("tls_fingerprint", self.tls_fingerprint),
+                                   ("signing_key", self.signing_key)) if v}
+        return {"name": self.name, "url": self.url, "public_key": self.public_key, **extra}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "Member":
+        """A member as `to_dict` wrote it (PolicyError when it is not one)."""
+        if not isinstance(data, dict):
+            raise PolicyError("a member is a JSON object")
+        return cls.checked(data.get("name"), data.get("url"), data.get("public_key"),
+                           tls_fingerprint=data.get("tls_fingerprint"),
+                           signing_key=data.get("signing_key"))
 
 
 @dataclass(frozen=True)
@@ -132,8 +155,7 @@ def load_members(state_root: str | Path) -> FederationMembers:
         return FederationMembers()
     try:
         data = json.loads(path.read_text())
-        return FederationMembers.of(Member.checked(m["name"], m["url"], m["public_key"])
-                                    for m in data["members"])
+        return FederationMembers.of(Member.from_dict(m) for m in data["members"])
     except (ValueError, KeyError, TypeError) as exc:
         raise PolicyError(f"{path}: not a federation member list ({exc})") from None
 

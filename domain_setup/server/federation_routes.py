@@ -1,7 +1,9 @@
 """The federation's member list, kept by the hospital's admin (under /pneumosyft/federation).
 
     GET    /members              the members: name, url, aggregation public key (any account)
-    POST   /members              {"name", "url", "public_key"}: add one  (change_settings)
+    POST   /members              {"name", "url", "public_key"[, "tls_fingerprint",
+                                 "signing_key"]}: add one (change_settings; the admin
+                                 CLI verifies a card's signature before it sends one)
     DELETE /members/{name}       remove one                               (change_settings)
 
 Every change is audited and put in force at once (the policy snapshot the verdict, the
@@ -38,7 +40,7 @@ def make_federation_router(gate: Any) -> APIRouter:
         admin = route_caller(gate, request, "change_settings", "change the federation")
         try:
             body = await _json_object(request)
-            member = Member.checked(body.get("name"), body.get("url"), body.get("public_key"))
+            member = Member.from_dict(body)
             policies.set_members(policies.current.federation.adding(member))
         except (ValueError, TypeError) as exc:
             raise RouteRefusal(400, "body must be JSON with 'name', 'url' and 'public_key'") \
@@ -48,7 +50,7 @@ def make_federation_router(gate: Any) -> APIRouter:
                               reason=str(exc))
             raise RouteRefusal(400, str(exc)) from None
         gate.audit.record(admin.email, "federation.member.add", target=member.name,
-                          url=member.url, public_key=member.public_key)
+                          **{k: v for k, v in member.to_dict().items() if k != "name"})
         return members_view(policies)
 
     @router.delete("/members/{name}")
