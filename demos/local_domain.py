@@ -51,19 +51,23 @@ def free_port(host: str = "127.0.0.1") -> int:
 class LocalDomain:
     """A domain in `state_dir`, started and administered with `python -m domain_setup`."""
 
-    def __init__(self, state_dir: str | Path, *, torch_threads: int | None = None):
+    def __init__(self, state_dir: str | Path, *, torch_threads: int | None = None,
+                 command_prefix: tuple[str, ...] = ()):
         self.state = StateDir(state_dir)
+        # e.g. ("nsenter", "--net=/run/netns/h1"): every command runs on that host's network
+        self.command_prefix = tuple(command_prefix)
         self._admin: Any = None
         self.server_env = ({"OMP_NUM_THREADS": str(torch_threads),
                             "MKL_NUM_THREADS": str(torch_threads)} if torch_threads else {})
 
     @classmethod
     def start_new(cls, name: str, state_dir: str | Path, *, port: int | None = None,
-                  extra_args: tuple[str, ...] = (),
-                  torch_threads: int | None = None) -> "LocalDomain":
+                  extra_args: tuple[str, ...] = (), torch_threads: int | None = None,
+                  command_prefix: tuple[str, ...] = ()) -> "LocalDomain":
         """Create and start a domain; `torch_threads` caps its server's torch threads
-        (see `threads_per_domain`), otherwise torch takes one per core."""
-        domain = cls(state_dir, torch_threads=torch_threads)
+        (see `threads_per_domain`), otherwise torch takes one per core; `command_prefix`
+        runs every command of the domain through it (another network namespace)."""
+        domain = cls(state_dir, torch_threads=torch_threads, command_prefix=command_prefix)
         domain.run("start", "--name", name, "--port", str(port or free_port()), *extra_args,
                    env=domain.server_env)
         return domain
@@ -79,7 +83,8 @@ class LocalDomain:
     def run(self, *args: str, check: bool = True, env: dict | None = None,
             timeout: float = 600) -> subprocess.CompletedProcess:
         """Run `python -m domain_setup ARGS --state-dir ...`; returns the finished process."""
-        command = [sys.executable, "-m", "domain_setup", *args, "--state-dir", str(self.state.root)]
+        command = [*self.command_prefix, sys.executable, "-m", "domain_setup", *args,
+                   "--state-dir", str(self.state.root)]
         result = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True,
                                 env=dict(os.environ, **(env or {})), timeout=timeout,
                                 stdin=subprocess.DEVNULL)
@@ -107,8 +112,9 @@ class LocalDomain:
     def cli(self, *args: str) -> str:
         """Run a CLI command that must succeed (see `attempt`); returns its stdout.
         Start domains with `start_new` or `start`: they run `start` as a process of its
-        own, which passes the server its thread caps through the environment."""
-        result = self.attempt(*args)
+        own, which passes the server its thread caps through the environment. With a
+        `command_prefix` the command is a process of its own, run through it."""
+        result = self.run(*args, check=False) if self.command_prefix else self.attempt(*args)
         if result.returncode != 0:
             raise DomainError(f"`domain_setup {' '.join(args)}` failed: "
                               f"{(result.stderr or result.stdout).strip()[-500:]}")

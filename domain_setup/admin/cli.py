@@ -184,6 +184,24 @@ def _print_summary(summary: Any, *, with_code: bool) -> None:
             print(f"  {number:3d} | {line}")
 
 
+def _review_auto(admin: AdminClient, approve_compliant: bool, watch: float | None) -> None:
+    """One pass over the pending requests; with `watch`, a pass every `watch` seconds until
+    interrupted (an admin desk that decides what the rules decide as requests arrive)."""
+    import time
+
+    if watch is not None and not 0.5 <= watch <= 3600:
+        raise PneumoSyftError("--watch takes 0.5 to 3600 seconds between passes")
+    while True:
+        for summary, outcome in admin.auto_review(approve_compliant=approve_compliant):
+            print(f"{summary.id}  {summary.function}  {outcome}", flush=True)
+        if watch is None:
+            return
+        try:
+            time.sleep(watch)
+        except KeyboardInterrupt:
+            return
+
+
 def cmd_review(args: argparse.Namespace, state: StateDir) -> int:
     admin = AdminClient(state)
     if args.review_command == "list":
@@ -200,8 +218,7 @@ def cmd_review(args: argparse.Namespace, state: StateDir) -> int:
         summary = admin.deny(args.id, reason=args.reason)
         print(f"denied {summary.id} ({summary.function} from {summary.requester})")
     elif args.review_command == "auto":
-        for summary, outcome in admin.auto_review(approve_compliant=args.approve_compliant):
-            print(f"{summary.id}  {summary.function}  {outcome}")
+        _review_auto(admin, args.approve_compliant, args.watch)
     return 0
 
 
@@ -403,6 +420,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("auto", cmd_review, "deny every pending request that violates the rules", review)
     p.add_argument("--approve-compliant", action="store_true",
                    help="also approve the pending requests that comply")
+    p.add_argument("--watch", type=float, metavar="SECONDS",
+                   help="keep reviewing, a pass every SECONDS, until interrupted (Ctrl-C)")
 
     federation = sub.add_parser("federation", help="secure aggregation").add_subparsers(
         dest="federation_command", required=True, metavar="ACTION")
