@@ -9,11 +9,15 @@ STAMP  := $(VENV)/.requirements-installed
 install: system $(STAMP)
 
 # The sandbox that runs researcher code is bubblewrap (Debian package; libseccomp is
-# part of the base system). Installed once, as root; elsewhere it says what to run.
+# part of the base system); backups of a domain on PostgreSQL use pg_dump (postgresql-client,
+# only warned about when missing). Installed once, as root; elsewhere it says what to run.
 system:
 	@command -v bwrap >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap; \
 	  else echo "install bubblewrap first: sudo apt-get install bubblewrap" >&2; exit 1; fi; }
+	@command -v pg_dump >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql-client; \
+	  else echo "backups of a domain on PostgreSQL need pg_dump: sudo apt-get install postgresql-client" >&2; fi; }
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +49,7 @@ bench: install
 	$(PY) bench/bench_scale.py
 	$(PY) bench/bench_load.py
 	$(PY) bench/bench_review.py
+	$(PY) bench/bench_backup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
