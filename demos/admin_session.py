@@ -1,7 +1,7 @@
 """An admin's session at one hospital host: several CLI commands in one process (syft is
 imported once), each exactly as typed at the terminal; stops at the first that fails.
 
-    python tests/cross_host_admin.py STATE_DIR "start --name X --port 8443" "federation enable"
+    python -m demos.admin_session STATE_DIR "start --name X --port 8443" "federation enable"
 
 Prints each command's output; exits with the first failing command's code.
 """

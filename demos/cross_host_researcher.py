@@ -2,11 +2,14 @@
 hospitals whose connection files are given, then a DP evaluation of the averaged model at
 each; prints one JSON line of what came back (and how long the round took).
 
-    python tests/cross_host_researcher.py CONNECTION_FILE [CONNECTION_FILE ...]
+    python -m demos.cross_host_researcher [--rounds N] CONNECTION_FILE [CONNECTION_FILE ...]
+
+(demos/federation_on_hosts.py runs it on the researcher's host.)
 
 Approval is the hospital admins' (their `review auto --approve-compliant --watch`): this
 side only waits for it.
 """
+import argparse
 import json
 import sys
 import time
@@ -37,14 +40,20 @@ def evaluate(hospital, weights, plan):
 
 
 if __name__ == "__main__":
-    hospitals = [join(path) for path in sys.argv[1:]]
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=1, help="secure rounds (default 1)")
+    parser.add_argument("connection_files", nargs="+")
+    args = parser.parse_args()
+    hospitals = [join(path) for path in args.connection_files]
     plan = TrainingPlan(epochs=1, batch_size=32)
-    started = time.perf_counter()
-    average, log = secure_round(hospitals, plan, {}, admins_approve, 1)
-    seconds = time.perf_counter() - started
+    average, times = {}, []
+    for number in range(1, args.rounds + 1):
+        started = time.perf_counter()
+        average, log = secure_round(hospitals, plan, average, admins_approve, number)
+        times.append(time.perf_counter() - started)
     evaluations = at_every_hospital(hospitals, lambda h: evaluate(h, average, plan))
     print(json.dumps({
-        "urls": [h.url for h in hospitals], "round_seconds": seconds, "phases": log.phases,
+        "urls": [h.url for h in hospitals], "round_seconds": times, "phases": log.phases,
         "n_samples": log.n_samples, "parameters": {k: list(v.shape) for k, v in average.items()},
         "evaluations": {h.name: {k: v for k, v in e.items() if k != "weights"}
                         for h, e in zip(hospitals, evaluations)}}, default=str))
