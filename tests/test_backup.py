@@ -3,7 +3,8 @@ the audit log written and a dataset uploaded; kill -9, the state directory delet
 and started: the same identity, users, datasets, result, tokens, revocation, privacy spent,
 federation members, and the audit log continued. Bad passphrases, damaged files and
 non-empty targets refused in one line with nothing written. PostgreSQL through pg_dump and
-pg_restore into another database."""
+pg_restore into another database and another state directory (a self-signed TLS
+certificate moving with it)."""
 
 from __future__ import annotations
 
@@ -359,7 +360,7 @@ def test_a_postgresql_domain_goes_through_pg_dump_and_pg_restore(tmp_path, passp
     restored = LocalDomain(tmp_path / "restored")
     try:
         domain = start_hospital(tmp_path / "state", "Postgres Backup",
-                                extra_args=("--db-url", source_url))
+                                extra_args=("--db-url", source_url, "--tls-self-signed"))
         try:
             ada_file = domain.researcher_file(RESEARCHER, tmp_path / "ada.json")
             data = _dataset_arrays(AdminClient(domain.state), "xray")
@@ -371,14 +372,17 @@ def test_a_postgresql_domain_goes_through_pg_dump_and_pg_restore(tmp_path, passp
                       str(restored.state.root), "--db-url", target_url, "--passphrase-file",
                       str(passphrase_file))
         assert result.returncode == 0, result.stderr
-        assert restored.state.load_config().db_url == target_url
+        config = restored.state.load_config()
+        assert config.db_url == target_url and "warning" not in result.stderr
+        # the certificate generated into the state directory moved with it
+        assert Path(config.extra["tls"]["cert"]) == restored.state.root / "tls" / "cert.pem"
         assert not (restored.state.db_dir / "domain.sqlite").exists()
         with psycopg.connect(target_url) as conn:
             tables = conn.execute("SELECT count(*) FROM information_schema.tables "
                                   "WHERE table_schema = 'public'").fetchone()[0]
         assert tables > 5
         restored.start()
-        ada = connect(connection_file=ada_file)  # same port, same keys: her token works
+        ada = connect(connection_file=ada_file)  # same port, keys, certificate: her file works
         assert "xray" in {d.name for d in ada.datasets.get_all()}
         for name, array in _dataset_arrays(AdminClient(restored.state), "xray").items():
             np.testing.assert_array_equal(array, data[name])

@@ -69,6 +69,7 @@ class Report:
     files: int
     seconds: float
     manifest: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
 
 # -- the passphrase ------------------------------------------------------------------
@@ -117,7 +118,8 @@ def backup(state: StateDir, target: str | os.PathLike, passphrase: str, *,
         blobs = _link_aside(survey.blobs, state.root, staging / "files", blobs)
         files = _link_aside(survey.files, state.root, staging / "files", {})
         manifest = {"format": FORMAT, "domain": config.name, "server_id": identity["server_id"],
-                    "created": created, "database": "postgresql" if dump else "sqlite"}
+                    "created": created, "database": "postgresql" if dump else "sqlite",
+                    "state_dir": str(state.root)}
         with _audit_snapshot(state.root) as audit, _atomic_output(target) as out:
             writer = SealedWriter(out, passphrase)
             count = _write_tar(writer, manifest, databases, dump, {**files, **blobs}, audit,
@@ -441,19 +443,19 @@ def restore(source: str | os.PathLike, state: StateDir, passphrase: str, *,
             ensure_private_dir(staging)
             manifest, files = _extract(reader, staging, size, db_url, show_progress)
             reader.finish()
-            sha256 = _sha256(source)
+            sha256 = reader.sha256
         restored = StateDir(staging / STATE)
         restored.create_dirs()
         config = restored.load_config()
-        if db_url is not None:
-            config.db_url = db_url
-            restored.save_config(config)
+        config.extra = _moved(config.extra, Path(manifest.get("state_dir") or root), root)
+        config.db_url = db_url or config.db_url
+        restored.save_config(config)
         if manifest["database"] == "postgresql":
             _pg_restore(config.db_url, staging / PG_DUMP)
         AuditLog(restored.root).record(config.admin_email, "domain.restored", target=str(source),
                                        sha256=sha256, snapshot=manifest.get("created", ""),
                                        database=manifest["database"])
-        _fsync_tree(restored.root)
+        _sync_file_system(restored.root)
         _check_restore_target(root)  # still empty: nothing was created there meanwhile
         if root.exists():
             root.rmdir()
@@ -461,7 +463,33 @@ def restore(source: str | os.PathLike, state: StateDir, passphrase: str, *,
         _fsync_dir(root.parent)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return Report(source, sha256, size, files, time.perf_counter() - started, manifest)
+    return Report(source, sha256, size, files, time.perf_counter() - started, manifest,
+                  warnings=[f"{path} does not exist here (the domain's config names it; it is "
+                            "not part of the state directory)" for path in _outside(config.extra)
+                            if not Path(path).exists()])
+
+
+def _moved(value: Any, old: Path, new: Path) -> Any:
+    """`value` (the config's extra) with paths inside the old state directory moved to the
+    new one (a self-signed certificate's, say)."""
+    if isinstance(value, dict):
+        return {key: _moved(item, old, new) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_moved(item, old, new) for item in value]
+    if isinstance(value, str) and value.startswith("/") and Path(value).is_relative_to(old):
+        return str(new / Path(value).relative_to(old))
+    return value
+
+
+def _outside(value: Any) -> Iterator[str]:
+    """Absolute paths in the config's extra (policies, a hospital's certificate)."""
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        for item in value:
+            yield from _outside(item)
+    elif isinstance(value, str) and value.startswith("/"):
+        yield value
 
 
 def _check_restore_target(root: Path) -> None:
@@ -540,25 +568,22 @@ def _write_member(source: Any, target: Path, member: tarfile.TarInfo) -> None:
             while view:
                 view = view[os.write(fd, view):]
         os.fchmod(fd, member.mode & 0o777)
-        os.fsync(fd)
     finally:
         os.close(fd)
     os.utime(target, (member.mtime, member.mtime))
 
 
-def _fsync_tree(root: Path) -> None:
-    for top, _, _ in os.walk(root):
-        _fsync_dir(Path(top))
+def _sync_file_system(root: Path) -> None:
+    """Flush the restored files and directories to disk at once (syncfs, as ``sync -f``):
+    one flush, not one fsync per file."""
+    import ctypes
 
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while piece := handle.read(COPY_BYTES):
-            digest.update(piece)
-    return digest.hexdigest()
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if ctypes.CDLL(None, use_errno=True).syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
 
 
 # -- audit -----------------------------------------------------------------------------

@@ -125,11 +125,13 @@ class SealedReader:
             raise BackupError(f"wrong passphrase for {name} (or its header was altered)") from None
         self._sealed = 2**chunk_log2 + TAG_BYTES
         self._plain, self._offset, self._counter, self._done = b"", 0, 0, False
-        self.n_bytes = HEADER_BYTES  # bytes of the file read so far
+        self.n_bytes = HEADER_BYTES  # bytes of the file read so far, and their sha256
+        self._hash = hashlib.sha256(header)
 
     def _next_chunk(self) -> None:
         sealed = _read_exactly(self._source, self._sealed)
         self.n_bytes += len(sealed)
+        self._hash.update(sealed)
         last = int(len(sealed) < self._sealed)
         if last and len(sealed) < TAG_BYTES:
             raise BackupError(f"{self._name} is truncated (it ends before its last chunk)")
@@ -167,6 +169,11 @@ class SealedReader:
         while not self._done:
             self._next_chunk()
         self._plain, self._offset = b"", 0
+
+    @property
+    def sha256(self) -> str:
+        """Of the whole file, once `finish` has returned."""
+        return self._hash.hexdigest()
 
 
 def _read_exactly(source: BinaryIO, size: int) -> bytes:
