@@ -86,6 +86,7 @@ def connect_client(url: str, *, token: str, email: str, password: str,
         raise DomainError("a token is required: ask the hospital admin for one")
     check_reachable(url, token)
     syft_compat.keep_https_ports()
+    syft_compat.reuse_api_connections()
     connection = HTTPConnection(url=url, headers=auth_headers(token))
     with syft_compat.muted() if quiet else contextlib.nullcontext():
         guest = connection.get_client_type().unwrap()(connection=connection)

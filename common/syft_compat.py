@@ -422,6 +422,36 @@ def keep_https_ports() -> None:
     server_url.from_url = classmethod(from_url)
 
 
+@requires("syft.client.client:HTTPConnection.make_call", "syft.client.client:_serialize",
+          "syft.client.client:_deserialize")
+def reuse_api_connections() -> None:
+    """syft 0.9.5 sends every API call with a module-level ``requests.post``: a new TCP
+    connection each time, and over HTTPS a new TLS handshake and SSL context (~35 ms here,
+    bench/bench_tls.py). Send them on the connection's own session (kept alive), as its
+    GETs already are; same request, same checks."""
+    import requests
+
+    connection_type = resolve("syft.client.client:HTTPConnection")
+    if getattr(connection_type.make_call, "reuses_connections", False):
+        return
+    original = connection_type.make_call
+    serialize = resolve("syft.client.client:_serialize")
+    deserialize = resolve("syft.client.client:_deserialize")
+
+    def make_call(self: Any, signed_call: Any) -> Any:
+        if self.rtunnel_token:
+            return original(self, signed_call)
+        response = self.session.post(url=str(self.api_url), headers=self.headers,
+                                     data=serialize(obj=signed_call, to_bytes=True))
+        if response.status_code != 200:
+            raise requests.ConnectionError(f"Failed to fetch metadata. Response returned with "
+                                           f"code {response.status_code}")
+        return deserialize(response.content, from_bytes=True)
+
+    make_call.reuses_connections = True  # type: ignore[attr-defined]
+    connection_type.make_call = make_call
+
+
 _tokens_by_account: dict[tuple[str, str], str] = {}
 
 

@@ -40,6 +40,7 @@ class AdminSession:
         data = read_json(state.connection_path)
         self.url: str = data["url"]
         trust_own_domain(state.load_config())  # its certificate, from the state directory
+        self._http = requests.Session()  # one kept-alive connection: one TLS handshake
         self.email: str = data["email"]
         self._token = ""
         self._renew_at = 0.0
@@ -65,8 +66,9 @@ class AdminSession:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         """JSON request to a /pneumosyft route; refusals become one-line errors."""
         try:
-            response = requests.request(method, f"{self.url}{path}", headers=auth_headers(self.token),
-                                        timeout=ROUTE_TIMEOUT_SECONDS, **kwargs)
+            response = self._http.request(method, f"{self.url}{path}",
+                                          headers=auth_headers(self.token),
+                                          timeout=ROUTE_TIMEOUT_SECONDS, **kwargs)
         except requests.Timeout:
             raise DomainError(f"the domain at {self.url} did not answer {path} within "
                               f"{ROUTE_TIMEOUT_SECONDS} s") from None
