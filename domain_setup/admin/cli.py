@@ -328,6 +328,29 @@ def cmd_audit(args: argparse.Namespace, state: StateDir) -> int:
     return 0
 
 
+def cmd_backup(args: argparse.Namespace, state: StateDir) -> int:
+    from domain_setup.admin.backup import backup, read_passphrase
+
+    report = backup(state, args.to, read_passphrase(args.passphrase_file, confirm=True),
+                    show_progress=not args.no_progress)
+    print(f"wrote {report.path} (0600): {report.files} files, {report.n_bytes / 1e6:.1f} MB "
+          f"in {report.seconds:.1f} s; sha256 {report.sha256}")
+    return 0
+
+
+def cmd_restore(args: argparse.Namespace, state: StateDir) -> int:
+    from domain_setup.admin.backup import read_passphrase, restore
+
+    report = restore(args.source, state, read_passphrase(args.passphrase_file, confirm=False),
+                     db_url=args.db_url, show_progress=not args.no_progress)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"restored {report.manifest['domain']!r} (snapshot of {report.manifest['created']}, "
+          f"{report.files} files) into {state.root} in {report.seconds:.1f} s")
+    print(f"  next:  python -m domain_setup start --state-dir {state.root}")
+    return 0
+
+
 # -- parser -------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m domain_setup",
@@ -479,6 +502,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--action", help="only this action")
     p.add_argument("--limit", type=int)
     p.add_argument("--json", action="store_true")
+
+    passphrase = ("the backup passphrase from this file (0600, one line); else "
+                  "$PNEUMOSYFT_BACKUP_PASSPHRASE, else asked on the terminal")
+    p = add("backup", cmd_backup, "write an encrypted snapshot of the state directory (running "
+            "or not): databases (pg_dump for PostgreSQL), blobs, keys, tokens, ledgers, "
+            "members, audit log; audited as backup.created")
+    p.add_argument("--to", required=True, metavar="FILE", help="the backup file to create "
+                   "(0600; outside the state dir; an existing file is never replaced)")
+    p.add_argument("--passphrase-file", metavar="FILE", help=passphrase + " (twice)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (stderr)")
+    p = add("restore", cmd_restore, "restore a backup into --state-dir, which must be new or "
+            "empty; then `start --state-dir` brings back the same domain")
+    p.add_argument("--from", dest="source", required=True, metavar="FILE", help="a file `backup` wrote")
+    p.add_argument("--passphrase-file", metavar="FILE", help=passphrase)
+    p.add_argument("--db-url", help="PostgreSQL backups: pg_restore into this database "
+                   "instead of the one the backup's domain used")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (stderr)")
     return parser
 
 
