@@ -392,3 +392,13 @@ def test_a_postgresql_domain_goes_through_pg_dump_and_pg_restore(tmp_path, passp
             for name in names:
                 conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
+
+
+def test_a_backup_passphrase_in_the_admins_environment_does_not_reach_the_server(monkeypatch):
+    from domain_setup.admin.backup import PASSPHRASE_ENV
+    from domain_setup.admin.lifecycle import server_environment
+
+    monkeypatch.setenv(PASSPHRASE_ENV, "correct horse battery staple")
+    monkeypatch.setenv("PNEUMOSYFT_STATE_DIR", "/srv/pneumosyft")
+    environment = server_environment()
+    assert PASSPHRASE_ENV not in environment and "PNEUMOSYFT_STATE_DIR" in environment

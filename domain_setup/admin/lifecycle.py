@@ -176,11 +176,13 @@ def start(state: StateDir, config: DomainConfig, *, progress=print) -> DomainCon
 
 
 def server_environment() -> dict[str, str]:
-    """This process's environment without the secrets it may carry (account passwords)."""
+    """This process's environment without the secrets it may carry (account passwords, a
+    backup passphrase)."""
     from domain_setup.state import ADMIN_PASSWORD_ENV
 
     return {key: value for key, value in os.environ.items()
-            if key != ADMIN_PASSWORD_ENV and not key.startswith("PNEUMOSYFT_PASSWORD_")}
+            if key not in (ADMIN_PASSWORD_ENV, "PNEUMOSYFT_BACKUP_PASSPHRASE")  # backup.py
+            and not key.startswith("PNEUMOSYFT_PASSWORD_")}
 
 
 def _connection_written_since(state: StateDir, since: float) -> bool:
