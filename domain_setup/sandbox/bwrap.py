@@ -4,9 +4,12 @@ Inside: an empty root (read-only), /usr and the interpreter (read-only, same pat
 as outside, so a venv keeps working), the vetted packages and the runner's own
 modules at ``/opt/pneumosyft``, a fresh /proc of its own pid namespace, a minimal
 /dev, a size-limited tmpfs /tmp, no /etc, no home directories, no network, no
-environment variables. bwrap runs as root without a user namespace (so it can
-bind paths under 0700 directories such as /root) and hands over to ``setpriv``,
-which drops to nobody (65534) with no capabilities and no_new_privs.
+environment variables. Started by root, bwrap runs without a user namespace (so it
+can bind paths under 0700 directories such as /root) and hands over to ``setpriv``,
+which drops to nobody (65534) with no capabilities and no_new_privs. Started by
+another user (a service's own), bwrap makes an unprivileged user namespace in which
+that user is 65534 and nobody else exists; setpriv keeps the groups there (the kernel
+denies setgroups in such a namespace), which the runner checks hold no other group.
 """
 
 from __future__ import annotations
@@ -101,9 +104,10 @@ class _Mounts:
 
 def command(*, interpreter: Interpreter, vetted_packages: list[str], tmpfs_bytes: int,
             seccomp_fd: int, result_fd: int, bwrap: str = "bwrap",
-            preload_torch: bool = True) -> list[str]:
+            preload_torch: bool = True, user_namespace: bool = False) -> list[str]:
     """The full argv: bwrap with its mounts, then setpriv, then the runner, which moves
-    ``result_fd`` (inherited through all three) to fd 3."""
+    ``result_fd`` (inherited through all three) to fd 3. ``user_namespace``: for a
+    server that is not root (see the module's docstring)."""
     mounts = _Mounts()
     mounts.args += ["--proc", "/proc", "--dev", "/dev",
                     "--perms", "1777", "--size", str(tmpfs_bytes), "--tmpfs", "/tmp"]
@@ -115,13 +119,15 @@ def command(*, interpreter: Interpreter, vetted_packages: list[str], tmpfs_bytes
         mounts.ro_bind(os.path.join(HERE, module), f"{SANDBOX_ROOT}/{HELPER_PACKAGE}/{module}")
     for package in vetted_packages:
         mounts.ro_bind(package, f"{SANDBOX_ROOT}/{os.path.basename(package)}")
+    user = ("--unshare-user", "--uid", str(NOBODY), "--gid", str(NOBODY)) if user_namespace else ()
     return [
-        bwrap, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+        bwrap, *user, "--unshare-net", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
         "--unshare-cgroup", "--hostname", "pneumosyft-sandbox", "--die-with-parent",
         "--new-session", "--clearenv", *mounts.args, "--remount-ro", "/", "--chdir", "/tmp",
         "--seccomp", str(seccomp_fd), "--cap-drop", "ALL",
         "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP",
-        "--", SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+        "--", SETPRIV, f"--reuid={NOBODY}", f"--regid={NOBODY}",
+        "--keep-groups" if user_namespace else "--clear-groups",
         "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
         "--", interpreter.executable, "-I", "-B", RUNNER_MAIN, str(result_fd),
         *(() if preload_torch else ("--numpy-only",)),

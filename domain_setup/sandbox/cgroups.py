@@ -5,6 +5,11 @@ unified hierarchy), detected at run time from /proc/self/cgroup and
 /proc/self/mountinfo. Run cgroups are created under the server's own cgroup (or
 ``parent``, a cgroup path such as ``/system.slice/pneumosyft.service/sandboxes``)
 and are named ``pneumosyft-sandbox-<uuid>``.
+
+With v2, a cgroup that holds processes cannot enable controllers for its children (the
+"no internal processes" rule): a server in a delegated cgroup of its own (a systemd
+service with ``Delegate=yes``) moves itself into the leaf ``pneumosyft-domain`` below
+it, and its runs' cgroups are that leaf's siblings.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from common.processes import pid_alive
 from .errors import SandboxUnavailable
 
 NAME_PREFIX = "pneumosyft-sandbox-"
+SERVER_LEAF = "pneumosyft-domain"
 _V2_CONTROLLERS = ("memory", "pids")
 
 
@@ -102,8 +108,11 @@ class CgroupHost:
             host = cls(1, tuple(dict.fromkeys(
                 _join(mounts[c], parent or own[c]) for c in _V2_CONTROLLERS)))
         elif "" in mounts and "" in own:
-            host = cls(2, (_join(mounts[""], parent or own[""]),))
-            host._enable_v2_controllers()
+            path = parent or own[""]
+            if parent is None and path.rsplit("/", 1)[-1] == SERVER_LEAF:
+                path = path.rsplit("/", 1)[0] or "/"  # moved into its leaf already
+            host = cls(2, (_join(mounts[""], path),))
+            host._enable_v2_controllers(move_self=parent is None)
         else:
             raise SandboxUnavailable("no memory cgroup found: the sandbox needs cgroup v1 or v2 "
                                      "with the memory and pids controllers")
@@ -113,13 +122,24 @@ class CgroupHost:
                                          f"as root or delegate this cgroup to it")
         return host
 
-    def _enable_v2_controllers(self) -> None:
+    def _enable_v2_controllers(self, *, move_self: bool) -> None:
+        """Enable memory and pids for run cgroups; ``move_self``: when this process's own
+        cgroup refuses because processes live in it, move this process into the leaf
+        ``SERVER_LEAF`` below it and try again (others still there make it fail)."""
         control = self.parents[0] / "cgroup.subtree_control"
         try:
             enabled = _read(control).split()
-            missing = [c for c in _V2_CONTROLLERS if c not in enabled]
+            missing = " ".join(f"+{c}" for c in _V2_CONTROLLERS if c not in enabled)
             if missing:
-                _write(control, " ".join(f"+{c}" for c in missing))
+                try:
+                    _write(control, missing)
+                except OSError as exc:
+                    if exc.errno != errno.EBUSY or not move_self:
+                        raise
+                    leaf = self.parents[0] / SERVER_LEAF
+                    leaf.mkdir(exist_ok=True)
+                    _write(leaf / "cgroup.procs", str(os.getpid()))
+                    _write(control, missing)
         except OSError as exc:
             raise SandboxUnavailable(
                 f"cannot enable the memory and pids controllers in {control} ({exc.strerror}): "

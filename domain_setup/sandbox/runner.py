@@ -71,6 +71,7 @@ class _Environment:
     sandbox_bpf: bytes
     plan_bpf: str
     seccomp_syscall: int
+    user_namespace: bool
 
 
 @dataclass
@@ -191,9 +192,12 @@ class Sandbox:
             raise SandboxUnavailable(f"bubblewrap ({self.bwrap}) not found: apt-get install bubblewrap")
         if not os.access(SETPRIV, os.X_OK):
             raise SandboxUnavailable(f"{SETPRIV} not found: apt-get install util-linux")
-        if os.geteuid() != 0:
-            raise SandboxUnavailable("the sandbox must be started by root (bwrap runs without a "
-                                     "user namespace and drops to uid 65534 itself)")
+        user_namespace = os.geteuid() != 0  # a service's own user: see bwrap.py
+        others = set(os.getgroups()) - {os.getegid()}
+        if user_namespace and others:
+            raise SandboxUnavailable(f"the server is in groups {sorted(others)} besides its own, "
+                                     f"which a sandbox started without root would keep: run it "
+                                     f"without them (systemd: no SupplementaryGroups=)")
         return _Environment(
             bwrap=os.path.realpath(found),
             cgroups=CgroupHost.detect(self.cgroup_parent),
@@ -201,7 +205,8 @@ class Sandbox:
             sandbox_bpf=seccomp_policy.export_bpf(seccomp_policy.sandbox_filter()),
             plan_bpf=base64.b64encode(seccomp_policy.export_bpf(
                 seccomp_policy.plan_filter())).decode("ascii"),
-            seccomp_syscall=seccomp_policy.seccomp_syscall_number())
+            seccomp_syscall=seccomp_policy.seccomp_syscall_number(),
+            user_namespace=user_namespace)
 
     def check_available(self) -> SandboxRun:
         """Check bwrap, setpriv, cgroups and seccomp, then run a trivial function once.
@@ -367,7 +372,8 @@ class Sandbox:
                 *bwrap_command(interpreter=env.interpreter, vetted_packages=self.vetted_packages,
                                tmpfs_bytes=self.limits.tmpfs_bytes, seccomp_fd=seccomp_fd,
                                result_fd=result_write, bwrap=env.bwrap,
-                               preload_torch=self.preload_torch)]
+                               preload_torch=self.preload_torch,
+                               user_namespace=env.user_namespace)]
         launched = time.monotonic()
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
