@@ -35,8 +35,10 @@ def is_domain_process(pid: int | None, state: StateDir) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    # started as `python -m domain_setup.server STATE_DIR` (start), STATE_DIR resolved
-    return b"domain_setup.server" in argv and os.fsencode(str(state.root)) in argv
+    # started as `python -m domain_setup.server STATE_DIR` (start), or as `python -m
+    # domain_setup start --foreground --state-dir STATE_DIR` (a service), STATE_DIR resolved
+    foreground = {b"domain_setup", b"start", b"--foreground"} <= set(argv)
+    return (b"domain_setup.server" in argv or foreground) and os.fsencode(str(state.root)) in argv
 
 
 def is_healthy(url: str) -> bool:
