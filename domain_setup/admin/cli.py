@@ -95,6 +95,21 @@ def cmd_status(args: argparse.Namespace, state: StateDir) -> int:
     return 0 if info["healthy"] else 3
 
 
+def cmd_service(args: argparse.Namespace, state: StateDir) -> int:
+    from domain_setup.admin.service import ServiceUnit
+
+    unit = ServiceUnit.of(user=args.user, state_dir=state.root, host=args.host, port=args.port,
+                          start_args=args.start_args)
+    build_parser().parse_args(["start", *unit.start_args])  # start's own checks, as it will
+    for problem in unit.problems():
+        print(f"warning: {problem}", file=sys.stderr)
+    if args.write:
+        print(f"wrote {unit.write(args.write)}")
+    else:
+        print(unit.render(), end="")
+    return 0
+
+
 def cmd_upload(args: argparse.Namespace, state: StateDir) -> int:
     from domain_setup.admin.upload import parse_partition
 
@@ -390,6 +405,16 @@ def build_parser() -> argparse.ArgumentParser:
     add("stop", cmd_stop, "stop the running domain")
     p = add("status", cmd_status, "is the domain running and answering? (exit 3 when not)")
     p.add_argument("--json", action="store_true")
+    p = add("service", cmd_service, "a systemd unit running the domain as an unprivileged user "
+            "of its own (the sandbox in user namespaces, its cgroups delegated)")
+    output = p.add_mutually_exclusive_group(required=True)
+    output.add_argument("--print-systemd", action="store_true", help="print the unit")
+    output.add_argument("--write", metavar="FILE", help="write the unit to FILE (0644)")
+    p.add_argument("--user", default="pneumosyft", help="the service's user (default pneumosyft)")
+    p.add_argument("--host", help="start's --host")
+    p.add_argument("--port", type=int, help="start's --port")
+    p.add_argument("start_args", nargs=argparse.REMAINDER, metavar="-- START_OPTION",
+                   help="further start options, after -- (e.g. -- --tls-self-signed)")
 
     p = add("upload", cmd_upload, "upload X-rays as a dataset with synthetic mocks")
     p.add_argument("source", help=UPLOAD_SOURCES + " (dicom: a folder of CR/DX files and "
