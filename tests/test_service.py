@@ -451,3 +451,17 @@ def test_status_sees_the_service_domain_and_its_state_is_all_the_users(service_d
     assert f"pid {live.server.pid}, healthy" in out
     state = live.domain.state.root
     assert [path for path in state.rglob("*") if path.lstat().st_uid != live.uid] == []
+
+
+def test_root_may_not_run_a_command_on_the_services_state_directory(tmp_path, capsys):
+    """A root-owned tokens.json in a service's state directory locks the domain out: the
+    CLI refuses, in one line, before it writes anything."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can hand a directory to another user")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 999, 999)
+    assert cli_main(["token", "list", "--state-dir", str(state)]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "run the command as that user (runuser -u" in error
+    assert list(state.iterdir()) == []

@@ -547,10 +547,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def check_owner(state: StateDir) -> None:
+    """Root may not run a command on a state directory another user owns (a service's):
+    the files it wrote would be root's, and the domain could no longer read them."""
+    import os
+    import pwd
+
+    try:
+        owner = state.root.stat().st_uid
+    except OSError:
+        return  # not there yet: `start` makes it, as whoever runs it
+    if os.geteuid() == 0 and owner != 0:
+        try:
+            name = pwd.getpwuid(owner).pw_name
+        except KeyError:
+            name = str(owner)
+        raise PneumoSyftError(f"{state.root} belongs to {name}: run the command as that user "
+                              f"(runuser -u {name} -- python -m domain_setup ...), or files "
+                              "root writes there would lock the domain out")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args, resolve_state_dir(args.state_dir))
+        state = resolve_state_dir(args.state_dir)
+        check_owner(state)
+        return args.func(args, state)
     except PneumoSyftError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
