@@ -11,6 +11,7 @@ own admin token. Example::
 from __future__ import annotations
 
 import contextlib
+import re
 from typing import Any
 from urllib.parse import urlparse
 
@@ -25,6 +26,9 @@ HTTP_TIMEOUT = 10
 
 def validate_url(url: str) -> str:
     """An http(s) URL with a host and nothing after the port; returned without a trailing /."""
+    if not isinstance(url, str) or not re.fullmatch(r"[\x21-\x7e]{1,300}", url):
+        raise DomainError(f"invalid domain URL {str(url)[:100]!r}: printable ASCII, "
+                          "http(s)://HOST:PORT")
     parsed = urlparse(url or "")
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         raise DomainError(f"invalid domain URL {url!r}: expected http(s)://HOST:PORT")
@@ -32,7 +36,7 @@ def validate_url(url: str) -> str:
         parsed.port
     except ValueError:
         raise DomainError(f"invalid port in domain URL {url!r}") from None
-    if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment or "@" in parsed.netloc:
         raise DomainError(f"invalid domain URL {url!r}: give only http(s)://HOST:PORT")
     return url.rstrip("/")
 
@@ -80,8 +84,8 @@ def connect_client(url: str, *, token: str, email: str, password: str,
     from syft.client.client import HTTPConnection
 
     url = validate_url(url)
-    if tls_fingerprint or ca_bundle:
-        trust(url, fingerprint=tls_fingerprint, ca_bundle=ca_bundle)
+    if tls_fingerprint or ca_bundle:  # given by the caller in so many words: it decides
+        trust(url, fingerprint=tls_fingerprint, ca_bundle=ca_bundle, replace=True)
     if not token:
         raise DomainError("a token is required: ask the hospital admin for one")
     check_reachable(url, token)

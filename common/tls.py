@@ -72,17 +72,28 @@ _lock = threading.Lock()
 
 
 def origin(url: str) -> str:
-    """``scheme://host:port`` of a URL, the key trust is recorded under."""
+    """``scheme://host:port`` of a URL, the key trust is recorded under: the host as requests
+    sends it (IDNA-encoded, no trailing dot), the port explicit."""
     parsed = urlparse(url)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    host = (parsed.hostname or "").lower()
+    host = (parsed.hostname or "").lower().rstrip(".")
+    if not host.isascii():
+        import idna
+
+        try:
+            host = idna.encode(host, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            raise DomainError(f"invalid host name in {url[:100]!r}") from None
     host = f"[{host}]" if ":" in host else host
     return f"{parsed.scheme}://{host}:{port}"
 
 
-def trust(url: str, *, fingerprint: str | None = None, ca_bundle: str | None = None) -> None:
+def trust(url: str, *, fingerprint: str | None = None, ca_bundle: str | None = None,
+          replace: bool = False) -> None:
     """Verify every later HTTPS request of this process to `url`'s origin against the pinned
-    `fingerprint` or the CA bundle file `ca_bundle` (one of them; neither: the default)."""
+    `fingerprint` or the CA bundle file `ca_bundle` (one of them; neither: the default).
+    An origin already trusted otherwise is refused (a second connection file naming the
+    same domain with another certificate is an attack, not an update) unless `replace`."""
     if fingerprint and ca_bundle:
         raise DomainError("trust a domain by its fingerprint or by a CA bundle, not both")
     if ca_bundle and not Path(ca_bundle).is_file():
@@ -96,10 +107,21 @@ def trust(url: str, *, fingerprint: str | None = None, ca_bundle: str | None = N
                   str(Path(ca_bundle).resolve()) if ca_bundle else None)
     with _lock:
         _install_into_requests()
+        known = _trusted.get(key)
+        if known is not None and known != entry and not replace:
+            raise DomainError(f"{key} is already trusted by {_describe(known)}; refusing "
+                              f"{_describe(entry)} for it (a connection file for the same "
+                              "domain with another certificate?)")
         if entry.fingerprint or entry.ca_bundle:
             _trusted[key] = entry
         else:
             _trusted.pop(key, None)
+
+
+def _describe(entry: Trust) -> str:
+    if entry.fingerprint:
+        return f"the pinned fingerprint {entry.fingerprint[:23]}..."
+    return f"the CA bundle {entry.ca_bundle}" if entry.ca_bundle else "the default CA store"
 
 
 def trusted(url: str) -> Trust | None:

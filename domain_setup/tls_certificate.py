@@ -97,7 +97,7 @@ def trust_own_domain(config: Any) -> None:
     """This process (the admin's CLI) pins its own domain's certificate."""
     pin = fingerprint(config)
     if pin:
-        trust(config.url, fingerprint=pin)
+        trust(config.url, fingerprint=pin, replace=True)  # the state directory is authoritative
 
 
 # --------------------------------------------------------------------------- generation
@@ -115,6 +115,14 @@ def _subject_names(host: str) -> list:
     return names
 
 
+def _constraints(names: list) -> list:
+    """Name constraints permitting exactly `names` (an IP as a /32 or /128 network)."""
+    from cryptography import x509
+
+    return [x509.IPAddress(ipaddress.ip_network(n.value)) if isinstance(n, x509.IPAddress)
+            else n for n in names]
+
+
 def _write_self_signed(state: Any, host: str, cert_path: Path, key_path: Path) -> None:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -123,6 +131,7 @@ def _write_self_signed(state: Any, host: str, cert_path: Path, key_path: Path) -
 
     ensure_private_dir(cert_path.parent)
     key = ec.generate_private_key(ec.SECP256R1())
+    names = _subject_names(host)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"PneumoSyft domain {host}"),
                       x509.NameAttribute(NameOID.ORGANIZATION_NAME, "PneumoSyft (self-signed)")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -131,9 +140,12 @@ def _write_self_signed(state: Any, host: str, cert_path: Path, key_path: Path) -
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=SELF_SIGNED_DAYS))
-        .add_extension(x509.SubjectAlternativeName(_subject_names(host)), critical=False)
-        # its own trust anchor: a stock client may name it as its CA bundle
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        # its own trust anchor: a stock client may name it as its CA bundle; constrained to
+        # its own names, so its key cannot vouch for another hospital's
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.NameConstraints(permitted_subtrees=_constraints(names),
+                                            excluded_subtrees=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
                        critical=False)

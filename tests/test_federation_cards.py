@@ -102,7 +102,7 @@ def test_the_researchers_round_follows_the_domains_member_lists(tmp_path):
         assert "Royal lists County with TLS certificate EF:EF" in \
             federation_problems([royal, county])[0]
     finally:
-        tls.trust("https://10.9.0.2:8443")
+        tls.trust("https://10.9.0.2:8443", replace=True)
 
 
 @pytest.mark.domain
@@ -122,3 +122,55 @@ def test_the_admin_adds_and_removes_a_member_by_card_audited(hospital, tmp_path)
         "audit", "--action", "federation.member.add", "--json").splitlines()]
     assert audit[-1]["target"] == "Royal Infirmary"
     assert audit[-1]["tls_fingerprint"] == card["tls_fingerprint"]
+
+
+def _resigned(state, card: dict, **changes) -> dict:
+    """`card` with `changes`, signed again with the hospital's own key: what a hospital that
+    crafts its own card can hand over."""
+    from nacl.signing import SigningKey
+
+    from domain_setup.admin.federation_card import _message
+
+    card = {k: v for k, v in card.items() if k != "signature"} | changes
+    signing = SigningKey(bytes.fromhex(state.load_or_create_identity().signing_key))
+    return dict(card, signature=signing.sign(_message(card)).signature.hex())
+
+
+@pytest.mark.parametrize("changes, reason", [
+    ({"url": "https://10.0.0.2:8443/\x1b[2J\x1b[31mFAKE\r\nroyal"}, "URL"),
+    ({"url": "https://admin:pw@10.0.0.2:8443"}, "URL"),
+    ({"name": "Royal\u202eyramirfnI"}, "printable"),
+    ({"name": "Royal\x9b31m"}, "printable"),
+    ({"name": "This Hospital"}, "this hospital"),
+    ({"pneumosyft_federation_card": True}, "version"),
+    ({"created": 20261207}, "fields are text"),
+])
+def test_a_signed_card_that_would_write_on_the_admins_terminal_is_refused(tmp_path, changes,
+                                                                          reason):
+    state = _hospital_state(tmp_path / "royal")
+    card = _resigned(state, make_card(state), **changes)
+    with pytest.raises(DomainError, match=reason):
+        read_card(_write(tmp_path / "card.json", card))
+
+
+def test_a_card_with_a_field_twice_is_refused(tmp_path):
+    card = make_card(_hospital_state(tmp_path / "royal"))
+    text = json.dumps(card)
+    doubled = text[:-1] + ', "url": "https://10.6.6.6:8443"}'
+    (tmp_path / "card.json").write_text(doubled)
+    with pytest.raises(DomainError, match="'url' is there twice"):
+        read_card(tmp_path / "card.json")
+
+
+def test_the_self_signed_certificate_vouches_for_its_own_names_only(tmp_path):
+    from cryptography import x509
+
+    _hospital_state(tmp_path / "royal")
+    certificate = x509.load_pem_x509_certificate(
+        (tmp_path / "royal" / "tls" / "cert.pem").read_bytes())
+    constraints = certificate.extensions.get_extension_for_class(x509.NameConstraints)
+    assert constraints.critical
+    permitted = {str(n.value) for n in constraints.value.permitted_subtrees}
+    assert "10.0.0.2/32" in permitted and "localhost" in permitted
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert len(permitted) == len(list(names))  # one constraint per name, nothing wider

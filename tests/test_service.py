@@ -342,9 +342,17 @@ def stop_by_pid(pid: int, timeout: float = 30) -> None:
             return
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not Path(f"/proc/{pid}").exists():
+            if not _alive(pid):
                 return
             time.sleep(0.2)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie has exited: its parent, maybe this test, has yet to reap it)."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
 
 
 class ServiceDomain:

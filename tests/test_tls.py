@@ -36,6 +36,20 @@ def test_a_fingerprint_is_read_in_every_usual_spelling(written):
         "0B:C6:40:D9")
 
 
+def test_a_pin_is_kept_under_every_spelling_of_its_host():
+    tls.trust("https://Royal.example.org.:443/", fingerprint="ab" * 32)
+    try:
+        for spelling in ("https://royal.example.org", "https://ROYAL.example.org:443"):
+            assert tls.trusted(spelling).fingerprint.startswith("AB:AB")
+        tls.trust("https://röntgen-klinik.example:8443", fingerprint="cd" * 32)
+        # requests sends the IDNA form: the pin is looked up under it
+        assert tls.trusted("https://xn--rntgen-klinik-imb.example:8443").fingerprint.startswith(
+            "CD:CD")
+    finally:
+        tls.trust("https://royal.example.org", replace=True)
+        tls.trust("https://röntgen-klinik.example:8443", replace=True)
+
+
 @pytest.mark.parametrize("written", ["", "AB:CD", "zz" * 32, "0e" * 33, None])
 def test_a_malformed_fingerprint_is_one_line(written):
     with pytest.raises(DomainError, match="64 hex digits"):
@@ -137,7 +151,7 @@ def ada_file(tls_domain):
 
 
 def _pinned_again(url: str, fingerprint: str) -> None:
-    tls.trust(url, fingerprint=fingerprint)  # what this process pins for the other tests
+    tls.trust(url, fingerprint=fingerprint, replace=True)  # as the other tests expect
 
 
 @pytest.mark.domain
@@ -166,9 +180,15 @@ def test_a_server_with_another_certificate_is_refused_in_one_line(tls_domain, ad
     forged = dict(details, tls_fingerprint="AB" * 32)
     del forged["tls_certificate"]
     (tmp_path / "forged.json").write_text(json.dumps(forged))
+    # a second connection file naming the same domain with another certificate (a hospital
+    # on the path handing out "its" file) cannot replace the pin this process holds
+    with pytest.raises(DomainError, match="is already trusted by the pinned fingerprint"):
+        connect(connection_file=tmp_path / "forged.json")
+    assert tls.trusted(details["url"]).fingerprint == details["tls_fingerprint"]
     try:
-        with pytest.raises(DomainError) as refused:
-            connect(connection_file=tmp_path / "forged.json")
+        with pytest.raises(DomainError) as refused:  # the researcher's own explicit pin
+            connect(details["url"], token=details["token"], email=details["email"],
+                    password=details["password"], tls_fingerprint="AB" * 32)
         assert f"presented a TLS certificate with SHA-256 fingerprint " \
                f"{details['tls_fingerprint']}, not the pinned AB:AB:" in str(refused.value)
         assert "\n" not in str(refused.value)
@@ -176,7 +196,7 @@ def test_a_server_with_another_certificate_is_refused_in_one_line(tls_domain, ad
         with pytest.raises(requests.exceptions.SSLError):
             requests.get(details["url"] + "/health", timeout=5)
         # without a pin, this machine's CA bundle does not know a self-signed certificate
-        tls.trust(details["url"])
+        tls.trust(details["url"], replace=True)
         with pytest.raises(DomainError, match="is not trusted by this machine's CA bundle"):
             connect(details["url"], token=details["token"], email=details["email"],
                     password=details["password"])

@@ -39,6 +39,14 @@ def _message(card: dict) -> bytes:
                       separators=(",", ":")).encode()
 
 
+def _no_duplicates(pairs: list) -> dict:
+    keys = [key for key, _ in pairs]
+    twice = sorted({key for key in keys if keys.count(key) > 1})
+    if twice:
+        raise ValueError(f"the field {twice[0]!r} is there twice")
+    return dict(pairs)
+
+
 def key_id(card: dict) -> str:
     """A short digest of the card's signing key, for the two admins to compare aloud."""
     digest = hashlib.sha256(bytes.fromhex(card["signing_key"])).hexdigest()[:20].upper()
@@ -78,11 +86,16 @@ def read_card(path: str | Path) -> dict:
     if len(raw) > MAX_CARD_BYTES:
         raise DomainError(f"{path} is larger than a federation card ({MAX_CARD_BYTES} bytes)")
     try:
-        card = json.loads(raw)
-    except ValueError:
-        raise DomainError(f"{path} is not a federation card (not JSON)") from None
-    if not isinstance(card, dict) or card.get("pneumosyft_federation_card") != CARD_VERSION:
+        card = json.loads(raw, object_pairs_hook=_no_duplicates)
+    except ValueError as exc:
+        reason = str(exc) if "twice" in str(exc) else "not JSON"
+        raise DomainError(f"{path} is not a federation card ({reason})") from None
+    if not isinstance(card, dict) or type(card.get("pneumosyft_federation_card")) is not int \
+            or card["pneumosyft_federation_card"] != CARD_VERSION:
         raise DomainError(f"{path} is not a federation card (version {CARD_VERSION})")
+    if any(not isinstance(card.get(k), str) for k in _SIGNED_FIELDS[1:] if k != "tls_fingerprint") \
+            or not isinstance(card.get("tls_fingerprint"), (str, type(None))):
+        raise DomainError(f"{path}: a card's fields are text (the fingerprint may be null)")
     try:
         signing_key, signature = bytes.fromhex(card["signing_key"]), \
             bytes.fromhex(card["signature"])

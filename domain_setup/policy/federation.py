@@ -20,7 +20,6 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
-from urllib.parse import urlparse
 
 from common.errors import PolicyError, SharingError
 from common.secure_files import write_json_atomic
@@ -28,6 +27,15 @@ from common.secure_files import write_json_atomic
 MEMBERS_FILE = "federation_members.json"
 MAX_MEMBERS = 511  # a round has at most 512 parties, this hospital included
 _NAME = re.compile(r"[^\x00-\x1f\x7f]{1,100}")
+
+
+def _printable(text: str) -> bool:
+    """No control, format (bidi overrides), line or paragraph separator character: a name
+    is printed on the admin's terminal as it is."""
+    import unicodedata
+
+    return not any(unicodedata.category(c)[0] == "C" or unicodedata.category(c) in ("Zl", "Zp")
+                   for c in text)
 
 
 @dataclass(frozen=True)
@@ -49,11 +57,18 @@ class Member:
         from common.sealing import key_from_text, key_to_text
         from common.tls import normalize_fingerprint
 
-        if not isinstance(name, str) or not _NAME.fullmatch(name.strip()):
+        from common.connection import validate_url
+
+        if not isinstance(name, str) or not _NAME.fullmatch(name.strip()) or \
+                not _printable(name.strip()):
             raise PolicyError("a member's name is 1 to 100 printable characters")
-        parsed = urlparse(url if isinstance(url, str) else "")
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise PolicyError(f"a member's URL is http(s)://HOST:PORT, got {str(url)[:100]!r}")
+        if name.strip().lower() == "this hospital":  # what a review calls this one
+            raise PolicyError("a member may not be called \"this hospital\"")
+        try:
+            url = validate_url(url if isinstance(url, str) else "")
+        except DomainError:
+            raise PolicyError(f"a member's URL is http(s)://HOST:PORT, got {str(url)[:100]!r}") \
+                from None
         try:
             key = key_to_text(key_from_text(public_key))
         except SharingError as exc:
@@ -64,7 +79,7 @@ class Member:
             raise PolicyError(f"a member's {exc}") from None
         if signing_key is not None and not re.fullmatch(r"[0-9a-f]{64}", str(signing_key)):
             raise PolicyError("a member's card signing key is 64 lowercase hex digits")
-        return cls(name.strip(), url.rstrip("/"), key, pin, signing_key)
+        return cls(name.strip(), url, key, pin, signing_key)
 
     def to_dict(self) -> dict:
         extra = {k: v for k, v in (("tls_fingerprint", self.tls_fingerprint),
