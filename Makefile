@@ -50,6 +50,8 @@ bench: install
 	$(PY) bench/bench_load.py
 	$(PY) bench/bench_review.py
 	$(PY) bench/bench_backup.py
+	$(PY) bench/bench_tls.py
+	$(PY) bench/bench_cross_host.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
