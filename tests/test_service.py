@@ -220,6 +220,9 @@ def skip_reason() -> str | None:
     """Why this machine cannot run a domain as another user, if it cannot."""
     if os.geteuid() != 0:
         return "needs root to create the service user and delegate a cgroup to it"
+    closed = unreachable(SERVICE_PATHS)
+    if closed:
+        return closed
     for tool in ("bwrap", "unshare", "nsenter", "useradd", SETPRIV):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
@@ -249,27 +252,58 @@ def delegate_cgroups(uid: int, gid: int) -> list[Path]:
     return made
 
 
-def _kept_out_of_homes(paths: list[Path]) -> list[str]:
-    """Shell lines: /root and /home become empty (ProtectHome=), but for `paths` under them."""
-    lines = []
-    for home in (Path("/root"), Path("/home")):
-        if not home.is_dir():
+HIDDEN = (Path("/tmp"), Path("/root"), Path("/home"))  # PrivateTmp=, ProtectHome=
+
+
+def _hidden_but(paths: list[Path]) -> list[str]:
+    """Shell lines: /tmp (PrivateTmp=), /root and /home (ProtectHome=) become empty, but
+    for `paths` under them (the project, what the venv links to), which stay where they are,
+    under directories the service user may enter. A path closed to others itself (a clone
+    in `mktemp -d`) comes back as an open directory holding its entries."""
+    kept: list[tuple[Path, Path]] = []  # (what, where it goes back)
+    for path in paths:
+        if not any(hidden in path.parents for hidden in HIDDEN):
             continue
-        kept = [path for path in paths if home in path.parents]
-        for index, path in enumerate(kept):
-            lines.append(f"mkdir -p /tmp/.kept/{index} && mount --bind {path} /tmp/.kept/{index}")
-        lines.append(f"mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs {home}")
-        for index, path in enumerate(kept):
-            lines.append(f"mkdir -p {path} && mount --move /tmp/.kept/{index} {path}")
+        if path.stat().st_mode & 0o005 == 0o005:
+            kept.append((path, path))
+        else:
+            kept += [(entry, entry) for entry in sorted(path.iterdir())]
+    lines = ["mount -t tmpfs -o mode=0755 tmpfs /mnt"]  # a staging place, this namespace's
+    for index, (what, _) in enumerate(kept):
+        kind = "mkdir -p" if what.is_dir() else "touch"
+        lines.append(f"{kind} /mnt/{index} && mount --bind {shlex.quote(str(what))} /mnt/{index}")
+    lines.append("mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp")
+    for home in HIDDEN[1:]:
+        if home.is_dir():
+            lines.append(f"mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs {home}")
+    for index, (what, where) in enumerate(kept):
+        place = shlex.quote(str(where))
+        make = f"mkdir -p {place}" if what.is_dir() else \
+            f"mkdir -p {shlex.quote(str(where.parent))} && touch {place}"
+        lines.append(f"{make} && mount --move /mnt/{index} {place}")
     return lines
+
+
+def unreachable(paths: list[Path]) -> str | None:
+    """Where the service user could not enter a directory on the way to one of `paths`
+    (outside /tmp and the homes, which the launcher recreates enterable), else None."""
+    for path in paths:
+        if any(hidden in path.parents for hidden in HIDDEN):
+            continue
+        for parent in [*reversed(path.parents), path]:
+            if not parent.stat().st_mode & 0o001:
+                return f"{parent} is closed to other users, and {path} lies under it"
+    return None
+
+
+SERVICE_PATHS = [PROJECT_ROOT, Path(sys.base_prefix).resolve()]  # the code, the interpreter
 
 
 def launcher(state: Path, cgroups: list[Path], uid: int, gid: int, start: list[str]) -> list[str]:
     """The argv that starts `start` the way the unit would (see the module's docstring)."""
     script = [
         "set -e",
-        "mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp",  # PrivateTmp=yes
-        *_kept_out_of_homes([Path(sys.base_prefix).resolve()]),  # what the venv links to
+        *_hidden_but(SERVICE_PATHS),
         f"mount --bind {state} {state}",  # ReadWritePaths= / StateDirectory=
         # ProtectSystem=strict: every other mount read-only but the API file systems
         "for mount in $(awk '$6 !~ /^ro/ {print $5}' /proc/self/mountinfo); do",
@@ -309,8 +343,9 @@ def processes_of(uid: int) -> dict[int, str]:
 
 def as_service_user(server_pid: int, uid: int, gid: int) -> list[str]:
     """The prefix that runs a command as the service user, as the server sees the files."""
-    return ["nsenter", f"--target={server_pid}", "--mount", f"--wd={PROJECT_ROOT}", "--",
-            SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", "env", "-i",
+    # cd there, not --wd: nsenter opens --wd's directory before it enters the namespace
+    return ["nsenter", f"--target={server_pid}", "--mount", "--", "/bin/sh", "-c",
+            f'cd {shlex.quote(str(PROJECT_ROOT))} && exec "$@"', "sh", SETPRIV, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--", "env", "-i",
             "PATH=/usr/bin:/bin", "HOME=/nonexistent", "LANG=C.UTF-8"]
 
 
