@@ -37,6 +37,7 @@ from common.secure_files import (
 
 DEFAULT_ROOT_PASSWORD = "changethis"
 ADMIN_PASSWORD_ENV = "PNEUMOSYFT_ADMIN_PASSWORD"
+BACKUP_PASSPHRASE_ENV = "PNEUMOSYFT_BACKUP_PASSPHRASE"  # admin/backup.py; never the server's
 STATE_DIR_ENV = "PNEUMOSYFT_STATE_DIR"
 TLS_KEY = "tls"  # config.extra: the served certificate (domain_setup.tls_certificate)
 MIN_PASSWORD_LENGTH = 12

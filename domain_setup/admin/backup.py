@@ -45,9 +45,9 @@ from common.processes import pid_alive
 from common.secure_files import _fsync_dir, ensure_private_dir, read_secret
 from domain_setup.admin.backup_archive import BackupError, SealedReader, SealedWriter
 from domain_setup.server.audit import AUDIT_FILE, AuditLog
-from domain_setup.state import StateDir, validate_password
+from domain_setup.state import BACKUP_PASSPHRASE_ENV, StateDir, validate_password
 
-PASSPHRASE_ENV = "PNEUMOSYFT_BACKUP_PASSPHRASE"
+PASSPHRASE_ENV = BACKUP_PASSPHRASE_ENV
 MANIFEST = "pneumosyft-backup.json"
 STATE = "state"
 PG_DUMP = "postgresql.dump"

@@ -67,10 +67,11 @@ def cmd_start(args: argparse.Namespace, state: StateDir) -> int:
         return 0
     lifecycle.start(state, config)
     print(f"domain {config.name!r} is up at {config.url}")
-    if config.extra.get("tls"):
-        from domain_setup.tls_certificate import fingerprint
+    from domain_setup.tls_certificate import fingerprint
 
-        print(f"  TLS:   SHA-256 fingerprint {fingerprint(config)}")
+    pin = fingerprint(config)
+    if pin:
+        print(f"  TLS:   SHA-256 fingerprint {pin}")
     print(f"  admin: {config.admin_email} (password in {state.admin_password_path})")
     print(f"  next:  python -m domain_setup upload synthetic --name xray --state-dir {state.root}")
     return 0

@@ -63,10 +63,11 @@ def make_card(state: Any, *, url: str | None = None) -> dict:
     if public_key is None:
         raise DomainError("this hospital is not an aggregation party yet: run "
                           "`python -m domain_setup federation enable` first")
-    card_url = _checked_url(url or config.url, fingerprint(config))
+    pin = fingerprint(config)  # reads the certificate file once
+    card_url = _checked_url(url or config.url, pin)
     signing = SigningKey(bytes.fromhex(state.load_or_create_identity().signing_key))
     card = {"pneumosyft_federation_card": CARD_VERSION, "name": config.name, "url": card_url,
-            "tls_fingerprint": fingerprint(config), "aggregation_public_key": public_key,
+            "tls_fingerprint": pin, "aggregation_public_key": public_key,
             "signing_key": bytes(signing.verify_key).hex(),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     card["signature"] = signing.sign(_message(card)).signature.hex()

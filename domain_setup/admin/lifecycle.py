@@ -180,10 +180,10 @@ def start(state: StateDir, config: DomainConfig, *, progress=print) -> DomainCon
 def server_environment() -> dict[str, str]:
     """This process's environment without the secrets it may carry (account passwords, a
     backup passphrase)."""
-    from domain_setup.state import ADMIN_PASSWORD_ENV
+    from domain_setup.state import ADMIN_PASSWORD_ENV, BACKUP_PASSPHRASE_ENV
 
     return {key: value for key, value in os.environ.items()
-            if key not in (ADMIN_PASSWORD_ENV, "PNEUMOSYFT_BACKUP_PASSPHRASE")  # backup.py
+            if key not in (ADMIN_PASSWORD_ENV, BACKUP_PASSPHRASE_ENV)
             and not key.startswith("PNEUMOSYFT_PASSWORD_")}
 
 
