@@ -244,6 +244,23 @@ def request_code(worker: Any, request_id: str) -> Any | None:
         return None
 
 
+@requires("syft.service.notification.notifications:Notification.linked_obj",
+          "syft.service.notification.notification_stash:NotificationStash")
+def request_reason(worker: Any, request_id: str) -> str:
+    """The reason its requester gave for the request `request_id` (syft sends it to the
+    admin as the subject of the request's notification), or ''."""
+    try:
+        wanted = to_uid(request_id)
+        notifications = worker.services.notification.stash.get_all(worker.verify_key).unwrap()
+    except Exception:  # not a UID, or the store is unreadable
+        return ""
+    for notification in notifications:
+        linked = notification.linked_obj
+        if linked is not None and linked.object_uid == wanted:
+            return str(notification.subject)
+    return ""
+
+
 @requires("syft.service.policy.policy:retrieve_from_db",
           "syft.service.context:AuthedServiceContext",
           "syft.service.action.action_service:filter_twin_kwargs",
@@ -420,6 +437,36 @@ def keep_https_ports() -> None:
 
     from_url.keeps_port = True  # type: ignore[attr-defined]
     server_url.from_url = classmethod(from_url)
+
+
+_api_registry_lock = threading.RLock()
+
+
+@requires("syft.client.api:APIRegistry.set_api_for",
+          "syft.client.api:APIRegistry.__api_registry__")
+@contextlib.contextmanager
+def acting_as(client: Any) -> Iterator[None]:
+    """Within the block, syft resolves what `client`'s objects link to (a request's code,
+    say) through `client`'s own API, and after it through none. syft keeps one API per
+    (server, account) in a process-wide registry, the last login's: two logins of one
+    account in one process (two console sessions of the same admin in the server) would
+    otherwise call through each other's token, and a logged-out one's is revoked. Blocks
+    run one at a time in the process."""
+    registry = resolve("syft.client.api:APIRegistry")
+    key = (client.id, client.credentials.verify_key)
+    with _api_registry_lock:
+        registry.set_api_for(server_uid=key[0], user_verify_key=key[1], api=client.api)
+        try:
+            yield
+        finally:
+            registry.__api_registry__.pop(key, None)
+
+
+def forget_api(client: Any) -> None:
+    """Take `client`'s API out of syft's process-wide registry (its login put it there)."""
+    registry = resolve("syft.client.api:APIRegistry")
+    with _api_registry_lock:
+        registry.__api_registry__.pop((client.id, client.credentials.verify_key), None)
 
 
 @requires("syft.client.client:HTTPConnection.make_call", "syft.client.client:_serialize",

@@ -160,11 +160,20 @@ def cmd_token_revoke(args: argparse.Namespace, state: StateDir) -> int:
     return 0
 
 
+def _on_terminal(text: str) -> str:
+    """A researcher's text as it may be written on the admin's terminal: no control or
+    format characters (escape sequences, bidi overrides) reach it."""
+    import unicodedata
+
+    return "".join(c if unicodedata.category(c)[0] != "C" else f"\\u{ord(c):04x}" for c in text)
+
+
 def _print_summary(summary: Any, *, with_code: bool) -> None:
     print(f"request   {summary.id}")
     print(f"from      {summary.requester}")
     print(f"function  {summary.function}")
     print(f"status    {summary.status}   submitted {summary.created}")
+    print(f"reason    {_on_terminal(summary.reason)}")
     for kwarg, name in summary.inputs.items():
         print(f"input     {kwarg} <- {name}")
     for kwarg, value in summary.constants.items():

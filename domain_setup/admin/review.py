@@ -43,6 +43,8 @@ class RequestSummary:
     privacy: dict = field(default_factory=dict)  # the domain's privacy quote
     round: dict | None = None  # a secure round's id, parties (by name) and problems
     releases: list = field(default_factory=list)  # (field, bound, why) its kind may release
+    reason: str = ""  # why the requester asks (as she wrote it)
+    code_id: str = ""  # its code's id: the target of its runs in the audit log
 
 
 def normalise_request_id(text: str) -> str:
@@ -69,7 +71,8 @@ def summarise(request: Any, approval_rules: Any, asset_names: dict[str, str],
         constants={k: _describe_constant(v) for k, v in constants.items()},
         verdict_ok=not verdict.needs_override, verdict_reasons=verdict.all_reasons(),
         verdict=verdict, privacy=quote.get("privacy") or {}, round=quote.get("round"),
-        releases=[(r.field, r.bound.value, r.what) for r in identify(code.raw_code).releases])
+        releases=[(r.field, r.bound.value, r.what) for r in identify(code.raw_code).releases],
+        reason=str(quote.get("reason") or ""), code_id=str(code.id.no_dash))
 
 
 def _describe_constant(value: Any) -> Any:

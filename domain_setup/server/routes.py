@@ -5,14 +5,16 @@
     POST /pneumosyft/policies/reload      validate the policy files, put them in force
                                           (change_settings)
     GET  /pneumosyft/requests/{id}/quote  the domain's quote: privacy cost, the round's
-                                          parties, every problem (approve_requests)
+                                          parties, every problem, and the requester's
+                                          reason (approve_requests)
     POST /pneumosyft/requests/{id}/override  allow the next approval of custom or violating
                                           code, with a reason (approve_requests)
     GET  /pneumosyft/tokens               list issued tokens        (issue_tokens)
     POST /pneumosyft/tokens               issue a token             (issue_tokens)
     POST /pneumosyft/tokens/{jti}/revoke  revoke a token            (revoke_tokens)
     GET  /pneumosyft/audit                read the audit log        (read_audit)
-    POST /pneumosyft/audit                record an admin action    (read_audit)
+    POST /pneumosyft/audit                record an admin action    (read_audit; a request.*
+                                          or account.* action: who may take it)
 
 The admin CLI talks to these, as a remote admin would.
 """
@@ -74,6 +76,16 @@ def _audit_entry(body: dict) -> dict:
     return {**details, "action": str(body["action"])[:100],
             "target": str(body.get("target", ""))[:200],
             "outcome": str(body.get("outcome", "ok"))[:50]}
+
+
+# who may record an action taken outside the domain's routes (a denial is a syft call,
+# an account change a few): whoever may take it; anything else, whoever may read the log
+RECORD_PERMISSIONS = {"request": "approve_requests", "account": "manage_accounts"}
+
+
+def permission_to_record(action: str) -> str:
+    """The action of permissions.yaml a caller needs to record `action` in the audit log."""
+    return RECORD_PERMISSIONS.get(action.split(".", 1)[0], "read_audit")
 
 
 def checked_request_id(text: str) -> str:
@@ -148,8 +160,9 @@ def make_domain_router(state: Any, config: Any, worker: Any, gate: Any,
         code = syft_compat.request_code(worker, wanted) if _REQUEST_ID.fullmatch(wanted) else None
         if code is None:
             return _error(404, f"no request with id {request_id[:64]!r}")
-        return {"quote": quote_request(worker, gate.policies.current, ledger, code,
-                                       own_key=published_public_key(state))}
+        quote = quote_request(worker, gate.policies.current, ledger, code,
+                              own_key=published_public_key(state))
+        return {"quote": {**quote, "reason": syft_compat.request_reason(worker, wanted)}}
 
     @router.post("/requests/{request_id}/override")
     async def register_override(request_id: str, request: Request) -> Any:
@@ -208,22 +221,35 @@ def make_domain_router(state: Any, config: Any, worker: Any, gate: Any,
 
     @router.get("/audit")
     def read_audit(request: Request, since: str | None = None, actor: str | None = None,
-                   action: str | None = None, limit: int | None = None) -> Any:
+                   action: str | None = None, limit: int | None = None,
+                   outcome: str | None = None, until: str | None = None,
+                   offset: int = 0, newest_first: bool = False) -> Any:
         caller(request, "read_audit", "read the audit log")
         try:
             since_dt = parse_since(since) if since else None
+            until_dt = parse_since(until) if until else None
         except PneumoSyftError as exc:
             return _error(400, str(exc))
+        if newest_first:  # a page of the log, newest first (the console's audit page)
+            if not (0 <= offset and 0 < (limit or 100) <= 1000):
+                return _error(400, "offset must be at least 0 and limit 1 to 1000")
+            return {"entries": gate.audit.page(actor=actor, action=action, outcome=outcome,
+                                               since=since_dt, until=until_dt, offset=offset,
+                                               limit=limit or 100)}
+        if outcome or until or offset:
+            return _error(400, "outcome, until and offset need newest_first=true")
         return {"entries": gate.audit.read(since=since_dt, actor=actor, action=action,
                                            limit=limit)}
 
     @router.post("/audit")
     async def record_audit(request: Request) -> Any:
-        account = caller(request, "read_audit", "write the audit log")
         try:
             entry = _audit_entry(await _json_object(request))
         except (ValueError, KeyError, TypeError):
+            caller(request, "read_audit", "write the audit log")
             return _error(400, "body must be JSON with 'action' (and 'target', 'outcome', 'details')")
+        account = caller(request, permission_to_record(entry["action"]),
+                         f"record {entry['action']} in the audit log")
         gate.audit.record(account.email, entry.pop("action"), **entry)
         return {"recorded": True}
 
