@@ -83,3 +83,67 @@ def apply_accounts(session, path: str | Path) -> list[dict]:
             session.audit("account." + result.split()[0], target=email, role=account.role)
         rows.append({"email": email, "role": account.role, "result": result})
     return rows
+
+
+def _checked_role(role: str) -> str:
+    from domain_setup.policy.roles import ROLES
+
+    if role not in ROLES:
+        raise DomainError(f"unknown role {role!r}; one of {', '.join(ROLES)}")
+    return role
+
+
+def _user(client, email: str):
+    wanted = email.strip().lower()
+    for user in client.api.services.user.get_all():
+        if user.email.lower() == wanted:
+            return user
+    raise DomainError(f"no account for {email[:100]!r}")
+
+
+def _syft_call(what: str, call, *args, **kwargs):
+    """A syft user-service call whose refusal becomes one line."""
+    try:
+        result = call(*args, **kwargs)
+    except Exception as exc:  # syft raises SyftException subclasses with a public message
+        raise DomainError(f"{what} failed: {syft_compat.error_text(exc)}") from None
+    if syft_compat.is_syft_error(result):
+        raise DomainError(f"{what} failed: {syft_compat.error_text(result)}")
+    return result
+
+
+def create_user(session, email: str, *, name: str, role: str, password: str,
+                institution: str = "") -> None:
+    """Create one account with the password its owner will be told (audited)."""
+    email = email.strip().lower()
+    name = name.strip()
+    if not name or not email:
+        raise DomainError("an account needs a name and an email")
+    validate_password(password, what="the new account's password")
+    client = session.client()
+    _syft_call(f"creating {email}", client.api.services.user.create,
+               name=name, email=email, password=password, password_verify=password,
+               role=syft_compat.service_role(_checked_role(role)), institution=institution)
+    session.audit("account.created", target=email, role=role)
+
+
+def change_role(session, email: str, role: str) -> None:
+    """Give one account another role (audited); the root admin stays admin."""
+    if email.strip().lower() == session.state.load_config().admin_email.lower():
+        raise DomainError("the root admin's role cannot change")
+    client = session.client()
+    user = _user(client, email)
+    _syft_call(f"changing {email}'s role", client.api.services.user.update,
+               uid=user.id, role=syft_compat.service_role(_checked_role(role)))
+    session.audit("account.updated", target=user.email, role=role)
+
+
+def remove_user(session, email: str) -> None:
+    """Delete one account (audited); its tokens stop working with it (no account)."""
+    if email.strip().lower() == session.state.load_config().admin_email.lower():
+        raise DomainError("the root admin cannot be removed")
+    client = session.client()
+    user = _user(client, email)
+    _syft_call(f"removing {email}", client.api.services.user.delete, uid=user.id)
+    session.audit("account.removed", target=user.email)
+

@@ -27,10 +27,15 @@ from domain_setup.state import StateDir
 class AdminClient:
     """The hospital admin's handle on one domain (its state directory)."""
 
-    def __init__(self, state_dir: str | Path | StateDir):
+    def __init__(self, state_dir: str | Path | StateDir, *, session: Any = None,
+                 approval_rules: Any = None):
+        """`session` acts as another account than the root admin (the web console's
+        logged-in user, `domain_setup.server.console`); `approval_rules` are the rules in
+        force when the caller holds them already (the server does)."""
         self.state = state_dir if isinstance(state_dir, StateDir) else StateDir(state_dir)
-        self._session: Any = None
+        self._session: Any = session
         self._reviewer: Any = None
+        self._rules: Any = approval_rules
 
     # -- lifecycle ---------------------------------------------------------------------
     @classmethod
@@ -112,6 +117,26 @@ class AdminClient:
         """The domain's syft users."""
         return list(self.syft_client().api.services.user.get_all())
 
+    def create_user(self, email: str, *, name: str, role: str, password: str,
+                    institution: str = "") -> None:
+        """Create an account (audited); `role` is data_scientist, data_owner or admin."""
+        from domain_setup.admin.accounts import create_user
+
+        create_user(self.session, email, name=name, role=role, password=password,
+                    institution=institution)
+
+    def change_role(self, email: str, role: str) -> None:
+        """Give an account another role (audited)."""
+        from domain_setup.admin.accounts import change_role
+
+        change_role(self.session, email, role)
+
+    def remove_user(self, email: str) -> None:
+        """Delete an account (audited); the root admin cannot be removed."""
+        from domain_setup.admin.accounts import remove_user
+
+        remove_user(self.session, email)
+
     # -- tokens ------------------------------------------------------------------------
     def issue_token(self, email: str, *, role: str | None = None,
                     ttl: str = "8h") -> tuple[str, dict]:
@@ -142,7 +167,7 @@ class AdminClient:
         if self._reviewer is None:
             from domain_setup.admin.review import Reviewer
 
-            self._reviewer = Reviewer(self.session, self._approval_rules())
+            self._reviewer = Reviewer(self.session, self._rules or self._approval_rules())
         return self._reviewer
 
     def _approval_rules(self) -> Any:
@@ -220,11 +245,13 @@ class AdminClient:
 
         return make_card(self.state, url=url)
 
-    def add_federation_card(self, path: str) -> tuple[dict, list[dict]]:
-        """Verify another hospital's card file and add it (audited): (card, members)."""
-        from domain_setup.admin.federation_card import read_card
+    def add_federation_card(self, path: str | None = None, *,
+                            text: str | None = None) -> tuple[dict, list[dict]]:
+        """Verify another hospital's card (a file, or its `text`) and add it (audited):
+        (card, members)."""
+        from domain_setup.admin.federation_card import parse_card, read_card
 
-        card = read_card(path)
+        card = read_card(path) if text is None else parse_card(text.encode("utf-8"))
         members = self.add_federation_member(
             card["name"], url=card["url"], public_key=card["aggregation_public_key"],
             tls_fingerprint=card.get("tls_fingerprint"), signing_key=card["signing_key"])
@@ -252,6 +279,16 @@ class AdminClient:
         params = {k: v for k, v in (("since", since), ("actor", actor), ("action", action),
                                     ("limit", limit)) if v}
         return self.session.request("GET", "/pneumosyft/audit", params=params)["entries"]
+
+    def audit_page(self, *, actor: str | None = None, action: str | None = None,
+                   outcome: str | None = None, since: str | None = None,
+                   until: str | None = None, offset: int = 0, limit: int = 100) -> list[dict]:
+        """One page of the audit log, newest first (`AuditLog.page`); `since` and `until`
+        as `audit` takes `since` (``1h``, ``2026-12-01``, an ISO time)."""
+        params = {k: v for k, v in (("actor", actor), ("action", action), ("outcome", outcome),
+                                    ("since", since), ("until", until)) if v}
+        return self.session.request("GET", "/pneumosyft/audit", params={
+            **params, "offset": offset, "limit": limit, "newest_first": "true"})["entries"]
 
     def record(self, action: str, target: str = "", outcome: str = "ok", **details: Any) -> None:
         """Append an admin action to the domain's audit log."""

@@ -76,14 +76,21 @@ def make_card(state: Any, *, url: str | None = None) -> dict:
 
 def read_card(path: str | Path) -> dict:
     """The card in `path`, its signature and fields checked (DomainError, one line)."""
-    from nacl.exceptions import BadSignatureError
-    from nacl.signing import VerifyKey
-
     path = Path(path)
     try:
         raw = path.read_bytes()[:MAX_CARD_BYTES + 1]
     except OSError as exc:
         raise DomainError(f"cannot read the card {path}: {exc.strerror}") from None
+    return parse_card(raw, source=str(path))
+
+
+def parse_card(raw: bytes, *, source: str = "the card") -> dict:
+    """A card from its bytes (a file's, or pasted in the console), its signature and
+    fields checked (DomainError naming `source`, one line)."""
+    from nacl.exceptions import BadSignatureError
+    from nacl.signing import VerifyKey
+
+    path = source
     if len(raw) > MAX_CARD_BYTES:
         raise DomainError(f"{path} is larger than a federation card ({MAX_CARD_BYTES} bytes)")
     try:

@@ -221,6 +221,51 @@ class AuditLog:
         return list(kept)
 
 
+    def page(self, *, actor: str | None = None, action: str | None = None,
+             outcome: str | None = None, target: str | None = None,
+             since: datetime | None = None, until: datetime | None = None,
+             offset: int = 0, limit: int = 100) -> list[dict]:
+        """Newest first: the entries `offset` to `offset + limit` that match every filter
+        given (`action` as in `read`; `until` is exclusive). Files are read from their end,
+        so the first pages of a long log cost what they show, not the whole log."""
+        since = _to_log_resolution(_as_utc(since)) if since is not None else None
+        until = _to_log_resolution(_as_utc(until)) if until is not None else None
+        needles = [json.dumps(v).encode() for v in (actor, target)  # a cheap pre-filter
+                   if v and json.dumps(v)[1:-1] == v]
+        kept: list[dict] = []
+        skipped = 0
+        for path in reversed(self._files()):
+            try:
+                lines = path.read_bytes().splitlines()
+            except FileNotFoundError:
+                continue
+            for raw in reversed(lines):
+                if needles and not all(n.lower() in raw.lower() for n in needles):
+                    continue
+                entry = next(_parsed([raw]), None)
+                if entry is None:
+                    continue
+                if actor and str(entry.get("actor", "")).lower() != actor.lower():
+                    continue
+                if action and not _action_matches(str(entry.get("action", "")), action):
+                    continue
+                if outcome and str(entry.get("outcome", "")) != outcome:
+                    continue
+                if target and str(entry.get("target", "")) != target:
+                    continue
+                if until is not None and _at_or_after(entry, until):
+                    continue
+                if since is not None and not _at_or_after(entry, since):
+                    return kept  # newest first: everything further is older still
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                kept.append(entry)
+                if len(kept) >= limit:
+                    return kept
+        return kept
+
+
 def _parsed(handle: Any) -> Iterator[dict]:
     for raw in handle:
         if not raw.strip():
