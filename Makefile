@@ -10,11 +10,16 @@ install: system $(STAMP)
 
 # The sandbox that runs researcher code is bubblewrap (Debian package; libseccomp is
 # part of the base system); backups of a domain on PostgreSQL use pg_dump (postgresql-client,
-# only warned about when missing). Installed once, as root; elsewhere it says what to run.
+# only warned about when missing); the web console's browser tests drive Debian's Chromium
+# (Playwright cannot download its own browsers here). Installed once, as root; elsewhere
+# it says what to run.
 system:
 	@command -v bwrap >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq bubblewrap; \
 	  else echo "install bubblewrap first: sudo apt-get install bubblewrap" >&2; exit 1; fi; }
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	  else echo "the console's browser tests need Chromium: sudo apt-get install chromium" >&2; fi; }
 	@command -v pg_dump >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq postgresql-client; \
 	  else echo "backups of a domain on PostgreSQL need pg_dump: sudo apt-get install postgresql-client" >&2; fi; }

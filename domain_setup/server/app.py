@@ -90,6 +90,7 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
         try:
             yield
         finally:
+            app.state.console.sessions.close_all()  # their tokens are revoked
             worker.stop()
 
     app = FastAPI(title=config.name, lifespan=lifespan, docs_url=None, redoc_url=None,
@@ -130,11 +131,15 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
     audit.observers.append(metrics.observe)
     app.include_router(make_metrics_router(gate, metrics), prefix="/pneumosyft")
 
+    from domain_setup.server.console import install_console
+
+    console = install_console(app, state, config, gate)  # /admin/: its own login
     app.add_middleware(GateMiddleware, gate=gate)
     app.add_middleware(DiskFullResponses, state_root=state.root, min_free_mb=min_free_mb,
                        syft_error_body=lambda text: syft_compat.signed_syft_error(worker, text))
     app.add_middleware(ResponseCounter, metrics=metrics)  # outermost: every response
     app.state.gate = gate
+    app.state.console = console
     write_connection(state, config, gate.authority)
     return app
 
