@@ -45,6 +45,21 @@ def one_denied_request(domain: LocalDomain, work: Path) -> str:
     return submission.request_id
 
 
+def archive_domain(name: str, work: Path) -> tuple[LocalDomain, str]:
+    """A running domain (the demos' policies, a tiny data set, the accounts) with one
+    denied request; (domain, that request's id)."""
+    domain = LocalDomain.start_new(name, work / "state", extra_args=(
+        "--policies", str(PROJECT_ROOT / "demos" / "policies")))
+    try:
+        domain.cli("upload", "synthetic", "--name", "xray", "--n", "60", "--size", "16",
+                   "--no-progress")
+        domain.cli("accounts", "apply", str(PROJECT_ROOT / "policies" / "accounts.yaml"))
+        return domain, one_denied_request(domain, work)
+    except BaseException:
+        domain.stop()
+        raise
+
+
 def write_past_requests(domain: LocalDomain, request_id: str, copies: int) -> float:
     """With the domain stopped, store `copies` copies of a decided request under new ids
     (the server's own stash, root credentials); seconds taken."""
@@ -84,13 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--past and --passes must be at least 1")
     with tempfile.TemporaryDirectory(prefix="pneumosyft-review-") as workdir:
         work = Path(workdir)
-        domain = LocalDomain.start_new("Archive General", work / "state", extra_args=(
-            "--policies", str(PROJECT_ROOT / "demos" / "policies")))
+        domain, request_id = archive_domain("Archive General", work)
         try:
-            domain.cli("upload", "synthetic", "--name", "xray", "--n", "60", "--size", "16",
-                       "--no-progress")
-            domain.cli("accounts", "apply", str(PROJECT_ROOT / "policies" / "accounts.yaml"))
-            request_id = one_denied_request(domain, work)
             domain.stop()
             wrote = write_past_requests(domain, request_id, args.past - 1)
             started = time.monotonic()

@@ -172,6 +172,28 @@ def test_the_domain_serves_https_and_every_client_checks_its_pin(tls_domain, ada
 
 
 @pytest.mark.domain
+def test_the_console_over_tls_sets_a_host_only_secure_cookie(tls_domain):
+    import re
+
+    url = json.loads(tls_domain.cli("status", "--json"))["url"]
+    http = requests.Session()  # the pin of this process checks the certificate
+    form = http.get(f"{url}/admin/login", timeout=30).text
+    token = re.search(r'name="login_token" value="([^"]+)"', form).group(1)
+    done = http.post(f"{url}/admin/login", headers={"Origin": url}, timeout=60,
+                     allow_redirects=False,
+                     data={"login_token": token, "email": tls_domain.state.load_config()
+                           .admin_email, "password": tls_domain.state.admin_password()})
+    assert done.status_code == 303, done.text[:300]
+    cookie = done.headers["set-cookie"]
+    port = url.rsplit(":", 1)[1]
+    assert cookie.startswith(f"__Host-pneumosyft-console-session-{port}=")
+    assert all(part in cookie for part in ("HttpOnly", "Secure", "Path=/", "SameSite=strict"))
+    assert "Domain=" not in cookie
+    page = http.get(f"{url}/admin/requests", timeout=60)
+    assert page.status_code == 200 and "Requests" in page.text
+
+
+@pytest.mark.domain
 def test_a_server_with_another_certificate_is_refused_in_one_line(tls_domain, ada_file,
                                                                   tmp_path):
     from scientist import connect

@@ -26,6 +26,7 @@ from common.errors import DomainError, TokenError
 from domain_setup.admin.session import AdminSession
 from domain_setup.policy.roles import role_below
 from domain_setup.server.console.throttle import LoginThrottle
+from domain_setup.tls_certificate import trust_own_domain
 
 CONSOLE_ROLES = ("admin", "data_owner")
 SESSION_SECONDS = 8 * 3600  # a working day, then log in again
@@ -107,8 +108,10 @@ class ConsoleSessions:
                          else "empty password")
         token, claims = self.gate.authority.issue(account.email, account.role,
                                                   ttl_seconds=SESSION_SECONDS)
+        config = self.state.load_config()
+        trust_own_domain(config)  # over TLS: this process pins its own certificate
         try:
-            client = connect_client(self.state.load_config().url, token=token,
+            client = connect_client(config.url, token=token,
                                     email=account.email, password=password)
             syft_compat.forget_api(client)  # registered only while it acts (Console.act)
         except DomainError:
