@@ -57,6 +57,7 @@ bench: install
 	$(PY) bench/bench_backup.py
 	$(PY) bench/bench_tls.py
 	$(PY) bench/bench_cross_host.py
+	$(PY) bench/bench_console.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -93,7 +93,8 @@ def test_approve_a_vetted_request_and_the_researcher_run_succeeds(admin_page, ad
     assert "metrics" in releases and "dp" in releases  # every value with what bounds it
     assert "ε 1" in page.locator("#privacy-cost").inner_text()
     assert page.locator("#reason").inner_text() == "held-out DP evaluation of the initial model"
-    assert page.locator("#code .linenos").count() == 1  # highlighted, with line numbers
+    code_lines = len(page.locator("#code").inner_text().splitlines())
+    assert page.locator("#code .linenos").count() == code_lines  # a number on every line
     screenshot(page, "request", tmp_path)
     page.click("#approve-form button[type=submit]")
     assert "approved" in _flash(page)
@@ -277,6 +278,69 @@ def test_researcher_markup_is_shown_as_text_and_runs_nothing(browser, admin_page
         assert browser.dialogs[id(page)] == []
     finally:
         page.context.close()
+
+
+def test_code_that_reads_differently_from_what_it_is_is_written_out(admin_page, ada, tmp_path):
+    """A right-to-left override and isolates make a live branch look like a comment (an
+    attack that got private pixels approved); a statement after 300 spaces hid off-screen."""
+    trick = "count\u202e \u2066# never true: counting only\u2069 \u2066"
+    source = ("def count_images(images, labels, mode='leak'):\n"
+              f"    if mode != \"{trick}\":\n"
+              "        return {'n': int(images.shape[0])}\n"
+              "    result = {'n': 0}" + " " * 300 + "; result['px'] = 1\n"
+              "    return result\n")
+    submission = _custom(ada, tmp_path, source, reason="count images only\u202e (vetted by DPO)")
+    admin_page.goto(f"{admin_page.url.split('/admin')[0]}/admin/requests/{submission.request_id}")
+    warning = admin_page.locator("#hidden-warning").inner_text()
+    assert "U+202E" in warning and "U+2066" in warning
+    code = admin_page.locator("#code").inner_text()
+    assert "⟪U+202E⟫" in code and "\u202e" not in code
+    assert "⟪U+202E⟫" in admin_page.locator("#reason").inner_text()
+    assert "4" in admin_page.locator("#long-lines").inner_text()
+    box = admin_page.locator("#code").bounding_box()  # wrapped: nothing scrolls out of sight
+    assert admin_page.locator("#code pre").evaluate("e => e.scrollWidth <= e.clientWidth + 1")
+    assert box["width"] <= 1280
+
+
+def test_a_burst_of_parallel_guesses_is_checked_one_at_a_time(browser, hospital):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from domain_setup.admin import AdminClient
+
+    email = "burst@stmary-hospital.org"
+    AdminClient(hospital.state).create_user(email, name="Burst Target", role="data_owner",
+                                            password="the-burst-target-password")
+
+    def guess(n: int) -> int:
+        http = requests.Session()
+        form = http.get(f"{browser.url}/admin/login", timeout=60).text
+        token = re.search(r'name="login_token" value="([^"]+)"', form).group(1)
+        return http.post(f"{browser.url}/admin/login", headers={"Origin": browser.url},
+                         timeout=120, data={"login_token": token, "email": email,
+                                            "password": f"guess-{n}"}).status_code
+
+    with ThreadPoolExecutor(12) as pool:
+        statuses = list(pool.map(guess, range(12)))
+    assert set(statuses) <= {401, 429} and 429 in statuses
+    entries = AdminClient(hospital.state).audit(actor=email, action="console.login")
+    checked = [e for e in entries if e.get("reason") == "wrong password"]
+    assert 1 <= len(checked) <= 3  # the rest were refused unchecked
+    assert len(entries) == 12
+
+
+def test_a_huge_form_is_refused_before_it_is_read(browser):
+    big = {"email": "x@y.org", "password": "p" * (1 << 20)}
+    declared = requests.post(f"{browser.url}/admin/login", data=big, timeout=60,
+                             headers={"Origin": browser.url})
+    assert declared.status_code == 413
+
+    def chunks():
+        for _ in range(64):
+            yield b"a" * 65536
+
+    streamed = requests.post(f"{browser.url}/admin/login", data=chunks(), timeout=60,
+                             headers={"Origin": browser.url})
+    assert streamed.status_code == 413
 
 
 def test_forms_without_the_csrf_token_or_from_another_origin_are_refused(

@@ -111,6 +111,25 @@ def test_highlighted_code_is_escaped_by_pygments():
     assert 'class="linenos"' in html and "style=" not in html  # colours from the stylesheet
 
 
+def test_hidden_characters_are_written_out():
+    tricked = "if mode != \"count\u202e \u2066# never\u2069 \u2066\":\n\tpass\u200b"
+    assert render.hidden_characters(tricked, keep="\n\t") == [
+        "U+202E", "U+2066", "U+2069", "U+2066", "U+200B"]
+    shown = render.visible(tricked, keep="\n\t")
+    assert "⟪U+202E⟫" in shown and "\u202e" not in shown and "\n\t" in shown
+    html = str(render.highlighted(tricked))
+    assert "\u202e" not in html and "U+202E" in html
+
+
+def test_one_password_check_at_a_time_per_account():
+    throttle = LoginThrottle()
+    with throttle.checking("eve@x.org") as first:
+        with throttle.checking("eve@x.org") as second, throttle.checking("bob@x.org") as other:
+            assert (first, second, other) == (True, False, True)
+    with throttle.checking("eve@x.org") as again:
+        assert again
+
+
 def test_the_epsilon_plot_escapes_labels_and_steps_up():
     svg = str(render.epsilon_plot({PAYLOAD: [(100.0, 0.5), (200.0, 1.5)]}, now=300.0))
     assert "<script>" not in svg and "<img" not in svg

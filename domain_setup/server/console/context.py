@@ -76,9 +76,7 @@ class Console:
         problem = same_origin_problem(request.headers, request.url.scheme)
         if problem:
             self._refused(session, request, problem)
-        body = await request.body()
-        if len(body) > MAX_FORM_BYTES:
-            raise Denied(413, f"the form is larger than {MAX_FORM_BYTES // 1024} KB")
+        body = await _bounded_body(request)
         try:
             fields = {k: v[0] for k, v in parse_qs(body.decode("utf-8"), keep_blank_values=True,
                                                    max_num_fields=50).items()}
@@ -142,3 +140,18 @@ class Console:
 
     def to_login(self, request: Request) -> RedirectResponse:
         return self.redirect("/admin/login?next=" + quote(request.url.path, safe="/"))
+
+
+async def _bounded_body(request: Request) -> bytes:
+    """The request's body, read no further than `MAX_FORM_BYTES` (Denied 413 beyond)."""
+    too_large = Denied(413, f"the form is larger than {MAX_FORM_BYTES // 1024} KB")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_FORM_BYTES:
+        raise too_large
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise too_large
+    return bytes(body)
+

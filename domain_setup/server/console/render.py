@@ -2,8 +2,11 @@
 
 * `page(name, **values)`: a Jinja2 template of `templates/` with autoescape on for
   every value (text, attributes, URLs); a template never marks researcher text safe.
+* `visible(text)`: characters a reader would not see as they are (bidirectional
+  overrides, zero-width and control characters) written out as ⟪U+202E⟫.
 * `highlighted(code)`: Python source with line numbers, by Pygments, which escapes
-  the source itself; colours come from a stylesheet (`pygments_css`), never inline.
+  the source itself, hidden characters written out, long lines wrapped; colours come
+  from a stylesheet (`pygments_css`), never inline.
 * `epsilon_plot(series)`: an SVG line plot of ε over time, built from numbers only
   (labels are escaped like any other text).
 * `thumbnail(image)`: a mock X-ray (a 2-D array in [0, 1]) as a PNG.
@@ -14,6 +17,7 @@ from __future__ import annotations
 import functools
 import io
 import time
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,8 @@ from markupsafe import Markup, escape
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATIC = Path(__file__).parent / "static"
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"})
+LONG_LINE = 120  # characters: a longer line of code is pointed out to the admin
 PLOT_COLOURS = ("#1f6feb", "#d1242f", "#1a7f37", "#9a6700", "#8250df", "#bf3989")
 
 
@@ -32,6 +38,7 @@ def _environment() -> Any:
                              autoescape=True, undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
     env.filters["when"] = when
+    env.filters["visible"] = visible
     return env
 
 
@@ -48,14 +55,32 @@ def when(seconds: Any) -> str:
         return ""
 
 
+def hidden_characters(text: str, keep: str = "") -> list[str]:
+    """The characters of `text` a reader would not see as they are (controls, format and
+    bidirectional overrides, private use, unassigned, line and paragraph separators),
+    but those in `keep`: their code points, 'U+202E'."""
+    return [f"U+{ord(c):04X}" for c in text
+            if c not in keep and unicodedata.category(c) in HIDDEN_CATEGORIES]
+
+
+def visible(text: Any, keep: str = "") -> str:
+    """`text` with every hidden character (`hidden_characters`) written out as ⟪U+202E⟫,
+    so that what the admin reads is what the text is: a right-to-left override cannot
+    reorder code or a reason on the screen."""
+    text = str(text)
+    return "".join(f"⟪U+{ord(c):04X}⟫" if c not in keep and
+                   unicodedata.category(c) in HIDDEN_CATEGORIES else c for c in text)
+
+
 def highlighted(code: str) -> Markup:
-    """`code` as highlighted HTML with line numbers (Pygments escapes it)."""
+    """`code` as highlighted HTML with a number on every line, hidden characters written
+    out (`visible`) and long lines wrapped, not scrolled out of sight (Pygments escapes)."""
     from pygments import highlight
     from pygments.formatters import HtmlFormatter
     from pygments.lexers import PythonLexer
 
-    return Markup(highlight(code, PythonLexer(), HtmlFormatter(linenos="table",
-                                                               cssclass="code")))
+    return Markup(highlight(visible(code, keep="\n\t"), PythonLexer(),
+                            HtmlFormatter(linenos="inline", cssclass="code")))
 
 
 @functools.lru_cache(maxsize=1)

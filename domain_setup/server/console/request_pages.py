@@ -20,20 +20,20 @@ BOUND_MEANING = {"public": "known before the run", "dp": "covered by the privacy
                  "trusted": "released only where the admin does not require DP"}
 
 
-def request_rows(admin: Any) -> list:
-    """Every code request, pending first then newest first; the pending ones with the
-    domain's quote (their verdict is what the admin decides on), the decided ones judged
-    on their code alone (one fetch of every request, no quote each)."""
+def request_page_rows(admin: Any, page: int) -> tuple[list, int, int]:
+    """(rows of page `page`, pending count, total): every code request ordered pending
+    first then newest first, from one fetch of them all; only the page's rows are judged
+    (a request's code is one more call each), the pending ones with the domain's quote
+    (their verdict is what the admin decides on)."""
     reviewer = admin.reviewer
     requests = reviewer._requests()
-    if not requests:
-        return []
-    names = reviewer._asset_names()
+    requests.sort(key=lambda r: str(r.request_time), reverse=True)
+    requests.sort(key=lambda r: not is_pending(r))  # stable: newest first within each
+    shown = requests[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
+    names = reviewer._asset_names() if shown else {}
     rows = [reviewer._summarise(r, names) if is_pending(r) else summarise(r, reviewer.rules, names)
-            for r in requests]
-    rows.sort(key=lambda s: s.created, reverse=True)
-    rows.sort(key=lambda s: s.status != "pending")  # stable: newest first within each
-    return rows
+            for r in shown]
+    return rows, sum(map(is_pending, requests)), len(requests)
 
 
 def register(router: Any, console: Console) -> None:
@@ -42,13 +42,11 @@ def register(router: Any, console: Console) -> None:
     @router.get("/requests")
     async def requests_page(request: Request, page: int = 1) -> Any:
         session = console.user(request, "approve_requests")
-        rows = await console.act(session, request_rows)
-        pages = max(1, -(-len(rows) // PAGE_SIZE))
-        page = min(max(page, 1), pages)
-        return console.page(session, "requests.html", rows=rows[(page - 1) * PAGE_SIZE:
-                                                                page * PAGE_SIZE],
-                            pending=sum(r.status == "pending" for r in rows), total=len(rows),
-                            page=page, pages=pages)
+        page = min(max(page, 1), 10_000)
+        rows, pending, total = await console.act(
+            session, lambda admin: request_page_rows(admin, page))
+        return console.page(session, "requests.html", rows=rows, pending=pending, total=total,
+                            page=page, pages=max(1, -(-total // PAGE_SIZE)))
 
     @router.get("/requests/{request_id}")
     async def request_page(request_id: str, request: Request) -> Any:
@@ -58,8 +56,13 @@ def register(router: Any, console: Console) -> None:
         runs = [e for e in console.gate.audit.page(target=summary.code_id, limit=50)] + \
             console.gate.audit.page(target=summary.id, limit=50)
         runs.sort(key=lambda e: str(e.get("time", "")))
+        hidden = (render.hidden_characters(summary.code, keep="\n\t")
+                  + render.hidden_characters(summary.reason))
+        long_lines = [n for n, line in enumerate(summary.code.splitlines(), 1)
+                      if len(line) > render.LONG_LINE]
         return console.page(session, "request.html", s=summary, runs=runs,
-                            code=render.highlighted(summary.code), meaning=BOUND_MEANING)
+                            code=render.highlighted(summary.code), meaning=BOUND_MEANING,
+                            hidden=hidden, long_lines=long_lines, long_line=render.LONG_LINE)
 
     @router.post("/requests/{request_id}/approve")
     async def approve(request_id: str, request: Request) -> Any:

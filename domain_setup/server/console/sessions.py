@@ -18,6 +18,7 @@ import hmac
 import secrets
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,7 @@ CONSOLE_ROLES = ("admin", "data_owner")
 SESSION_SECONDS = 8 * 3600  # a working day, then log in again
 IDLE_SECONDS = 30 * 60  # left open and unused: ended
 MAX_SESSIONS = 200  # a flood of logins cannot fill the server's memory
+MAX_CONCURRENT_CHECKS = 4
 
 
 class LoginRefused(DomainError):
@@ -88,35 +90,35 @@ class ConsoleSessions:
     throttle: LoginThrottle = field(default_factory=LoginThrottle)
     _sessions: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    # password checks under way at once (each is a syft login over HTTP to this server)
+    _checks: threading.Semaphore = field(
+        default_factory=lambda: threading.Semaphore(MAX_CONCURRENT_CHECKS))
+    _check_seconds: deque = field(default_factory=lambda: deque(maxlen=20))
 
     def login(self, email: str, password: str, *, client_address: str) -> ConsoleSession:
         """A new session for `email` if the password is right and the role may use the
         console; else LoginRefused (401 wrong, 403 role, 429 throttled), audited."""
-        from common.connection import connect_client
-
         email = (email or "").strip().lower()[:254]
         audit = self.gate.audit
-        wait = self.throttle.remaining(email)
-        if wait:
-            audit.record(email or "?", "console.login", outcome="throttled",
-                         address=client_address, wait_seconds=str(wait))
-            raise LoginRefused(429, f"too many failed logins for this account: try again "
-                                    f"in {wait} s")
-        account = self.gate.accounts.by_email(email) if email else None
-        if account is None or not password:
-            self._failed(email, client_address, "no such account" if account is None
-                         else "empty password")
-        token, claims = self.gate.authority.issue(account.email, account.role,
-                                                  ttl_seconds=SESSION_SECONDS)
-        config = self.state.load_config()
-        trust_own_domain(config)  # over TLS: this process pins its own certificate
-        try:
-            client = connect_client(config.url, token=token,
-                                    email=account.email, password=password)
-            syft_compat.forget_api(client)  # registered only while it acts (Console.act)
-        except DomainError:
-            self.gate.authority.revoke(claims["jti"], reason="console login failed")
-            self._failed(email, client_address, "wrong password")
+        # one password check at a time per account, and a few in all: a burst of guesses in
+        # parallel cannot slip past the count of failures, nor swamp the server
+        with self.throttle.checking(email) as admitted:
+            if not admitted or not self._checks.acquire(blocking=False):
+                audit.record(email or "?", "console.login", outcome="throttled",
+                             address=client_address, reason="another login is being checked")
+                raise LoginRefused(429, "another login is being checked: try again in a moment")
+            wait = self.throttle.remaining(email)
+            if wait:
+                self._checks.release()
+                audit.record(email or "?", "console.login", outcome="throttled",
+                             address=client_address, wait_seconds=str(wait))
+                raise LoginRefused(429, f"too many failed logins for this account: try again "
+                                        f"in {wait} s")
+            try:
+                client, account, claims, token = self._check_password(email, password,
+                                                                      client_address)
+            finally:
+                self._checks.release()
         if account.role not in CONSOLE_ROLES:
             self.gate.authority.revoke(claims["jti"], reason="console login refused")
             audit.record(account.email, "console.login", outcome="refused",
@@ -136,6 +138,38 @@ class ConsoleSessions:
         audit.record(account.email, "console.login", target=claims["jti"],
                      address=client_address)
         return session
+
+    def _check_password(self, email: str, password: str,
+                        client_address: str) -> tuple[Any, Any, dict, str]:
+        """(syft client, account, token claims, token) when the password is right; else the
+        failure is counted and LoginRefused raised. An unknown account costs as long as a
+        known one's check (the answer's time does not tell which accounts exist)."""
+        from common.connection import connect_client
+
+        started = time.monotonic()
+        account = self.gate.accounts.by_email(email) if email else None
+        if account is None or not password:
+            time.sleep(max(0.0, self._typical_check_seconds() - (time.monotonic() - started)))
+            self._failed(email, client_address, "no such account" if account is None
+                         else "empty password")
+        token, claims = self.gate.authority.issue(account.email, account.role,
+                                                  ttl_seconds=SESSION_SECONDS)
+        config = self.state.load_config()
+        trust_own_domain(config)  # over TLS: this process pins its own certificate
+        try:
+            client = connect_client(config.url, token=token,
+                                    email=account.email, password=password)
+            syft_compat.forget_api(client)  # registered only while it acts (Console.act)
+        except Exception as exc:  # a wrong password, or the check itself failed: counted
+            self.gate.authority.revoke(claims["jti"], reason="console login failed")
+            self._failed(email, client_address, "wrong password" if isinstance(exc, DomainError)
+                         else f"the check failed ({type(exc).__name__})")
+        self._check_seconds.append(time.monotonic() - started)
+        return client, account, claims, token
+
+    def _typical_check_seconds(self) -> float:
+        recent = sorted(self._check_seconds)
+        return recent[len(recent) // 2] if recent else 0.8
 
     def _failed(self, email: str, client_address: str, why: str) -> None:
         wait = self.throttle.failed(email)

@@ -14,10 +14,11 @@ the answer does not tell which accounts exist.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 FREE_FAILURES = 2
 MAX_LOCK_SECONDS = 900
@@ -32,6 +33,7 @@ class LoginThrottle:
         self._clock = clock
         self._lock = threading.Lock()
         self._state: dict[str, tuple[int, float, float]] = {}  # failures, last, locked until
+        self._checking: set[str] = set()  # emails whose password is being checked now
 
     def _current(self, email: str) -> tuple[int, float, float]:
         failures, last, until = self._state.get(email, (0, 0.0, 0.0))
@@ -61,6 +63,20 @@ class LoginThrottle:
                 del self._state[min(self._state, key=lambda k: self._state[k][1])]
             self._state[email] = (failures, now, now + lock)
             return lock
+
+    @contextlib.contextmanager
+    def checking(self, email: str) -> Iterator[bool]:
+        """While the block runs, `email`'s password is being checked: yields False (and
+        checks nothing) when another check of it is already under way."""
+        with self._lock:
+            admitted = email not in self._checking
+            self._checking.add(email)
+        try:
+            yield admitted
+        finally:
+            if admitted:
+                with self._lock:
+                    self._checking.discard(email)
 
     def succeeded(self, email: str) -> None:
         with self._lock:
