@@ -76,3 +76,20 @@ $(FLOWER_STAMP): bench/flower-requirements.txt
 
 bench-flower: install $(FLOWER_STAMP)
 	$(PY) bench/bench_vs_flower.py $(ARGS)
+
+# Private inference beside CrypTen 0.4.1 (bench/bench_private_inference.py). CrypTen gets a
+# venv of its own: its metadata asks for the deprecated `sklearn` package and torchvision, so
+# it installs with --no-deps, beside the CPU torch and what it really imports.
+CRYPTEN_VENV  := bench/.crypten-venv
+CRYPTEN_STAMP := $(CRYPTEN_VENV)/.requirements-installed
+
+.PHONY: bench-crypten
+
+$(CRYPTEN_STAMP): bench/crypten-requirements.txt
+	@test -x $(CRYPTEN_VENV)/bin/python || $(PYTHON) -m venv $(CRYPTEN_VENV)
+	$(CRYPTEN_VENV)/bin/python -m pip install --quiet -r bench/crypten-requirements.txt
+	$(CRYPTEN_VENV)/bin/python -m pip install --quiet --no-deps crypten==0.4.1
+	@touch $(CRYPTEN_STAMP)
+
+bench-crypten: install $(CRYPTEN_STAMP)
+	$(PY) bench/bench_private_inference.py $(ARGS)
