@@ -4,7 +4,7 @@ loopback TCP connection (one thread each), the dealer in this process.
 
 Measured in the same run: the latency of one private prediction (preprocessing by the
 dealer, then the online phase: computation, and communication with its bytes and rounds per
-layer kind), the throughput of a batch of 100, the agreement of private and plaintext labels
+layer kind), the same prediction through three live domains (two compute, one deals), the throughput of a batch of 100, the agreement of private and plaintext labels
 and AUC on 1,000 held-out synthetic X-rays, and beside it the plaintext model (one thread)
 and CrypTen 0.4.1 (bench/crypten_side.py in bench/.crypten-venv, `make bench-crypten`) on
 the same model, weights and image, with its trusted third party as the dealer.
@@ -116,6 +116,47 @@ def crypten_latency(weights: dict, image: np.ndarray, passes: int) -> dict | Non
         return json.loads(target.read_text())
 
 
+def domain_latency(weights: dict, image: np.ndarray, passes: int) -> dict:
+    """The same prediction through three live domains on loopback (two compute, one deals):
+    offered, approved by each admin, then asked `passes` times; the seconds of each step."""
+    from demos.local_domain import TRUSTED, join_federation, start_domains
+    from domain_setup import PROJECT_ROOT
+    from scientist.federated import join
+    from scientist.inference import PrivateInference, offer_model
+
+    with tempfile.TemporaryDirectory(prefix="pneumosyft-inference-") as work:
+        root = Path(work)
+        domains = start_domains(
+            [(name, root / f"h{i}") for i, name in enumerate(("St Mary", "Royal Infirmary",
+                                                              "County General"))],
+            prepare=lambda i, d: d.cli("accounts", "apply",
+                                       str(PROJECT_ROOT / "policies" / "accounts.yaml")),
+            extra_args=TRUSTED)
+        try:
+            join_federation(domains)
+            hospitals = [join(str(d.researcher_file("ada@pneumosyft-research.org",
+                                                    root / f"ada-{i}.json")))
+                         for i, d in enumerate(domains)]
+            offered = offer_model(hospitals[:2], dealer=hospitals[2].name, weights=weights,
+                                  image_size=SIZE, queries=passes + 1, reason="benchmark")
+            for domain, submission in zip(domains, offered):
+                domain.admin.approve(submission.request_id)
+            inference = PrivateInference(hospitals[:2], hospitals[2], offered, image_size=SIZE)
+            inference.predict(image)  # warm: the first query imports and compiles on each side
+            answers = []
+            for _ in range(passes):
+                started = time.perf_counter()
+                answer = inference.predict(image)
+                answers.append({**answer.seconds, "total": time.perf_counter() - started,
+                                "logits": answer.logits})
+            return {k: statistics.median(a[k] for a in answers)
+                    for k in ("share", "dealer", "computing hospitals", "total")} | {
+                "logits": answers[-1]["logits"]}
+        finally:
+            for domain in domains:
+                domain.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", type=int, default=2400, help="training images")
@@ -150,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             plain_seconds.append(time.perf_counter() - started)
     batch = private_run(compile_model("small_cnn", SIZE, batch=100), pixels[:100], weights)
     crypten = crypten_latency(weights, one, args.passes)
+    live = domain_latency(weights, one, args.passes)
 
     med = statistics.median
     total = [r["dealing"] + r["online"] for r in runs]
@@ -178,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{100 / batch['online']:.1f}/s)")
     print(f"plaintext model, one image, one thread: {med(plain_seconds) * 1000:.2f} ms "
           f"(private / plaintext {med(total) / med(plain_seconds):.0f}x)")
+    print(f"through three live domains on loopback (HTTP, one exchange per round; dealer a third "
+          f"domain): {live['total']:.3f} s = sharing {live['share']:.3f} + dealer "
+          f"{live['dealer']:.3f} + the computing hospitals {live['computing hospitals']:.3f} s "
+          f"(logits within {np.abs(live['logits'] - plain[:1]).max():.5f} of plaintext)")
     if crypten:
         theirs = med(crypten["seconds"])
         diff = np.abs(np.array(crypten["logits"]) - plain[:1]).max()

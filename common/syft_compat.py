@@ -244,6 +244,12 @@ def request_code(worker: Any, request_id: str) -> Any | None:
         return None
 
 
+def code_constants(code: Any) -> dict:
+    """The constants a request's code was submitted (and approved) with, by keyword."""
+    return {kwarg: rule_value(rule) for kwarg, rule in input_policy_rules(code).items()
+            if is_constant(rule)}
+
+
 @requires("syft.service.notification.notifications:Notification.linked_obj",
           "syft.service.notification.notification_stash:NotificationStash")
 def request_reason(worker: Any, request_id: str) -> str:

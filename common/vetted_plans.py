@@ -135,3 +135,14 @@ def federated_job_private_xray_plan(images, labels, aggregation_key, config, ini
                                         result["n_samples"], spec),
             "n_samples": result["n_samples"],
             "privacy": {"epsilon": result["epsilon"], "delta": result["delta"]}}
+
+
+def private_inference_plan(model_share, service):
+    """An inference service: with one other member of the federation, this hospital computes
+    `service['model']` on X-rays that image holders share with it, on its share of the
+    model holder's weights (`common.mpc`). Approved once; each query is served by the
+    inference routes and charged to the image holder's query budget, never run as code."""
+    from common.mpc.service import model_share_problems, service_problems
+
+    problems = service_problems(service) or model_share_problems(model_share, service)
+    return {"accepted": not problems}

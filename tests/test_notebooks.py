@@ -129,7 +129,8 @@ def test_notebooks_are_committed_without_outputs():
     names = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
     assert names == ["00_hospital_admin.ipynb", "01_connect_and_explore.ipynb",
                      "02_training_plan.ipynb", "03_secret_shared_weights.ipynb",
-                     "04_secure_federated_averaging.ipynb", "05_differential_privacy.ipynb"]
+                     "04_secure_federated_averaging.ipynb", "05_differential_privacy.ipynb",
+                     "06_private_inference.ipynb"]
     for name in names:
         notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
         nbformat.validate(notebook)
@@ -215,6 +216,18 @@ def test_04_secure_federated_averaging(kernel_dir, federation_domains, tmp_path,
     # trained in without a request); then 3 evaluations
     assert len(approved) == 2 * 3 + 2 * 3 + 3, approver.report()
     assert count_images(notebook) == 2  # class balance, accuracy per round
+
+
+def test_06_private_inference(kernel_dir, federation_domains, tmp_path, monkeypatch):
+    for i, domain in enumerate(federation_domains, start=1):
+        path = domain.researcher_file(RESEARCHER, tmp_path / f"ada-{i}.json")
+        monkeypatch.setenv(f"PNEUMOSYFT_CONNECTION_{i}", str(path))
+    notebook, approved, approver = run_with_admin("06_private_inference.ipynb", kernel_dir,
+                                                  *federation_domains[:2])
+    assert len([f for f in approved if f.startswith("private_inference_plan")]) == 2, \
+        approver.report()
+    assert count_images(notebook) == 1  # the X-ray with both answers
+    assert "20 of 20 labels identical" in outputs_text(notebook)
 
 
 def test_plots_return_figures():

@@ -47,6 +47,10 @@ class Material:
             raise ValueError(f"the dealer's {label} has shape {words.shape}, not {tuple(shape)}")
         return words
 
+    def exported(self) -> tuple[bytes, dict[str, np.ndarray]]:
+        """(seed, corrections): what the dealer sends this party."""
+        return self._stream._seed, dict(self._corrections)
+
     def nbytes(self) -> int:
         return 32 + sum(w.nbytes for w in self._corrections.values())
 

@@ -52,7 +52,7 @@ class Stream:
     def __init__(self, seed: bytes):
         if len(seed) != 32:
             raise ValueError("a stream's seed is 32 bytes")
-        self._seed = seed
+        self._seed = bytes(seed)
 
     def words(self, label: str, shape: Sequence[int]) -> np.ndarray:
         key = hmac.new(self._seed, label.encode(), hashlib.sha256).digest()

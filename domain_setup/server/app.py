@@ -64,6 +64,7 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
     from domain_setup.server.federation_routes import make_federation_router
     from domain_setup.server.gate import GateMiddleware, TokenGate
     from domain_setup.server.health import DEFAULT_MIN_FREE_MB, DiskFullResponses, disk_problems
+    from domain_setup.server.inference_routes import make_inference_router
     from domain_setup.server.job_ledger import JobLedger
     from domain_setup.server.job_routes import make_job_router
     from domain_setup.server.job_rounds import JobRounds
@@ -109,6 +110,9 @@ def build_app(state: StateDir, config: DomainConfig, worker: Any, *, policies: A
                        prefix="/pneumosyft/federation")
     app.include_router(make_federation_router(gate), prefix="/pneumosyft/federation")
     app.include_router(make_run_router(gate, executor.queue), prefix="/pneumosyft/runs")
+    app.include_router(make_inference_router(state, worker, gate, executor.approvals,
+                                             lambda: load_private_key_if_enabled(state)),
+                       prefix="/pneumosyft/inference")
     app.include_router(make_job_router(gate, JobRounds(
         worker=worker, executor=executor, jobs=JobLedger.of_state(state.root), audit=audit,
         private_key=lambda: load_private_key_if_enabled(state))), prefix="/pneumosyft/jobs")

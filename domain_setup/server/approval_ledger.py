@@ -56,6 +56,12 @@ class ApprovalLedger(SqliteStore):
             db.execute("INSERT OR REPLACE INTO approvals VALUES (?, ?, ?, ?, ?)",
                        (code_id, request_id, approver, override_reason, time.time()))
 
+    def approved(self, code_id: str) -> bool:
+        """Was the code approved (by the rules or with an override)?"""
+        with self._connection() as db:
+            return db.execute("SELECT 1 FROM approvals WHERE code_id = ?",
+                              (code_id,)).fetchone() is not None
+
     def overridden(self, code_id: str) -> bool:
         """Was the code approved with an admin's override (explicit trust)?"""
         with self._connection() as db:

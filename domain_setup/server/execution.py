@@ -99,6 +99,11 @@ class PlanExecutor:
         details = {"requester": requester, "function": code_item.service_func_name,
                    "plan": kind.name, "code_sha256": code_sha256(code_item.raw_code)}
         try:
+            if kind.served_by:
+                self.audit.record(requester, "execution", target=run_id, outcome="refused",
+                                  reason=f"served by {kind.served_by}", **details)
+                raise RunFailed(f"this {kind.name} request is approved once and served by "
+                                f"{kind.served_by}, not run as code")
             if kind.job:
                 self.audit.record(requester, "execution", target=run_id, outcome="refused",
                                   reason="a federated job runs round by round", **details)

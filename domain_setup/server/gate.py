@@ -4,7 +4,9 @@ Every request must carry ``Authorization: Bearer <JWT>`` issued by this domain.
 A refused request gets 401 (bad or missing token) or 403 (valid token, not
 allowed) with a one-line JSON reason, and no syft code runs. Only ``/health`` is
 open, and the web console under ``/admin/``, which logs its users in itself (a session
-cookie, never a bearer token: `server/console/`). Beyond the token itself the gate checks that
+cookie, never a bearer token: `server/console/`), and the exchange route of private
+inference, which only the other computing hospital of a query can use (a MAC from their
+aggregation keys: `server/inference_link.py`). Beyond the token itself the gate checks that
 
 * a login's email is the token's subject and the account's role is not above
   the token's role (a data scientist's token cannot open an admin session);
@@ -32,6 +34,7 @@ from domain_setup.policy.roles import role_at_least
 from domain_setup.server.audit import AuditLog
 from domain_setup.policy.permissions import ENABLE_SIGNUP, Permissions, action_for_path
 from domain_setup.server.console.security import is_console_path
+from domain_setup.server.inference_link import is_exchange_path
 from domain_setup.server.tokens import TokenAuthority, bearer_token
 
 OPEN_PATHS = frozenset({"/health"})
@@ -139,7 +142,8 @@ class TokenGate:
             await send({"type": "websocket.close", "code": 1008})
             return
         path = scope.get("path", "")
-        if path in OPEN_PATHS or is_console_path(path):  # the console checks its own sessions
+        # the console checks its own sessions; an inference exchange, the peer's MAC
+        if path in OPEN_PATHS or is_console_path(path) or is_exchange_path(path):
             return await self._app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         claims: dict | None = None

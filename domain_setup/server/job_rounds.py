@@ -342,10 +342,7 @@ class JobRounds:
         return weights, strategy
 
 def _constants(code: Any) -> dict:
-    """The constants a request's code was approved with, by keyword."""
-    return {kwarg: syft_compat.rule_value(rule)
-            for kwarg, rule in syft_compat.input_policy_rules(code).items()
-            if syft_compat.is_constant(rule)}
+    return syft_compat.code_constants(code)
 
 
 def _round_request(body: Any) -> tuple[int, int, dict | None]:

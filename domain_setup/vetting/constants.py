@@ -40,6 +40,11 @@ def constant_problems(kind: Any, constants: dict[str, Any]) -> list[str]:
         problems += round_problems(constants)
     if "job" in constants:
         problems += federated_job_problems(constants["job"], config, private=kind.private)
+    if "service" in constants:
+        from common.mpc.service import model_share_problems, service_problems
+
+        problems += (service_problems(constants["service"])
+                     or model_share_problems(constants.get("model_share"), constants["service"]))
     if "privacy" in constants:
         problems += privacy_request_problems(kind.mechanism.request_keys, constants["privacy"])
     if kind.private and "config" in kind.constants and isinstance(config, dict):

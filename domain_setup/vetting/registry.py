@@ -79,6 +79,8 @@ class PlanKind:
     submitted: bool = True               # False: only the domain itself runs it (aggregate)
     whole_result: bool = False           # custom code: the return value is the field "result"
     extra_problems: Callable[[dict], list[str]] | None = field(default=None, repr=False)
+    served_by: str = ""                  # approved once and served by routes (which: this
+                                         # says), never run as one syft run
 
     @property
     def fingerprint(self) -> str:

@@ -1,0 +1,24 @@
+"""``private_inference``: an inference service on a secret-shared model, approved once;
+each query (a secret-shared X-ray from an image holder) is served by the inference routes
+(`server/inference_routes.py`) with the other computing hospital, never run by syft."""
+
+from common import vetted_plans
+from domain_setup.vetting import contract_parts as part
+from domain_setup.vetting.registry import Bound, PlanKind, Released, register
+
+
+def check(result, context):
+    """Never run: the execution refuses it (served_by)."""
+    raise part.violation("a private inference service is never run as code")
+
+
+KIND = register(PlanKind(
+    name="private_inference", function=vetted_plans.private_inference_plan,
+    inputs={}, constants=("model_share", "service"), contract=check,
+    served_by="the inference routes, one query at a time (scientist.inference)",
+    releases=(Released("output_share", Bound.PUBLIC,
+                       "per query, this hospital's share of the logits of the image holder's "
+                       "X-rays, sent to her alone: uniformly random without the other "
+                       "computing hospital's share (shape: images x 2, known in advance)"),),
+    summary="serve private predictions of a shared model with another member, "
+            "a query budget per image holder"))
