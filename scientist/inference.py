@@ -50,10 +50,12 @@ def offer_model(hospitals: list[Hospital], *, dealer: str, weights: Mapping[str,
     if dealer in (hospitals[0].name, hospitals[1].name):
         raise DomainError("the dealer must be a third hospital, not a computing one")
     seed, share1 = share_inputs({k: np.asarray(v, dtype=np.float64) for k, v in weights.items()})
+    service_id = secrets.token_hex(16)  # binds the two requests: one service, not two
     submissions = []
     for party, hospital in enumerate(hospitals):
         service = {"model": model, "image_size": image_size, "party": party,
-                   "peer": hospitals[1 - party].name, "dealer": dealer, "queries": queries}
+                   "peer": hospitals[1 - party].name, "dealer": dealer, "queries": queries,
+                   "service_id": service_id}
         share = {"seed": seed.hex()} if party == 0 else share1
         submissions.append(submit_plan(hospital.client, private_inference_plan, inputs={},
                                        constants={"model_share": share, "service": service},

@@ -89,3 +89,23 @@ def comparisons(step: Step) -> list[tuple[str, tuple[int, ...]]]:
         rows = (n, c, -(-h // 2), w + w % 2)
         return [(f"{step.label}/rows", rows), (f"{step.label}/cols", step.out_shape)]
     return []
+
+
+def largest_exchange_words(steps: list[Step]) -> int:
+    """The most words a party sends in one round of `steps` (a bound on what it takes)."""
+    largest = 0
+    for step in steps:
+        if step.kind in ("conv", "linear"):
+            weights = step.out_shape[1] * step.in_shape[1] * max(step.kernel, 1) ** 2
+            largest = max(largest, _size(step.in_shape) + weights)
+        for _, shape in comparisons(step):
+            largest = max(largest, 4 * _size(shape))  # a carry-chain round: two ANDs
+    return largest
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    size = 1
+    for n in shape:
+        size *= n
+    return size
+

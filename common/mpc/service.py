@@ -3,12 +3,14 @@
 A model holder offers a model to two computing hospitals of a federation with one request
 each (the vetted plan `private_inference_plan`): its constants are ``service`` (which
 model at which image size, this hospital's party index, the other computing hospital and
-the dealer by their member names, and how many X-rays each image holder may query) and
+the dealer by their member names, how many X-rays each image holder may query, and a
+service id both requests carry, which binds them to each other) and
 ``model_share`` (this hospital's share of the weights: a 32-byte seed for party 0, the
 completing uint64 words for party 1; uniformly random alone).
 
     service_problems({"model": "small_cnn", "image_size": 64, "party": 0,
-                      "peer": "Royal Infirmary", "dealer": "County General", "queries": 100})
+                      "peer": "Royal Infirmary", "dealer": "County General", "queries": 100,
+                      "service_id": "0123456789abcdef0123456789abcdef"})
     # []
 
 Arrays travel as {"shape": [...], "words": base64 of little-endian uint64}; material from
@@ -27,10 +29,27 @@ import numpy as np
 from common.mpc.circuit import SUPPORTED_MODELS
 from common.mpc.dealer import Material
 
-SERVICE_KEYS = ("model", "image_size", "party", "peer", "dealer", "queries")
+SERVICE_KEYS = ("model", "image_size", "party", "peer", "dealer", "queries", "service_id")
 MAX_QUERIES = 100_000
 MAX_BATCH = 100
+MAX_IMAGE_SIZE = 128
+# what one query (one deal) may cost: 100 X-rays at 64 px (about 800 MB of material)
+MAX_PIXELS = MAX_BATCH * 64 * 64
 _SEED = re.compile(r"[0-9a-f]{64}")
+_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def size_problem(image_size: Any, batch: Any) -> str | None:
+    """Why one query of `batch` X-rays at `image_size` px is refused (None: fine)."""
+    for name, value in (("image_size", image_size), ("batch", batch)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{name} must be an integer"
+    if not 8 <= image_size <= MAX_IMAGE_SIZE or not 1 <= batch <= MAX_BATCH:
+        return f"image_size must be 8 to {MAX_IMAGE_SIZE} px and batch 1 to {MAX_BATCH} X-rays"
+    if batch * image_size * image_size > MAX_PIXELS:
+        return (f"{batch} X-rays at {image_size} px is more than one query may ask (at most "
+                f"{MAX_PIXELS:,} pixels: {MAX_PIXELS // (64 * 64)} X-rays at 64 px)")
+    return None
 
 
 def service_problems(service: Any) -> list[str]:
@@ -41,8 +60,8 @@ def service_problems(service: Any) -> list[str]:
     if service["model"] not in SUPPORTED_MODELS:
         problems.append(f"service.model must be one of {', '.join(SUPPORTED_MODELS)}")
     size = service["image_size"]
-    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 256:
-        problems.append("service.image_size must be an integer from 8 to 256")
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= MAX_IMAGE_SIZE:
+        problems.append(f"service.image_size must be an integer from 8 to {MAX_IMAGE_SIZE}")
     if service["party"] not in (0, 1) or isinstance(service["party"], bool):
         problems.append("service.party must be 0 or 1")
     for key in ("peer", "dealer"):
@@ -50,6 +69,8 @@ def service_problems(service: Any) -> list[str]:
             problems.append(f"service.{key} must name a member of the federation")
     if service["peer"] == service["dealer"]:
         problems.append("service.dealer must not be the other computing hospital")
+    if not isinstance(service["service_id"], str) or not _ID.fullmatch(service["service_id"]):
+        problems.append("service.service_id must be 32 hex digits (the same at both hospitals)")
     queries = service["queries"]
     if isinstance(queries, bool) or not isinstance(queries, int) or not 1 <= queries <= MAX_QUERIES:
         problems.append(f"service.queries must be an integer from 1 to {MAX_QUERIES}")

@@ -4,7 +4,7 @@ need many queries). One SQLite file in the state directory; a charge is atomic, 
 queries at once cannot both take the last of a budget.
 
     ledger = InferenceLedger.of_state(state.root)
-    ledger.charge(request_id, "ada@…", images=1, limit=100)   # used after, or QueryRefused
+    ledger.charge(request_id, "ada@…", images=1, limit=100, query=query_id)  # or QueryRefused
 """
 
 from __future__ import annotations
@@ -29,15 +29,22 @@ class InferenceLedger(SqliteStore):
     CREATE TABLE IF NOT EXISTS queries (
         service TEXT NOT NULL, email TEXT NOT NULL, images INTEGER NOT NULL,
         last_at REAL NOT NULL, PRIMARY KEY (service, email));
+    CREATE TABLE IF NOT EXISTS query_ids (query TEXT PRIMARY KEY, at REAL NOT NULL);
     """
 
     @classmethod
     def of_state(cls, state_root: str | os.PathLike) -> "InferenceLedger":
         return cls(Path(state_root) / LEDGER_FILE)
 
-    def charge(self, service: str, email: str, *, images: int, limit: int) -> int:
-        """Count `images` more for `email` on `service`; QueryRefused past `limit`."""
+    def charge(self, service: str, email: str, *, images: int, limit: int, query: str) -> int:
+        """Count `images` more for `email` on `service` under the query id `query`;
+        QueryRefused past `limit`, or for a query id used before (the dealer's masks of a
+        query must never serve two: their differences would show the inputs')."""
         with self._transaction() as db:
+            if db.execute("SELECT 1 FROM query_ids WHERE query = ?", (query,)).fetchone():
+                raise QueryRefused("this query id was used before: every query needs a new "
+                                   "one, and new material from the dealer")
+            db.execute("INSERT INTO query_ids VALUES (?, ?)", (query, time.time()))
             row = db.execute("SELECT images FROM queries WHERE service = ? AND email = ?",
                              (service, email)).fetchone()
             used = row[0] if row else 0

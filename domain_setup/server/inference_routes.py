@@ -26,24 +26,28 @@ from __future__ import annotations
 import base64
 import hmac
 import re
+import threading
 import time
 from typing import Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from common import sealing, syft_compat
 from common.mpc import compile_model, deal, inputs_from_seed
+from common.mpc.circuit import largest_exchange_words
 from common.mpc.party import Party
-from common.mpc.service import (MAX_BATCH, material_from_bytes, material_to_bytes,
-                                model_share_words, words_from_json, words_to_json)
+from common.mpc.service import (material_from_bytes, material_to_bytes, model_share_words,
+                                size_problem, words_from_json, words_to_json)
 from domain_setup.server.inference_ledger import InferenceLedger, QueryRefused
-from domain_setup.server.inference_link import (MAX_ROUND_BYTES, Exchanges, PeerChannel,
-                                                link_key, mac)
+from domain_setup.server.inference_link import (EXCHANGE_PREFIX, Exchanges, PeerChannel,
+                                                Rendezvous, link_key, mac)
 from domain_setup.server.routes import RouteRefusal, _json_object, checked_request_id, route_caller
 from domain_setup.vetting.registry import identify
 
 _QUERY_ID = re.compile(r"[0-9a-f]{32}")
+MAX_CONCURRENT_DEALS = 2
 SEED_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -55,6 +59,7 @@ def make_inference_router(state: Any, worker: Any, gate: Any, approvals: Any,
     own_name = state.load_config().name
     ledger = InferenceLedger.of_state(state.root)
     exchanges = Exchanges()
+    dealing = threading.Semaphore(MAX_CONCURRENT_DEALS)
 
     def member(name: str) -> Any:
         found = next((m for m in gate.policies.current.federation.members if m.name == name),
@@ -83,10 +88,9 @@ def make_inference_router(state: Any, worker: Any, gate: Any, approvals: Any,
                                     "'batch', 'party0' and 'party1'") from None
         if not _QUERY_ID.fullmatch(query_id):
             raise RouteRefusal(400, "a query id is 32 hex digits")
-        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
-            raise RouteRefusal(400, f"batch must be 1 to {MAX_BATCH} X-rays")
-        if not isinstance(size, int) or isinstance(size, bool):
-            raise RouteRefusal(400, "image_size must be an integer")
+        problem = size_problem(size, batch)
+        if problem:
+            raise RouteRefusal(400, problem)
         parties = [member(name) for name in names]
         if names[0] == names[1]:
             raise RouteRefusal(400, "the two computing hospitals must differ")
@@ -95,12 +99,20 @@ def make_inference_router(state: Any, worker: Any, gate: Any, approvals: Any,
         except ValueError as exc:
             raise RouteRefusal(400, str(exc)) from None
         started = time.perf_counter()
-        materials = deal(steps)
         dealer_key = own_key()
-        sealed = [sealing.seal_from(dealer_key, sealing.key_from_text(p.public_key),
-                                    material_to_bytes(*m.exported()), _context(query_id),
-                                    purpose=f"inference material {i}")
-                  for i, (m, p) in enumerate(zip(materials, parties))]
+
+        def make() -> list[bytes]:
+            return [sealing.seal_from(dealer_key, sealing.key_from_text(p.public_key),
+                                      material_to_bytes(*m.exported()), _context(query_id),
+                                      purpose=f"inference material {i}")
+                    for i, (m, p) in enumerate(zip(deal(steps), parties))]
+
+        if not dealing.acquire(blocking=False):  # a deal is CPU and memory: two at a time
+            raise RouteRefusal(429, "the dealer is busy: try again in a moment")
+        try:
+            sealed = await anyio.to_thread.run_sync(make)
+        finally:
+            dealing.release()
         gate.audit.record(caller.email, "inference.deal", target=f"{names[0]}+{names[1]}",
                           model=model, image_size=str(size), batch=str(batch),
                           seconds=f"{time.perf_counter() - started:.3f}",
@@ -132,8 +144,9 @@ def make_inference_router(state: Any, worker: Any, gate: Any, approvals: Any,
                                     "'material'") from None
         if not _QUERY_ID.fullmatch(query_id):
             raise RouteRefusal(400, "a query id is 32 hex digits")
-        if isinstance(batch, bool) or not isinstance(batch, int) or not 1 <= batch <= MAX_BATCH:
-            raise RouteRefusal(400, f"batch must be 1 to {MAX_BATCH} X-rays")
+        problem = size_problem(service["image_size"], batch)
+        if problem:
+            raise RouteRefusal(400, problem)
         party = service["party"]
         peer = member(service["peer"])
         size = service["image_size"]
@@ -159,12 +172,15 @@ def make_inference_router(state: Any, worker: Any, gate: Any, approvals: Any,
             raise RouteRefusal(400, f"the material is not the dealer's ({service['dealer']}) "
                                     f"for this query and this hospital") from None
         try:
-            used = ledger.charge(wanted, caller.email, images=batch, limit=service["queries"])
+            used = ledger.charge(wanted, caller.email, images=batch, limit=service["queries"],
+                                 query=query_id)
         except QueryRefused as exc:
             gate.audit.record(caller.email, "inference.query", target=wanted,
                               outcome="refused", reason=str(exc))
             raise RouteRefusal(429, str(exc)) from None
-        key = link_key(own_key(), sealing.key_from_text(peer.public_key), query_id)
+        key = link_key(own_key(), sealing.key_from_text(peer.public_key),
+                       service["service_id"], query_id)
+        steps = compile_model(service["model"], size, batch)
         if party == 0:
             if peer.tls_fingerprint:  # the member list is this hospital's word on its peers
                 from common.tls import trust
@@ -173,17 +189,16 @@ def make_inference_router(state: Any, worker: Any, gate: Any, approvals: Any,
             channel = PeerChannel(peer.url, query_id, key, own_name)
         else:
             try:
-                channel = exchanges.open(query_id, key)
+                channel = exchanges.open(query_id, Rendezvous(
+                    key, service["service_id"], caller.email,
+                    max_bytes=8 * largest_exchange_words(steps)))
             except ValueError as exc:
-                raise RouteRefusal(409, str(exc)) from None
-        steps = compile_model(service["model"], size, batch)
+                raise RouteRefusal(429, str(exc)) from None
         weights = model_share_words(model_share, service)
         started = time.perf_counter()
 
         def run() -> Any:
             return Party(party, channel, own).run(steps, image_share, weights)
-
-        import anyio.to_thread
 
         try:
             share = await anyio.to_thread.run_sync(run)
@@ -208,24 +223,27 @@ def make_inference_router(state: Any, worker: Any, gate: Any, approvals: Any,
     async def exchange(query_id: str, round_number: int, request: Request) -> Any:
         import anyio.to_thread
 
-        declared = request.headers.get("content-length", "")
-        if not declared.isdigit() or int(declared) > MAX_ROUND_BYTES:
-            raise RouteRefusal(413, f"a round is at most {MAX_ROUND_BYTES // 2**20} MB")
-        body = await request.body()
-        # the sender proves it is the member it names before anything waits for it
+        # nothing is read before the query is open here with the member the sender names
+        rendezvous = exchanges.find(query_id) if _QUERY_ID.fullmatch(query_id) else None
         sender = request.headers.get("x-pneumosyft-member", "")
         peer = next((m for m in gate.policies.current.federation.members if m.name == sender),
                     None)
-        key = (link_key(own_key(), sealing.key_from_text(peer.public_key), query_id)
-               if peer is not None and _QUERY_ID.fullmatch(query_id) else None)
-        if key is None or not _mac_ok(key, query_id, round_number, body,
-                                      request.headers.get("x-pneumosyft-mac", "")):
-            gate.audit.refused_anonymous(request.url.path[:80], status=403,
-                                         reason="inference exchange without its peer's MAC")
-            raise RouteRefusal(403, "no such query, or not its other computing hospital")
-        rendezvous = await anyio.to_thread.run_sync(exchanges.find, query_id)
-        if rendezvous is None or not hmac.compare_digest(rendezvous.key, key):
-            raise RouteRefusal(404, "no such query here, or not with this hospital")
+        key = (link_key(own_key(), sealing.key_from_text(peer.public_key),
+                        rendezvous.service_id, query_id)
+               if rendezvous is not None and peer is not None else None)
+        if key is None or not hmac.compare_digest(key, rendezvous.key):
+            gate.audit.refused_anonymous(EXCHANGE_PREFIX, status=404,
+                                         reason="inference exchange for no open query")
+            raise RouteRefusal(404, "no such query open here with that hospital")
+        declared = request.headers.get("content-length", "")
+        if not declared.isdigit() or int(declared) > rendezvous.max_bytes:
+            raise RouteRefusal(413, "a round larger than this query's rounds")
+        body = await request.body()
+        if len(body) > rendezvous.max_bytes or not _mac_ok(
+                key, query_id, round_number, body, request.headers.get("x-pneumosyft-mac", "")):
+            gate.audit.record(sender[:64], "inference.exchange", target=query_id,
+                              outcome="refused", reason="a round without its MAC")
+            raise RouteRefusal(403, "not the other computing hospital of this query")
         if round_number != rendezvous.next_round:
             raise RouteRefusal(409, f"round {round_number} out of order")
         try:
