@@ -112,7 +112,8 @@ def changed(result: dict, path: tuple, value=None, *, delete: bool = False) -> d
 def test_violation_is_a_plan_error_and_kinds_are_listed():
     assert issubclass(ContractViolation, PlanError)
     assert sorted(all_kinds()) == ["aggregate", "custom", "evaluate", "evaluate_private",
-                                   "federated_job", "federated_job_private", "secure_train",
+                                   "federated_job", "federated_job_private",
+                                   "private_inference", "secure_train",
                                    "secure_train_private", "train", "train_private"]
 
 
@@ -443,7 +444,10 @@ def test_every_plan_kind_releases_exactly_its_declared_fields(data, trained, eva
             max_epsilon=secure_private["privacy"]["epsilon"])),
         "evaluate_private": (evaluate_private_xray_plan(*data, trained["weights"], CONFIG, {}),
                              EVALUATE),
-        "custom": ({"anything": [1, 2.5, "x"]}, CUSTOM)}
+        "custom": ({"anything": [1, 2.5, "x"]}, CUSTOM),
+        # one query's answer: a hospital's share of two logits for each of 3 X-rays
+        "private_inference": ({"output_share": np.zeros((3, 2), dtype=np.uint64)},
+                              ContractContext(n_samples=3))}
     assert sorted(outputs) == sorted(all_kinds())
     for name, (result, context) in outputs.items():
         kind = all_kinds()[name]

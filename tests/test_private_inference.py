@@ -127,3 +127,18 @@ def test_the_same_run_over_a_tcp_connection():
     assert np.abs(reveal(*outs) - want).max() < 2e-3
     rounds = sum(channels[0].rounds.values())
     assert rounds == sum(channels[1].rounds.values()) and 100 < rounds < 200
+
+
+def test_an_answer_is_only_a_share_of_the_logits():
+    """What a computing hospital answers passes the plan kind's contract: uint64 words of
+    shape (X-rays, 2), nothing else."""
+    from domain_setup.vetting.contract_parts import ContractContext, ContractViolation
+    from domain_setup.vetting.registry import check_result
+
+    context = ContractContext(n_samples=2)
+    check_result("private_inference", {"output_share": np.zeros((2, 2), np.uint64)}, context)
+    for wrong in ({"output_share": np.zeros((2, 3), np.uint64)},
+                  {"output_share": np.zeros((2, 2), np.float64)},
+                  {"output_share": np.zeros((2, 2), np.uint64), "image": np.zeros(4)}):
+        with pytest.raises(ContractViolation):
+            check_result("private_inference", wrong, context)

@@ -44,7 +44,7 @@ from domain_setup.server.inference_ledger import InferenceLedger, QueryRefused
 from domain_setup.server.inference_link import (EXCHANGE_PREFIX, Exchanges, PeerChannel,
                                                 Rendezvous, link_key, mac)
 from domain_setup.server.routes import RouteRefusal, _json_object, checked_request_id, route_caller
-from domain_setup.vetting.registry import identify
+from domain_setup.vetting.registry import identify, plan_kind
 
 _QUERY_ID = re.compile(r"[0-9a-f]{32}")
 MAX_CONCURRENT_DEALS = 2
@@ -216,7 +216,8 @@ def make_inference_router(state: Any, worker: Any, gate: Any, approvals: Any,
                           images=str(batch), used=f"{used} of {service['queries']}",
                           rounds=str(sum(channel.rounds.values())),
                           seconds=f"{time.perf_counter() - started:.3f}")
-        return {"share": words_to_json(share), "party": party,
+        released = _released({"output_share": share}, batch)
+        return {"share": words_to_json(released["output_share"]), "party": party,
                 "used": used, "budget": service["queries"]}
 
     @router.post("/exchange/{query_id}/{round_number}")
@@ -262,4 +263,13 @@ def _mac_ok(key: bytes, query_id: str, round_number: int, body: bytes, sent: str
 def _context(query_id: str) -> Any:
     """What the dealer's material is bound to: this query, two computing parties."""
     return sealing.RoundContext(f"inference {query_id}", n_parties=2)
+
+
+def _released(result: dict, batch: int) -> dict:
+    """A query's answer through the kind's output contract and release filter."""
+    from domain_setup.vetting.contract_parts import ContractContext
+
+    kind = plan_kind("private_inference")
+    kind.contract(result, ContractContext(n_samples=batch))
+    return kind.release(result, trusted=True)
 

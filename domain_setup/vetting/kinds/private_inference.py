@@ -1,6 +1,7 @@
 """``private_inference``: an inference service on a secret-shared model, approved once;
 each query (a secret-shared X-ray from an image holder) is served by the inference routes
-(`server/inference_routes.py`) with the other computing hospital, never run by syft."""
+(`server/inference_routes.py`) with the other computing hospital, never run by syft; each
+answer goes through this kind's contract and release filter."""
 
 from common import vetted_plans
 from domain_setup.vetting import contract_parts as part
@@ -8,8 +9,17 @@ from domain_setup.vetting.registry import Bound, PlanKind, Released, register
 
 
 def check(result, context):
-    """Never run: the execution refuses it (served_by)."""
-    raise part.violation("a private inference service is never run as code")
+    """A query's answer: this hospital's share of the logits, uint64 words of shape
+    (the X-rays asked, 2), nothing else (the inference route checks each answer)."""
+    import numpy as np
+
+    part.need(context, "private_inference", "n_samples")
+    result = part.exact_keys("result", result, ("output_share",))
+    share = result["output_share"]
+    if not isinstance(share, np.ndarray) or share.dtype != np.uint64 \
+            or share.shape != (context.n_samples, 2):
+        raise part.violation(f"output_share must be uint64 words of shape "
+                             f"({context.n_samples}, 2)")
 
 
 KIND = register(PlanKind(
