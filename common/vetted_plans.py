@@ -145,4 +145,6 @@ def private_inference_plan(model_share, service):
     from common.mpc.service import model_share_problems, service_problems
 
     problems = service_problems(service) or model_share_problems(model_share, service)
-    return {"accepted": not problems}
+    if problems:
+        raise ValueError("; ".join(problems))
+    return {"output_share": None}  # each query's share comes from the inference routes
