@@ -448,11 +448,30 @@ def service_domain(tmp_path_factory):
                 stop_by_pid(pid, timeout=5)
         for directory in cgroups:
             for run in directory.glob(f"{NAME_PREFIX}*"):
-                run.rmdir()
+                remove_cgroup(run)
             if (directory / SERVER_LEAF).is_dir():
-                (directory / SERVER_LEAF).rmdir()
-            directory.rmdir()
+                remove_cgroup(directory / SERVER_LEAF)
+            remove_cgroup(directory)
         shutil.rmtree(state, ignore_errors=True)
+
+
+def remove_cgroup(path: Path, timeout: float = 15) -> None:
+    """Remove a cgroup the test made once it is empty: a sandbox's process killed with its
+    server a moment ago may still be listed while it exits (EBUSY); any left is stopped by
+    its pid."""
+    import errno
+
+    deadline = time.monotonic() + timeout
+    while True:
+        for pid in (path / "cgroup.procs").read_text().split():
+            stop_by_pid(int(pid), timeout=2)
+        try:
+            path.rmdir()
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def test_the_server_runs_as_the_service_user_in_its_delegated_cgroup(service_domain):
