@@ -24,10 +24,9 @@ the two added. The dealer hospital sees neither input nor output.
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Mapping
 
 import numpy as np
 
@@ -35,7 +34,7 @@ from common.errors import DomainError
 from common.mpc import reveal, share_inputs
 from common.mpc.service import MAX_BATCH, words_from_json, words_to_json
 from common.vetted_plans import private_inference_plan
-from scientist.federated import Hospital, call_domain
+from scientist.federated import Hospital, at_every_hospital, call_domain
 from scientist.submission import Submission, submit_plan
 
 
@@ -110,26 +109,11 @@ class PrivateInference:
                    "material": material["party0"]},
                   {"query": query, "batch": len(x), "image": words_to_json(share1["image"]),
                    "material": material["party1"]}]
-        answers: list[Any] = [None, None]
-        errors: list[Exception] = []
-
-        def ask(party: int) -> None:
-            try:
-                answers[party] = call_domain(
-                    self.hospitals[party], "POST",
-                    f"inference/{self.request_ids[party]}/query", bodies[party]).json()
-            except DomainError as exc:
-                errors.append(exc)
-
         started = time.perf_counter()
-        threads = [threading.Thread(target=ask, args=(p,)) for p in (0, 1)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        answers = at_every_hospital(self.hospitals, lambda hospital: call_domain(
+            hospital, "POST", f"inference/{self.request_ids[self.hospitals.index(hospital)]}"
+            "/query", bodies[self.hospitals.index(hospital)]).json(), failure="{error}")
         timings["computing hospitals"] = time.perf_counter() - started
-        if errors:
-            raise errors[0]
         shape = (len(x), 2)
         logits = reveal(*(words_from_json(a["share"], shape) for a in answers))
         shifted = np.exp(logits - logits.max(axis=1, keepdims=True))

@@ -13,6 +13,7 @@ Models with other layers (resnet18: batch norm, residual additions) are refused.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,7 +34,13 @@ class Step:
 
 
 def compile_model(model_name: str, image_size: int, batch: int = 1) -> list[Step]:
-    """The steps of `model_name` on `batch` images of `image_size` px (one channel)."""
+    """The steps of `model_name` on `batch` images of `image_size` px (one channel); built
+    once per arguments (a query's hot path asks for them every time)."""
+    return list(_compiled(model_name, image_size, batch))
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(model_name: str, image_size: int, batch: int) -> tuple[Step, ...]:
     from torch import nn
 
     from common.models import build_model
@@ -76,7 +83,7 @@ def compile_model(model_name: str, image_size: int, batch: int = 1) -> list[Step
         else:
             raise ValueError(f"{name}: {type(module).__name__} is not supported")
         shape = steps[-1].out_shape
-    return steps
+    return tuple(steps)
 
 
 def comparisons(step: Step) -> list[tuple[str, tuple[int, ...]]]:

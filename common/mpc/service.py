@@ -20,6 +20,7 @@ the dealer as an .npz without pickles (`material_to_bytes`), sealed to the party
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import re
 from typing import Any, Mapping
@@ -79,10 +80,15 @@ def service_problems(service: Any) -> list[str]:
 
 def weight_shapes(model: str, image_size: int) -> dict[str, tuple[int, ...]]:
     """The state-dict names and shapes of `model` (what a model share must hold)."""
+    return dict(_weight_shapes(model, image_size))
+
+
+@functools.lru_cache(maxsize=16)
+def _weight_shapes(model: str, image_size: int) -> tuple[tuple[str, tuple[int, ...]], ...]:
     from common.models import build_model
 
-    return {k: tuple(v.shape) for k, v in build_model(model, image_size=image_size)
-            .state_dict().items()}
+    return tuple((k, tuple(v.shape)) for k, v in build_model(model, image_size=image_size)
+                 .state_dict().items())
 
 
 def model_share_problems(model_share: Any, service: dict) -> list[str]:

@@ -27,7 +27,6 @@ from common.mpc.channel import Counted
 EXCHANGE_PREFIX = "/pneumosyft/inference/exchange/"
 ROUND_TIMEOUT_SECONDS = 60  # the other party must answer a round within this
 FIRST_ROUND_SECONDS = 10  # ... and start within this (a query sent to one hospital only)
-MAX_ROUND_BYTES = 256 * 2**20
 OPEN_QUERIES = 16  # queries waiting for or running with their peer at once
 OPEN_PER_CALLER = 2
 

@@ -9,33 +9,14 @@ from typing import Any
 
 from fastapi import Request
 
-from common import syft_compat
 from common.errors import DomainError
-from common.syft_requests import is_pending
-from domain_setup.admin.review import normalise_request_id, summarise
+from domain_setup.admin.review import normalise_request_id
 from domain_setup.server.console import render
 from domain_setup.server.console.context import Console, Denied
 
 PAGE_SIZE = 100
 BOUND_MEANING = {"public": "known before the run", "dp": "covered by the privacy charge",
                  "trusted": "released only where the admin does not require DP"}
-
-
-def request_page_rows(admin: Any, page: int) -> tuple[list, int, int]:
-    """(rows of page `page`, pending count, total): every code request ordered pending
-    first then newest first, from one fetch of them all; only the page's rows are judged
-    (a request's code is one more call each: 500 of them took 11 s), the pending ones with the domain's quote
-    (their verdict is what the admin decides on)."""
-    reviewer = admin.reviewer
-    requests = list(reviewer.client.requests.get_all())  # resolving each one's code: per row
-    requests.sort(key=lambda r: str(r.request_time), reverse=True)
-    requests.sort(key=lambda r: not is_pending(r))  # stable: newest first within each
-    shown = [r for r in requests[(page - 1) * PAGE_SIZE:page * PAGE_SIZE]
-             if syft_compat.is_user_code(r.code)]  # syft's other kinds of request: left out
-    names = reviewer._asset_names() if shown else {}
-    rows = [reviewer._summarise(r, names) if is_pending(r) else summarise(r, reviewer.rules, names)
-            for r in shown]
-    return rows, sum(map(is_pending, requests)), len(requests)
 
 
 def register(router: Any, console: Console) -> None:
@@ -46,7 +27,7 @@ def register(router: Any, console: Console) -> None:
         session = console.user(request, "approve_requests")
         page = min(max(page, 1), 10_000)
         rows, pending, total = await console.act(
-            session, lambda admin: request_page_rows(admin, page))
+            session, lambda admin: admin.reviewer.page(page, PAGE_SIZE))
         return console.page(session, "requests.html", rows=rows, pending=pending, total=total,
                             page=page, pages=max(1, -(-total // PAGE_SIZE)))
 
